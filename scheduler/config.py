@@ -1,0 +1,223 @@
+"""Scheduler configuration: overhead parameters and policy names, read from TOML.
+
+A configuration is built from a built-in profile (``scheduler/profiles/*.toml``)
+and/or a user TOML file that overrides it key by key. Unknown keys and bad values
+are errors that name the file and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields, replace
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .leases import Resources, Site
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class TransferMode(StrEnum):
+    UNICAST = "unicast"
+    MULTICAST = "multicast"
+
+
+class Exclusion(StrEnum):
+    LOCAL = "local"
+    GLOBAL = "global"
+
+
+class Migration(StrEnum):
+    NO = "no"
+    YES = "yes"
+    YES_NOTRANSFER = "yes-notransfer"
+
+
+class Backfilling(StrEnum):
+    OFF = "off"
+    AGGRESSIVE = "aggressive"
+    CONSERVATIVE = "conservative"
+    INTERMEDIATE = "intermediate"
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- image deployment
+    image_transfer: bool = False  # False: images are predeployed on every node
+    repository_bandwidth: float = 100.0  # Mbit/s
+    transfer_mode: TransferMode = TransferMode.MULTICAST
+    piggybacking: bool = True
+    image_cache_mb: int = 0  # per node; 0 = no cache (an image lives as long as its leases)
+    # --- VM enactment
+    enactment_overhead: int = 0  # seconds per VM command (start, shutdown, suspend, resume)
+    boot_time: int = 0  # guest boot after the start command
+    shutdown_time: int = 0
+    runtime_slowdown: float = 0.0  # percent: a VM runs this much longer than bare metal
+    # --- suspend/resume and migration
+    suspension: bool = True  # may best-effort leases be suspended at all
+    suspend_rate: float = 32.0  # MB/s of memory written
+    resume_rate: float = 32.0  # MB/s of memory read
+    suspendresume_exclusion: Exclusion = Exclusion.LOCAL
+    migration: Migration = Migration.YES
+    migration_bandwidth: float = 100.0  # Mbit/s
+    migrate_image: bool = True  # move the disk image too when the destination lacks it
+    # --- policies, by name
+    admission: str = "accept-all"
+    preemption: str = "ar-preempts-besteffort"
+    host_selection: str = "greedy"
+    backfilling: Backfilling = Backfilling.AGGRESSIVE
+    backfilling_reservations: int = 1  # for intermediate
+    # --- site, for traces that do not describe one
+    site_nodes: int = 0
+    site_node: Resources = Resources()
+
+    @property
+    def max_future_reservations(self) -> int | None:
+        """How many best-effort leases may hold a reservation in the future."""
+        match self.backfilling:
+            case Backfilling.OFF:
+                return 0
+            case Backfilling.AGGRESSIVE:
+                return 1
+            case Backfilling.CONSERVATIVE:
+                return None
+            case Backfilling.INTERMEDIATE:
+                return self.backfilling_reservations
+
+    def default_site(self) -> Site | None:
+        if self.site_nodes <= 0:
+            return None
+        return Site.uniform(self.site_nodes, self.site_node)
+
+
+# TOML layout: section -> key (dashes) -> Config field
+_LAYOUT: dict[str, dict[str, str]] = {
+    "images": {
+        "transfer": "image_transfer",
+        "repository-bandwidth": "repository_bandwidth",
+        "transfer-mode": "transfer_mode",
+        "piggybacking": "piggybacking",
+        "cache-mb": "image_cache_mb",
+    },
+    "enactment": {
+        "overhead": "enactment_overhead",
+        "boot-time": "boot_time",
+        "shutdown-time": "shutdown_time",
+        "runtime-slowdown": "runtime_slowdown",
+    },
+    "suspension": {
+        "enabled": "suspension",
+        "suspend-rate": "suspend_rate",
+        "resume-rate": "resume_rate",
+        "exclusion": "suspendresume_exclusion",
+        "migration": "migration",
+        "migration-bandwidth": "migration_bandwidth",
+        "migrate-image": "migrate_image",
+    },
+    "scheduling": {
+        "admission": "admission",
+        "preemption": "preemption",
+        "host-selection": "host_selection",
+        "backfilling": "backfilling",
+        "backfilling-reservations": "backfilling_reservations",
+    },
+}
+_SITE_KEYS = {"nodes", "cpu", "memory", "disk", "net-in", "net-out"}
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    target = {f.name: f for f in fields(Config)}[name]
+    default = getattr(Config(), name)
+    try:
+        if isinstance(default, StrEnum):
+            return type(default)(value)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError("expected true or false")
+            return value
+        if isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TypeError("expected a non-negative integer")
+            return value
+        if isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise TypeError("expected a non-negative number")
+            return float(value)
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise TypeError("expected a string")
+            return value
+    except (TypeError, ValueError) as e:
+        allowed = ""
+        if isinstance(default, StrEnum):
+            allowed = " (one of: " + ", ".join(m.value for m in type(default)) + ")"
+        raise ConfigError(f"{where}: bad value {value!r} for {target.name}: {e}{allowed}") from e
+    raise AssertionError(name)
+
+
+def apply_toml(base: Config, data: dict[str, Any], source: str) -> Config:
+    """Return ``base`` with the settings in ``data`` (parsed TOML) applied."""
+    changes: dict[str, Any] = {}
+    for section, body in data.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        if section == "site":
+            unknown = set(body) - _SITE_KEYS
+            if unknown:
+                raise ConfigError(f"{source}: unknown key(s) in [site]: {', '.join(sorted(unknown))}"
+                                  f" (known: {', '.join(sorted(_SITE_KEYS))})")
+            for k, v in body.items():
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise ConfigError(f"{source}: [site] {k} must be a non-negative integer")
+            node = base.site_node
+            changes["site_node"] = Resources(
+                cpu=body.get("cpu", node.cpu), memory=body.get("memory", node.memory),
+                disk=body.get("disk", node.disk), net_in=body.get("net-in", node.net_in),
+                net_out=body.get("net-out", node.net_out))
+            if "nodes" in body:
+                changes["site_nodes"] = body["nodes"]
+            continue
+        if section not in _LAYOUT:
+            raise ConfigError(f"{source}: unknown section [{section}] "
+                              f"(known: {', '.join([*_LAYOUT, 'site'])})")
+        for key, value in body.items():
+            if key not in _LAYOUT[section]:
+                raise ConfigError(f"{source}: unknown key {key!r} in [{section}] "
+                                  f"(known: {', '.join(_LAYOUT[section])})")
+            name = _LAYOUT[section][key]
+            changes[name] = _coerce(name, value, f"{source}: [{section}] {key}")
+    return replace(base, **changes)
+
+
+def profile_names() -> list[str]:
+    root = resources.files("scheduler") / "profiles"
+    return sorted(p.name.removesuffix(".toml") for p in root.iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_profile(name: str) -> Config:
+    root = resources.files("scheduler") / "profiles"
+    path = root / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown profile {name!r} (known: {', '.join(profile_names())})")
+    return _load_text(path.read_text(), f"profile {name}", Config())
+
+
+def load_config(path: Path, base: Config | None = None) -> Config:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    return _load_text(text, str(path), base or Config())
+
+
+def _load_text(text: str, source: str, base: Config) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from e
+    return apply_toml(base, data, source)
