@@ -1,0 +1,1 @@
+"""Contextualization of deployed VMs (built on the scheduling core; see issue 5)."""

@@ -64,7 +64,6 @@ class Config:
     suspendresume_exclusion: Exclusion = Exclusion.LOCAL
     migration: Migration = Migration.YES
     migration_bandwidth: float = 100.0  # Mbit/s
-    migrate_image: bool = True  # move the disk image too when the destination lacks it
     # --- policies, by name
     admission: str = "accept-all"
     preemption: str = "ar-preempts-besteffort"
@@ -116,7 +115,6 @@ _LAYOUT: dict[str, dict[str, str]] = {
         "exclusion": "suspendresume_exclusion",
         "migration": "migration",
         "migration-bandwidth": "migration_bandwidth",
-        "migrate-image": "migrate_image",
     },
     "scheduling": {
         "admission": "admission",

@@ -1,0 +1,1 @@
+"""wsched: a virtual-workspace scheduler (see README.md)."""

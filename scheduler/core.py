@@ -1,0 +1,792 @@
+"""The scheduling core: turns lease requests into an exact, overhead-aware schedule.
+
+Pure and clock-driven: the caller says what time it is (``advance_to``) and what
+happens (``submit``, ``cancel``); the core never reads a clock or does I/O. The
+same object runs trace replays in simulated time and the service in real time.
+
+Vocabulary. A lease's VMs hold resources on their nodes in *segments*: a boot (or
+resume) opens one, the user's run fills it, a shutdown (or suspension) closes it.
+Image transfers happen before a boot; a migration moves a suspended lease's state
+before it resumes on other nodes. Every one of these is a reservation in the
+availability profile or on an exclusive channel, scheduled like the lease itself.
+
+Best-effort leases wait in an FCFS queue. A queue pass first tries to start each
+lease as soon as its preparation allows (that is backfilling when it jumps ahead);
+the first ones that cannot start get reservations in the future, up to the
+backfilling policy's limit. A preemptible lease that fits only partly before a
+reservation blocks it runs until then, is suspended, and resumes later (possibly
+on other nodes, migrating). Whenever capacity is freed unexpectedly (early end,
+cancellation) or a lease's nodes come free, the queue is re-evaluated from scratch:
+waiting reservations are dropped and rebuilt, so they can move earlier.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import Config, Exclusion, Migration
+from .images import Copy, ImageStore, Transfer
+from .leases import (
+    Event,
+    EventKind,
+    LeaseKind,
+    LeaseOutcome,
+    LeaseRequest,
+    LeaseState,
+    Site,
+)
+from .overheads import Overheads
+from .policies import HostCandidates, Policies, make_policies
+from .slottable import INF, AvailabilityProfile, Timeline, earliest_common_gap, latest_common_gap
+
+log = logging.getLogger(__name__)
+
+_EARLY_END, _TICK = 0, 1  # heap event kinds; early ends first at the same instant
+
+
+@dataclass(eq=False)
+class Segment:
+    nodes: tuple[int, ...]
+    start: int
+    run_start: int
+    run_end: int
+    end: int
+    opens: EventKind  # BOOT or RESUME
+    closes: EventKind  # SHUTDOWN or SUSPEND
+    entry: int  # availability-profile entry holding the VMs' resources
+    channels: list[tuple[Timeline, int, int]] = field(default_factory=list)  # (tl, id, start)
+
+    def events(self) -> list[Event]:
+        out = []
+        if self.run_start > self.start:
+            out.append(Event(self.opens, self.start, self.run_start, self.nodes))
+        out.append(Event(EventKind.RUN, self.run_start, self.run_end, self.nodes))
+        if self.end > self.run_end:
+            out.append(Event(self.closes, self.run_end, self.end, self.nodes))
+        return out
+
+
+@dataclass(eq=False)
+class Lease:
+    request: LeaseRequest
+    seq: int
+    run_needed: int  # wall seconds of run for the requested duration
+    run_real: int  # wall seconds after which the workload ends by itself
+    state: LeaseState = LeaseState.PENDING
+    reason: str | None = None
+    segments: list[Segment] = field(default_factory=list)
+    transfers: list[Transfer] = field(default_factory=list)
+    migrations: list[Event] = field(default_factory=list)
+    image_nodes: set[int] = field(default_factory=set)  # nodes where it holds an image copy
+    future: bool = False  # holds a best-effort reservation that waits for resources
+    cancelled: bool = False
+    finished: bool = False
+    version: int = 0
+
+    @property
+    def id(self) -> int:
+        return self.request.id
+
+    def run_done(self) -> int:
+        """Run seconds completed (or committed) in segments closed by a suspension."""
+        return sum(s.run_end - s.run_start for s in self.segments
+                   if s.closes is EventKind.SUSPEND)
+
+    def events(self) -> list[Event]:
+        evs = [Event(EventKind.TRANSFER, t.start, t.end, t.nodes) for t in self.transfers]
+        evs += self.migrations
+        for s in self.segments:
+            evs += s.events()
+        evs.sort(key=lambda e: (e.start, e.end, e.kind != EventKind.TRANSFER))
+        return evs
+
+    def outcome(self) -> LeaseOutcome:
+        return LeaseOutcome(self.request, self.state, tuple(self.events()), self.reason)
+
+
+@dataclass
+class _Proposal:
+    nodes: tuple[int, ...]
+    start: int
+    run_start: int
+    run_end: int
+    end: int
+    closes: EventKind
+    future: bool
+
+
+class SchedulingError(ValueError):
+    """A call the core cannot honour (unknown lease, duplicate id, ...)."""
+
+
+class Scheduler:
+    def __init__(self, site: Site, config: Config, policies: Policies | None = None) -> None:
+        self.site = site
+        self.config = config
+        self.policies = policies or make_policies(config)
+        self.overheads = Overheads(config)
+        self.profile = AvailabilityProfile(site.capacity_matrix())
+        self.images = ImageStore(len(site.nodes), config.image_cache_mb, config.piggybacking)
+        n_channels = len(site.nodes) if config.suspendresume_exclusion is Exclusion.LOCAL else 1
+        self._channels = [Timeline() for _ in range(n_channels)]
+        self.now = 0
+        self.leases: dict[int, Lease] = {}
+        self._queue: list[Lease] = []  # FCFS: (submit, seq)
+        self._waiting: list[Lease] = []  # planned best-effort leases whose segment has not begun
+        self._heap: list[tuple[int, int, int, int, int]] = []
+        self._seq = itertools.count()
+        self._dirty = False
+
+    # ================================================================ public API
+    def submit(self, request: LeaseRequest) -> Lease:
+        """Take a request at the current time; ARs and immediate leases are decided
+        at once, best-effort leases are queued (and started if they can be)."""
+        if request.id in self.leases:
+            raise SchedulingError(f"lease {request.id} already exists")
+        ovh = self.overheads
+        lease = Lease(request, next(self._seq), ovh.run_time(request.duration),
+                      ovh.run_time(request.effective_real_duration))
+        if request.kind is LeaseKind.AR:
+            lease.run_needed, lease.run_real = request.duration, request.effective_real_duration
+        self.leases[request.id] = lease
+        problem = self._site_problem(request) or self.policies.admission.refuse(request)
+        if problem:
+            self._reject(lease, problem)
+        elif request.kind is LeaseKind.AR:
+            self._schedule_ar(lease)
+        elif request.kind is LeaseKind.IMMEDIATE:
+            if not self._try_start(lease, future=False, partial=False):
+                self._reject(lease, "cannot start now: not enough free resources "
+                             f"({self._shortage(request)})")
+        else:
+            self._enqueue(lease)
+            self._schedule_queue(new=lease)
+        if self._dirty:
+            self._schedule_queue()
+        return lease
+
+    def cancel(self, lease_id: int) -> Lease:
+        lease = self._get(lease_id)
+        if lease.state.terminal or lease.cancelled:
+            raise SchedulingError(f"lease {lease_id} is already {lease.state}")
+        lease.cancelled = True
+        self._stop(lease, self.now)
+        if not lease.finished and all(e.end <= self.now for e in lease.events()):
+            self._finish(lease, LeaseState.CANCELLED)
+        self._dirty = True
+        self._schedule_queue()
+        return lease
+
+    def advance_to(self, t: int) -> None:
+        """Apply everything that happens up to and including instant ``t``."""
+        while self._heap and self._heap[0][0] <= t:
+            now = self._heap[0][0]
+            self.now = now
+            while self._heap and self._heap[0][0] == now:
+                _, kind, _, lease_id, version = heapq.heappop(self._heap)
+                lease = self.leases[lease_id]
+                if version != lease.version or lease.finished:
+                    continue
+                if kind == _EARLY_END:
+                    self._early_end(lease, now)
+                else:
+                    self._tick(lease, now)
+            if self._dirty:
+                self._schedule_queue()
+        self.now = max(self.now, t)
+        self.profile.prune(self.now)
+        self.images.finish_transfers(self.now)
+
+    def next_event_time(self) -> int | None:
+        while self._heap:
+            _, _, _, lease_id, version = self._heap[0]
+            lease = self.leases[lease_id]
+            if version == lease.version and not lease.finished:
+                return self._heap[0][0]
+            heapq.heappop(self._heap)
+        return None
+
+    def run(self) -> None:
+        """Advance until nothing more is planned."""
+        while (t := self.next_event_time()) is not None:
+            self.advance_to(t)
+
+    def outcomes(self) -> list[LeaseOutcome]:
+        return [lease.outcome() for lease in self.leases.values()]
+
+    # ============================================================ bookkeeping
+    def _get(self, lease_id: int) -> Lease:
+        try:
+            return self.leases[lease_id]
+        except KeyError:
+            raise SchedulingError(f"no lease {lease_id}") from None
+
+    def _site_problem(self, req: LeaseRequest) -> str | None:
+        vec = req.resources.as_array()
+        capable = int((self.site.capacity_matrix() >= vec).all(axis=1).sum())
+        if capable >= req.vms:
+            return None
+        if capable == 0:
+            return f"no node can host one of its VMs ({self._describe(req)})"
+        return (f"needs {req.vms} VMs on distinct nodes but only {capable} node(s) can host "
+                f"one ({self._describe(req)})")
+
+    @staticmethod
+    def _describe(req: LeaseRequest) -> str:
+        r = req.resources
+        return f"cpu {r.cpu}, memory {r.memory} MB per VM"
+
+    def _shortage(self, req: LeaseRequest) -> str:
+        until = self.profile.free_until(self.now, req.resources.as_array())
+        return f"{int((until > self.now).sum())} of {req.vms} nodes free now"
+
+    def _reject(self, lease: Lease, reason: str) -> None:
+        log.info("lease rejected", extra={"lease": lease.id, "reason": reason})
+        lease.reason = reason
+        self._finish(lease, LeaseState.REJECTED)
+
+    def _enqueue(self, lease: Lease) -> None:
+        key = (lease.request.submit, lease.seq)
+        i = 0
+        while i < len(self._queue) and (self._queue[i].request.submit,
+                                        self._queue[i].seq) < key:
+            i += 1
+        self._queue.insert(i, lease)
+        lease.state = LeaseState.SUSPENDED if lease.segments else LeaseState.PENDING
+
+    def _push(self, lease: Lease) -> None:
+        """(Re)register the instants at which ``lease`` changes state."""
+        lease.version += 1
+        times = {t for e in lease.events() for t in (e.start, e.end) if t > self.now}
+        for t in sorted(times):
+            heapq.heappush(self._heap, (t, _TICK, next(self._seq), lease.id, lease.version))
+        seg = lease.segments[-1] if lease.segments else None
+        if seg is not None and seg.run_end > self.now:
+            done_before = lease.run_done() - (seg.run_end - seg.run_start
+                                              if seg.closes is EventKind.SUSPEND else 0)
+            real_end = seg.run_start + lease.run_real - done_before
+            if real_end < seg.run_end:
+                heapq.heappush(self._heap, (max(real_end, self.now), _EARLY_END,
+                                            next(self._seq), lease.id, lease.version))
+        lease.state = self._state_at(lease, self.now)
+
+    def _state_at(self, lease: Lease, t: int) -> LeaseState:
+        evs = lease.events()
+        vm_kinds = {EventKind.BOOT: LeaseState.PREPARING, EventKind.RUN: LeaseState.ACTIVE,
+                    EventKind.SHUTDOWN: LeaseState.ACTIVE,
+                    EventKind.SUSPEND: LeaseState.SUSPENDING,
+                    EventKind.RESUME: LeaseState.RESUMING,
+                    EventKind.MIGRATE: LeaseState.MIGRATING,
+                    EventKind.TRANSFER: LeaseState.PREPARING}
+        current = [e for e in evs if e.start <= t < e.end]
+        if current:
+            current.sort(key=lambda e: e.kind is EventKind.TRANSFER)
+            return vm_kinds[current[0].kind]
+        past = [e for e in evs if e.end <= t]
+        planned = any(e.start > t for e in evs)
+        if not past:
+            return LeaseState.SCHEDULED if planned else LeaseState.PENDING
+        last = max(past, key=lambda e: e.end)
+        if last.kind in (EventKind.SUSPEND, EventKind.MIGRATE):
+            return LeaseState.SUSPENDED
+        if last.kind is EventKind.SHUTDOWN or (last.kind is EventKind.RUN and not planned):
+            return LeaseState.CANCELLED if lease.cancelled else LeaseState.DONE
+        return LeaseState.READY if planned else LeaseState.PENDING
+
+    def _tick(self, lease: Lease, t: int) -> None:
+        if any(s.end == t for s in lease.segments):
+            self._dirty = True  # its nodes come free: queued leases may start
+        if lease.future and lease.segments and lease.segments[-1].start <= t:
+            lease.future = False  # the reservation has begun: backfilling budget freed
+            self._dirty = True
+        if lease in self._waiting and lease.segments and lease.segments[-1].start <= t:
+            self._waiting.remove(lease)
+        state = self._state_at(lease, t)
+        if state in (LeaseState.DONE, LeaseState.CANCELLED) and \
+                all(e.end <= t for e in lease.events()) and lease not in self._queue:
+            self._finish(lease, state)
+        else:
+            lease.state = state
+
+    def _finish(self, lease: Lease, state: LeaseState) -> None:
+        lease.state = state
+        lease.finished = True
+        lease.version += 1
+        if lease.image_nodes:
+            self.images.release(lease.id, tuple(lease.image_nodes), lease.request.image.id,
+                                self.now)
+            lease.image_nodes.clear()
+        if lease in self._queue:
+            self._queue.remove(lease)
+        if lease in self._waiting:
+            self._waiting.remove(lease)
+
+    # ===================================================== ending and stopping
+    def _early_end(self, lease: Lease, t: int) -> None:
+        """The workload finished by itself before its planned run end."""
+        seg = lease.segments[-1]
+        if not seg.run_start <= t < seg.run_end:
+            return
+        self._cut_segment(lease, seg, t)
+        self._drop_plans_after(lease, t)
+        self._dirty = True
+        self._push(lease)
+
+    def _stop(self, lease: Lease, t: int) -> None:
+        """Cancel: drop what has not begun; a running segment shuts down now."""
+        if lease in self._queue:
+            self._queue.remove(lease)
+        self._drop_plans_after(lease, t)
+        for tr in [tr for tr in lease.transfers if tr.start > t]:
+            lease.transfers.remove(tr)
+        self.images.release(lease.id, tuple(lease.image_nodes), lease.request.image.id, t)
+        lease.image_nodes.clear()
+        if lease.segments:
+            seg = lease.segments[-1]
+            if seg.closes is EventKind.SHUTDOWN or seg.run_end > t:
+                # a VM command in progress completes, then the VMs shut down
+                self._cut_segment(lease, seg, max(t, seg.run_start))
+        self._push(lease)
+
+    def _cut_segment(self, lease: Lease, seg: Segment, t: int) -> None:
+        """End a segment's run at ``t`` and shut its VMs down."""
+        if seg.run_end <= t and seg.closes is EventKind.SHUTDOWN:
+            return
+        self._release_channels(seg, after=t)
+        seg.run_end, seg.closes = t, EventKind.SHUTDOWN
+        seg.end = t + self.overheads.shutdown
+        self.profile.truncate(seg.entry, seg.end)
+
+    def _release_channels(self, seg: Segment, after: int) -> None:
+        keep = []
+        for tl, tid, start in seg.channels:
+            if start >= after:
+                tl.remove(tid)
+            else:
+                keep.append((tl, tid, start))
+        seg.channels = keep
+
+    def _drop_plans_after(self, lease: Lease, t: int) -> None:
+        """Remove segments and migrations that begin after ``t``."""
+        while lease.segments and lease.segments[-1].start > t:
+            seg = lease.segments.pop()
+            self.profile.remove(seg.entry)
+            self._release_channels(seg, after=-INF)
+        lease.migrations = [m for m in lease.migrations if m.start <= t]
+        if lease in self._waiting:
+            self._waiting.remove(lease)
+        lease.future = False
+
+    # ======================================================== best-effort queue
+    def _schedule_queue(self, new: Lease | None = None) -> None:
+        now = self.now
+        limit = self.policies.backfilling.max_future
+        if new is not None and not self._dirty:
+            # Nothing was freed since the last pass: only the newcomer can change.
+            candidates = [new]
+            if limit == 0 and self._queue[0] is not new:
+                return  # strict FCFS: nobody passes the head
+        else:
+            self._dirty = False
+            held: list[tuple[Lease, set[int]]] = []
+            for lease in list(self._waiting):
+                held.append((lease, set(lease.image_nodes)))
+                self._unplan_waiting(lease)
+                self._enqueue(lease)
+            candidates = list(self._queue)
+        used = sum(1 for lease in self._waiting if lease.future)
+        for lease in candidates:
+            if self._try_start(lease, future=False, partial=True):
+                continue
+            if limit is not None and used >= limit:
+                if limit == 0:
+                    break
+                continue
+            if self._try_start(lease, future=True, partial=False):
+                used += 1
+        if new is None or self._dirty:
+            for lease, before in held:  # image copies the new plans no longer use
+                stale = before - lease.image_nodes - self._state_nodes(lease)
+                if stale:
+                    self.images.release(lease.id, tuple(stale), lease.request.image.id, now)
+                    lease.image_nodes -= stale
+                self._push(lease)
+
+    def _unplan_waiting(self, lease: Lease) -> None:
+        """Drop a waiting best-effort lease's next segment (it will be re-planned)."""
+        now = self.now
+        self._drop_plans_after(lease, now)
+        img = lease.request.image.id
+        for tr in [tr for tr in lease.transfers if tr.start > now]:
+            lease.transfers.remove(tr)
+            self.images.release(lease.id, tuple(n for n in tr.nodes if n in lease.image_nodes),
+                                img, now)
+            lease.image_nodes -= set(tr.nodes)
+
+    @staticmethod
+    def _state_nodes(lease: Lease) -> set[int]:
+        return set(lease.segments[-1].nodes) if lease.segments else set()
+
+    def _try_start(self, lease: Lease, *, future: bool, partial: bool) -> bool:
+        req = lease.request
+        partial = (partial and req.preemptible and self.config.suspension
+                   and req.kind is LeaseKind.BESTEFFORT)
+        proposal = self._propose(lease, future=future, partial=partial)
+        if proposal is None:
+            return False
+        self._commit(lease, proposal)
+        return True
+
+    def _readiness(self, lease: Lease) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """Per node: earliest instant the lease's next segment could open there, and
+        whether the image is already there; plus the start of a new transfer."""
+        now, req = self.now, lease.request
+        n = len(self.site.nodes)
+        ready = np.full(n, now, dtype=np.int64)
+        has = np.ones(n, dtype=bool)
+        tx_start: int | None = None
+        if lease.segments:  # resuming: state is on the last segment's nodes
+            last = lease.segments[-1]
+            base = max(now, last.end)
+            ready[:] = base
+            orig = np.zeros(n, dtype=bool)
+            orig[list(last.nodes)] = True
+            if self.config.migration is Migration.NO:
+                ready[~orig] = INF
+            else:
+                for node in np.flatnonzero(~orig):
+                    with_image = (self.config.image_transfer
+                                  and self.images.usable(int(node), req.image.id) is None)
+                    ready[node] = base + self.overheads.migration(req, with_image)
+            return ready, orig, None
+        if not self.config.image_transfer:
+            return ready, has, None
+        for node in range(n):
+            copy = self.images.usable(node, req.image.id)
+            if copy is None:
+                has[node] = False
+            else:
+                ready[node] = max(now, copy.ready)
+        if not has.all():
+            length = self._transfer_length(req, req.vms)
+            tx_start = self.images.link.earliest_gap(now, length)
+            ready[~has] = tx_start + length
+        return ready, has, tx_start
+
+    def _transfer_length(self, req: LeaseRequest, nodes: int) -> int:
+        per = self.overheads.transfer(req.image)
+        return per if self.config.transfer_mode == "multicast" else per * nodes
+
+    def _propose(self, lease: Lease, *, future: bool, partial: bool) -> _Proposal | None:
+        req, ovh = lease.request, self.overheads
+        vec = req.resources.as_array()
+        k = req.vms
+        resuming = bool(lease.segments)
+        opening = ovh.resume(req) if resuming else ovh.boot
+        run = lease.run_needed - lease.run_done()
+        whole = opening + run + ovh.shutdown
+        ready, has, _ = self._readiness(lease)
+        groups = sorted({int(r) for r in ready if r < INF})
+        holds = has if resuming else np.zeros_like(has)
+
+        def pick(mask: np.ndarray) -> tuple[int, ...] | None:
+            nodes = np.flatnonzero(mask)
+            cands = HostCandidates(nodes, np.zeros(len(nodes), dtype=bool),
+                                   has[nodes], holds[nodes])
+            return self.policies.host_selection.choose(k, cands)
+
+        def full(start: int, mask: np.ndarray) -> _Proposal | None:
+            nodes = pick(mask)
+            if nodes is None:
+                return None
+            rs = start + opening
+            return _Proposal(nodes, start, rs, rs + run, rs + run + ovh.shutdown,
+                             EventKind.SHUTDOWN, future)
+
+        if not future:
+            untils = {}
+            for g in groups:
+                until = self.profile.free_until(g, vec)
+                untils[g] = until
+                prop = full(g, (ready <= g) & (until >= g + whole))
+                if prop is not None and self._channels_ok(lease, prop):
+                    return prop
+            if partial:
+                for g in groups:
+                    prop = self._partial(lease, g, (ready <= g), untils[g], opening, pick)
+                    if prop is not None:
+                        return prop
+            return None
+        best: tuple[int, np.ndarray] | None = None
+        for g in groups:
+            t0 = g
+            for _ in range(8):  # retries only when the resume's exclusion channel is busy
+                found = self.profile.earliest_fit(t0, k, vec, whole, eligible=ready <= g)
+                if found is None:
+                    break
+                s, until = found
+                prop = full(s, (ready <= g) & (until >= s + whole))
+                if prop is None or self._channels_ok(lease, prop):
+                    if best is None or s < best[0]:
+                        best = (s, (ready <= g) & (until >= s + whole))
+                    break
+                t0 = earliest_common_gap(self._channels_for(prop.nodes), s, opening)
+        if best is None:
+            return None
+        return full(best[0], best[1])
+
+    def _partial(self, lease: Lease, start: int, eligible: np.ndarray, until: np.ndarray,
+                 opening: int, pick: object) -> _Proposal | None:
+        """Run from ``start`` until something blocks, then suspend (resume later)."""
+        req, ovh = lease.request, self.overheads
+        k = req.vms
+        susp = ovh.suspend(req)
+        min_run = max(1, susp + ovh.resume(req))  # never spend more on overhead than work
+        ok = eligible & (until >= start + opening + min_run + susp)
+        if ok.sum() < k:
+            return None
+        horizon = int(np.sort(until[ok])[-k])  # the k-th longest free stretch
+        assert callable(pick)
+        nodes = pick(ok & (until >= horizon))
+        if nodes is None:
+            return None
+        s_start = latest_common_gap(self._channels_for(nodes), horizon, susp)
+        run_start = start + opening
+        if s_start - run_start < min_run:
+            return None
+        if s_start + susp - run_start >= lease.run_needed - lease.run_done() + susp:
+            return None  # it would fit whole: not a partial fit
+        return _Proposal(nodes, start, run_start, s_start, s_start + susp,
+                         EventKind.SUSPEND, False)
+
+    def _channels_for(self, nodes: tuple[int, ...]) -> list[Timeline]:
+        if self.config.suspendresume_exclusion is Exclusion.GLOBAL:
+            return self._channels
+        return [self._channels[n] for n in nodes]
+
+    def _channels_ok(self, lease: Lease, prop: _Proposal) -> bool:
+        if not lease.segments:
+            return True
+        return all(tl.is_free(prop.start, prop.run_start)
+                   for tl in self._channels_for(prop.nodes))
+
+    def _commit(self, lease: Lease, prop: _Proposal) -> None:
+        req, now = lease.request, self.now
+        img = req.image.id
+        if lease.segments:  # resume, maybe after migrating
+            orig = lease.segments[-1].nodes
+            moved_to = [n for n in prop.nodes if n not in orig]
+            if moved_to:
+                moved_from = [n for n in orig if n not in prop.nodes]
+                mig = max(self.overheads.migration(
+                    req, self.config.image_transfer and self.images.usable(n, img) is None)
+                    for n in moved_to)
+                lease.migrations.append(Event(EventKind.MIGRATE, prop.start - mig, prop.start,
+                                              tuple(sorted(moved_from + moved_to))))
+                if self.config.image_transfer:
+                    for n in moved_to:
+                        copy = self.images.usable(n, img)
+                        if copy is None:
+                            self.images.add_copy(n, img, req.image.size_mb, prop.start, None,
+                                                 lease.id, now)
+                        else:
+                            self.images.use(copy, lease.id, now)
+                        lease.image_nodes.add(n)
+        elif self.config.image_transfer:
+            self._deploy_images(lease, prop.nodes, now)
+        entry = self.profile.add(prop.nodes, prop.start, prop.end, req.resources.as_array(),
+                                 owner=lease.id, preemptible=req.preemptible)
+        seg = Segment(prop.nodes, prop.start, prop.run_start, prop.run_end, prop.end,
+                      EventKind.RESUME if lease.segments else EventKind.BOOT, prop.closes, entry)
+        if seg.opens is EventKind.RESUME:
+            self._book_channels(seg, seg.start, seg.run_start)
+        if seg.closes is EventKind.SUSPEND:
+            self._book_channels(seg, seg.run_end, seg.end)
+        lease.segments.append(seg)
+        if lease in self._queue:
+            self._queue.remove(lease)
+        if req.kind is LeaseKind.BESTEFFORT and seg.start > now:
+            self._waiting.append(lease)
+            lease.future = prop.future
+        if seg.closes is EventKind.SUSPEND:
+            self._enqueue(lease)  # its remaining work waits for a later resume
+        self._push(lease)
+
+    def _book_channels(self, seg: Segment, start: int, end: int) -> None:
+        if end > start:
+            for tl in self._channels_for(seg.nodes):
+                seg.channels.append((tl, tl.add(start, end), start))
+
+    def _deploy_images(self, lease: Lease, nodes: tuple[int, ...], now: int,
+                       deadline: int | None = None) -> bool:
+        """Reuse copies already on (or on their way to) ``nodes``; transfer the image to
+        the others: FIFO for best-effort, EDF as late as possible for ARs."""
+        req = lease.request
+        img = req.image
+        missing = []
+        for n in nodes:
+            copy = self.images.usable(n, img.id)
+            if copy is None or (deadline is not None and copy.ready > deadline):
+                missing.append(n)
+            else:
+                self.images.use(copy, lease.id, now)
+                lease.image_nodes.add(n)
+                if copy.transfer is not None and copy.transfer not in lease.transfers:
+                    lease.transfers.append(copy.transfer)
+        if not missing:
+            return True
+        per = self.overheads.transfer(img)
+        batches = ([tuple(missing)] if self.config.transfer_mode == "multicast"
+                   else [(n,) for n in missing])
+        made: list[Transfer] = []
+        for batch in batches:
+            if deadline is None:
+                s = self.images.link.earliest_gap(now, per)
+                tr: Transfer | None = self.images.new_transfer(img.id, batch, s, s + per, None)
+            else:
+                tr = self.images.place_ar_transfer(img.id, batch, per, deadline, now)
+            if tr is None:
+                for t in made:
+                    self.images.cancel_transfer(t)
+                return False
+            made.append(tr)
+        for tr in made:
+            tr.users.add(lease.id)
+            lease.transfers.append(tr)
+            for n in tr.nodes:
+                self.images.add_copy(n, img.id, img.size_mb, tr.end, tr, lease.id, now)
+                lease.image_nodes.add(n)
+        return True
+
+    # ======================================================= advance reservations
+    def _schedule_ar(self, lease: Lease) -> None:
+        req, ovh, now = lease.request, self.overheads, self.now
+        assert req.start is not None
+        vec = req.resources.as_array()
+        k = req.vms
+        start = req.start - ovh.boot
+        end = req.start + req.duration + ovh.shutdown
+        if start < now:
+            self._reject(lease, f"starts at {req.start} s but booting its VMs takes "
+                         f"{ovh.boot} s and it is already {now} s")
+            return
+        free = self.profile.free_until(start, vec) >= end
+        may_preempt = self.policies.preemption.may_preempt
+        pre = np.zeros_like(free)
+        if any(may_preempt(req, self.leases[o].request)
+               for o in self.profile.owners_overlapping(range(len(free)), start, end,
+                                                        preemptible_only=True)):
+            pre = (self.profile.free_until(start, vec, ignore_preemptible=True) >= end) & ~free
+        excluded = np.zeros_like(free)
+        while True:
+            usable = (free | pre) & ~excluded
+            nodes_idx = np.flatnonzero(usable)
+            has = np.array([not self.config.image_transfer
+                            or self._image_ready(int(n), req.image.id, start)
+                            for n in nodes_idx], dtype=bool)
+            cands = HostCandidates(nodes_idx, pre[nodes_idx], has,
+                                   np.zeros(len(nodes_idx), dtype=bool))
+            nodes = self.policies.host_selection.choose(k, cands)
+            if nodes is None:
+                self._reject(lease, self._ar_shortage(req, start, end, int(usable.sum())))
+                return
+            victims = self._victims(lease, nodes, start, end)
+            blocked = [v for v in victims if not self._can_vacate(v, start)]
+            if blocked:
+                for v in blocked:
+                    excluded[list(self._state_nodes(v))] = True
+                continue
+            break
+        if self.config.image_transfer and not self._deploy_images(lease, nodes, now,
+                                                                  deadline=start):
+            self._reject(lease, f"its image ({req.image.size_mb} MB) cannot reach the nodes "
+                         f"by {start} s: the repository link is booked")
+            self._release_images(lease)
+            return
+        for v in victims:
+            self._vacate(v, start)
+        entry = self.profile.add(nodes, start, end, vec, owner=lease.id)
+        lease.segments.append(Segment(nodes, start, req.start, req.start + req.duration, end,
+                                      EventKind.BOOT, EventKind.SHUTDOWN, entry))
+        self._push(lease)
+
+    def _image_ready(self, node: int, image: str, by: int) -> bool:
+        copy = self.images.usable(node, image)
+        return copy is not None and copy.ready <= by
+
+    def _release_images(self, lease: Lease) -> None:
+        self.images.release(lease.id, tuple(lease.image_nodes), lease.request.image.id,
+                            self.now)
+        lease.image_nodes.clear()
+        lease.transfers.clear()
+
+    def _ar_shortage(self, req: LeaseRequest, start: int, end: int, usable: int) -> str:
+        vec = req.resources.as_array()
+        msg = (f"not enough resources: only {usable} of the {req.vms} nodes it needs can host "
+               f"a VM ({self._describe(req)}) from {start} s to {end} s")
+        fit = self.profile.earliest_fit(start, req.vms, vec, end - start)
+        if fit is not None:
+            msg += f"; the earliest start that fits is {fit[0] + self.overheads.boot} s"
+        return msg
+
+    def _victims(self, lease: Lease, nodes: tuple[int, ...], start: int,
+                 end: int) -> list[Lease]:
+        owners = self.profile.owners_overlapping(list(nodes), start, end)
+        owners.discard(lease.id)
+        return sorted((self.leases[o] for o in owners), key=lambda v: v.seq)
+
+    def _can_vacate(self, victim: Lease, by: int) -> bool:
+        """Can ``victim`` release its nodes by ``by`` (unplanned or suspended in time)?"""
+        if not self.policies.preemption.may_preempt(
+                LeaseRequest(0, LeaseKind.AR, 1, victim.request.resources,
+                             victim.request.image, 1, 0, start=0), victim.request):
+            return False
+        seg = victim.segments[-1]
+        if seg.start > self.now:
+            return True
+        if not self.config.suspension:
+            return False
+        return self._suspend_start(victim, seg, by) is not None
+
+    def _suspend_start(self, victim: Lease, seg: Segment, by: int) -> int | None:
+        length = self.overheads.suspend(victim.request)
+        tls = [tl for tl in self._channels_for(seg.nodes)]
+        own = [(tl, tid) for tl, tid, s in seg.channels if s >= seg.run_end]
+        for tl, tid in own:  # its own planned suspension will be replaced
+            tl.remove(tid)
+        s = latest_common_gap(tls, by, length)
+        for i, (tl, _) in enumerate(own):
+            own[i] = (tl, tl.add(seg.run_end, seg.end))
+        seg.channels = [c for c in seg.channels if c[2] < seg.run_end] + [
+            (tl, tid, seg.run_end) for tl, tid in own]
+        if s <= max(self.now, seg.run_start):
+            return None
+        return s
+
+    def _vacate(self, victim: Lease, by: int) -> None:
+        """Preempt ``victim`` so that it holds nothing from ``by`` on."""
+        log.info("lease preempted", extra={"lease": victim.id, "by": by})
+        seg = victim.segments[-1]
+        if seg.start > self.now:  # not begun: simply re-plan it later
+            self._unplan_waiting(victim)
+            self._release_images(victim) if not victim.segments else None
+            if victim not in self._queue:
+                self._enqueue(victim)
+        else:
+            s = self._suspend_start(victim, seg, by)
+            assert s is not None
+            self._drop_plans_after(victim, self.now)
+            self._release_channels(seg, after=seg.run_end)
+            seg.run_end, seg.end, seg.closes = s, s + self.overheads.suspend(victim.request), \
+                EventKind.SUSPEND
+            self.profile.truncate(seg.entry, seg.end)
+            self._book_channels(seg, seg.run_end, seg.end)
+            if victim not in self._queue:
+                self._enqueue(victim)
+        self._dirty = True
+        self._push(victim)

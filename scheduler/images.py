@@ -1,0 +1,163 @@
+"""Disk images on nodes: copies, per-node LRU caches, and repository transfers.
+
+A copy of an image on a node is *ready* at some instant (when its transfer ends)
+and is referenced by the leases that will boot from it. Referenced copies are
+never evicted. With a cache (size > 0) an unreferenced copy stays until evicted
+(least recently used first); without one it is deleted when its last lease lets go.
+Transfers share the repository's link, one at a time (``Timeline``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .slottable import Timeline
+
+
+@dataclass(eq=False)
+class Transfer:
+    image: str
+    nodes: tuple[int, ...]
+    start: int
+    end: int
+    deadline: int | None  # AR transfers: must end by then (EDF, as late as possible)
+    link_id: int
+    users: set[int] = field(default_factory=set)  # lease ids depending on it
+
+
+@dataclass(eq=False)
+class Copy:
+    image: str
+    node: int
+    size: int
+    ready: int
+    transfer: Transfer | None
+    users: set[int] = field(default_factory=set)
+    last_used: int = 0
+    cached: bool = True
+
+
+class ImageStore:
+    def __init__(self, nodes: int, cache_mb: int, share: bool) -> None:
+        self.cache_mb = cache_mb
+        self.share = share  # may a lease use a copy another lease brought (piggybacking)?
+        self.link = Timeline()
+        self.transfers: list[Transfer] = []
+        self._copies: list[dict[str, Copy]] = [{} for _ in range(nodes)]
+
+    def usable(self, node: int, image: str) -> Copy | None:
+        copy = self._copies[node].get(image)
+        if copy is None:
+            return None
+        if copy.users and not self.share and self.cache_mb == 0:
+            return None
+        return copy
+
+    def cached_images(self, node: int) -> list[str]:
+        return sorted(self._copies[node])
+
+    def use(self, copy: Copy, lease: int, now: int) -> None:
+        copy.users.add(lease)
+        copy.last_used = now
+        if copy.transfer is not None:
+            copy.transfer.users.add(lease)
+
+    def add_copy(self, node: int, image: str, size: int, ready: int,
+                 transfer: Transfer | None, lease: int, now: int) -> Copy:
+        """A new copy for ``lease``, evicting unreferenced cached copies to make room."""
+        copies = self._copies[node]
+        cached = False
+        if self.cache_mb >= size:
+            used = sum(c.size for c in copies.values() if c.cached)
+            for victim in sorted((c for c in copies.values() if c.cached and not c.users),
+                                 key=lambda c: c.last_used):
+                if used + size <= self.cache_mb:
+                    break
+                used -= victim.size
+                del copies[victim.image]
+            cached = used + size <= self.cache_mb
+        copy = Copy(image, node, size, ready, transfer, {lease}, now, cached)
+        copies[image] = copy
+        return copy
+
+    def release(self, lease: int, nodes: tuple[int, ...], image: str, now: int) -> None:
+        """``lease`` no longer needs ``image`` on ``nodes``."""
+        for n in nodes:
+            copy = self._copies[n].get(image)
+            if copy is None or lease not in copy.users:
+                continue
+            copy.users.discard(lease)
+            copy.last_used = now
+            t = copy.transfer
+            if t is not None:
+                t.users.discard(lease)
+                if not t.users and t.start > now:  # nobody needs it and it has not begun
+                    self.cancel_transfer(t)
+            if not copy.users and (not copy.cached or (t is not None and t.start > now)):
+                del self._copies[n][image]
+
+    def cancel_transfer(self, t: Transfer) -> None:
+        self.link.remove(t.link_id)
+        self.transfers.remove(t)
+        for n in t.nodes:
+            copy = self._copies[n].get(t.image)
+            if copy is not None and copy.transfer is t:
+                del self._copies[n][t.image]
+
+    def new_transfer(self, image: str, nodes: tuple[int, ...], start: int, end: int,
+                     deadline: int | None) -> Transfer:
+        t = Transfer(image, nodes, start, end, deadline, self.link.add(start, end))
+        self.transfers.append(t)
+        return t
+
+    def finish_transfers(self, now: int) -> None:
+        """Forget transfers that are over (their copies stay, ready)."""
+        done = [t for t in self.transfers if t.end <= now]
+        for t in done:
+            self.transfers.remove(t)
+            self.link.remove(t.link_id)
+            for n in t.nodes:
+                copy = self._copies[n].get(t.image)
+                if copy is not None and copy.transfer is t:
+                    copy.transfer = None
+
+    def place_ar_transfer(self, image: str, nodes: tuple[int, ...], length: int,
+                          deadline: int, now: int) -> Transfer | None:
+        """Schedule an AR transfer earliest-deadline-first, as late as possible.
+
+        Pending (not yet begun) AR transfers are re-placed from the latest deadline
+        backwards, so each ends as close to its deadline as the others allow. If any
+        would have to start in the past, nothing changes and None is returned.
+        """
+        pending = [t for t in self.transfers if t.deadline is not None and t.start > now]
+        for t in pending:
+            self.link.remove(t.link_id)
+        new = Transfer(image, nodes, 0, 0, deadline, 0)
+        seq = {id(t): i for i, t in enumerate([*self.transfers, new])}
+        # Latest deadline placed first; equal deadlines keep request order in time.
+        order = sorted([*pending, new], key=lambda t: (t.deadline or 0, seq[id(t)]),
+                       reverse=True)
+        placed: list[tuple[Transfer, int, int, int]] = []
+        ok = True
+        for t in order:
+            tlen = length if t is new else t.end - t.start
+            assert t.deadline is not None
+            s = self.link.latest_gap(t.deadline, tlen)
+            if s < now:
+                ok = False
+                break
+            placed.append((t, s, s + tlen, self.link.add(s, s + tlen)))
+        if not ok:
+            for _, _, _, lid in placed:
+                self.link.remove(lid)
+            for t in pending:
+                t.link_id = self.link.add(t.start, t.end)
+            return None
+        for t, s, e, lid in placed:
+            t.start, t.end, t.link_id = s, e, lid
+            for n in t.nodes:
+                copy = self._copies[n].get(t.image)
+                if copy is not None and copy.transfer is t:
+                    copy.ready = e
+        self.transfers.append(new)
+        return new

@@ -1,0 +1,52 @@
+"""How long each virtualization overhead takes, from the configuration.
+
+Every VM command (start, shutdown, suspend, resume) costs the enactment overhead.
+A lease's VMs sit on distinct nodes and their commands run in parallel, except
+that suspensions/resumptions under *global* exclusion run one VM at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import Config, Exclusion, Migration
+from .leases import DiskImage, LeaseRequest, seconds_for, transfer_seconds
+
+
+@dataclass(frozen=True)
+class Overheads:
+    config: Config
+
+    @property
+    def boot(self) -> int:
+        return self.config.boot_time + self.config.enactment_overhead
+
+    @property
+    def shutdown(self) -> int:
+        return self.config.shutdown_time + self.config.enactment_overhead
+
+    def _serial(self, req: LeaseRequest) -> int:
+        return req.vms if self.config.suspendresume_exclusion is Exclusion.GLOBAL else 1
+
+    def suspend(self, req: LeaseRequest) -> int:
+        per_vm = seconds_for(req.resources.memory, self.config.suspend_rate)
+        return self._serial(req) * (per_vm + self.config.enactment_overhead)
+
+    def resume(self, req: LeaseRequest) -> int:
+        per_vm = seconds_for(req.resources.memory, self.config.resume_rate)
+        return self._serial(req) * (per_vm + self.config.enactment_overhead)
+
+    def transfer(self, image: DiskImage) -> int:
+        return transfer_seconds(image.size_mb, self.config.repository_bandwidth)
+
+    def migration(self, req: LeaseRequest, with_image: bool) -> int:
+        """Moving one VM's memory state (and its disk image) to another node."""
+        if self.config.migration is Migration.YES_NOTRANSFER:
+            return 0
+        mb = req.resources.memory + (req.image.size_mb if with_image else 0)
+        return transfer_seconds(mb, self.config.migration_bandwidth)
+
+    def run_time(self, seconds: int) -> int:
+        """Wall time a VM needs for ``seconds`` of bare-metal work (runtime slowdown)."""
+        return math.ceil(seconds * (100 + self.config.runtime_slowdown) / 100 - 1e-9)

@@ -1,0 +1,292 @@
+"""The availability profile: capacity committed per node and dimension over time.
+
+``AvailabilityProfile`` keeps a sorted list of breakpoints; each breakpoint owns a
+row of a numpy array holding the usage of every node in every dimension from that
+breakpoint to the next. Rows are not kept in time order in memory (a breakpoint
+list maps times to rows), so inserting a breakpoint copies one row instead of
+shifting the whole table. Rows before the present are pruned as time advances.
+
+``Timeline`` is a much simpler structure for exclusive channels (the image
+repository's link, suspend/resume exclusion): a sorted list of busy intervals.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import numpy as np
+
+INF = 2**62  # "forever": later than any schedulable instant
+
+
+@dataclass(eq=False)
+class _Entry:
+    nodes: np.ndarray
+    start: int
+    end: int
+    vec: np.ndarray
+    preemptible: bool
+    owner: int
+
+
+class AvailabilityProfile:
+    def __init__(self, capacity: np.ndarray) -> None:
+        self.capacity = capacity.astype(np.int64)
+        n, d = self.capacity.shape
+        self._times: list[int] = [-INF]
+        self._rows: list[int] = [0]
+        self._used = np.zeros((64, n, d), dtype=np.int64)
+        self._pre = np.zeros((64, n, d), dtype=np.int64)  # usage of preemptible entries
+        self._spare = list(range(63, 0, -1))
+        self._entries: dict[int, _Entry] = {}
+        self._by_node: list[set[int]] = [set() for _ in range(n)]
+        self._next_id = 1
+
+    @property
+    def node_count(self) -> int:
+        return int(self.capacity.shape[0])
+
+    # ----------------------------------------------------------- reservations
+    def add(self, nodes: tuple[int, ...], start: int, end: int, vec: np.ndarray,
+            *, owner: int, preemptible: bool = False) -> int:
+        """Commit ``vec`` on each of ``nodes`` over [start, end); returns an entry id."""
+        eid = self._next_id
+        self._next_id += 1
+        entry = _Entry(np.array(nodes, dtype=np.intp), start, end, vec, preemptible, owner)
+        self._entries[eid] = entry
+        for n in nodes:
+            self._by_node[n].add(eid)
+        self._apply(entry, start, end, +1)
+        return eid
+
+    def remove(self, eid: int) -> None:
+        entry = self._entries.pop(eid)
+        for n in entry.nodes:
+            self._by_node[n].discard(eid)
+        self._apply(entry, entry.start, entry.end, -1)
+
+    def truncate(self, eid: int, end: int) -> None:
+        """Release the part of an entry after ``end``."""
+        entry = self._entries[eid]
+        if end <= entry.start:
+            self.remove(eid)
+        elif end < entry.end:
+            self._apply(entry, end, entry.end, -1)
+            entry.end = end
+
+    def entry_span(self, eid: int) -> tuple[int, int]:
+        e = self._entries[eid]
+        return e.start, e.end
+
+    def owners_overlapping(self, nodes: np.ndarray | list[int], start: int, end: int,
+                           *, preemptible_only: bool = False) -> set[int]:
+        """Owners of entries on any of ``nodes`` that overlap [start, end)."""
+        found: set[int] = set()
+        for n in nodes:
+            for eid in self._by_node[int(n)]:
+                e = self._entries[eid]
+                if e.start < end and start < e.end and (e.preemptible or not preemptible_only):
+                    found.add(e.owner)
+        return found
+
+    def _apply(self, entry: _Entry, start: int, end: int, sign: int) -> None:
+        if end <= start:
+            return
+        i = self._split(start)
+        j = self._split(end)
+        rows = np.array(self._rows[i:j], dtype=np.intp)
+        delta = sign * entry.vec
+        self._used[np.ix_(rows, entry.nodes)] += delta
+        if entry.preemptible:
+            self._pre[np.ix_(rows, entry.nodes)] += delta
+        if sign < 0:  # drop breakpoints that no longer separate different usage
+            self._merge(j)
+            self._merge(i)
+
+    def _split(self, t: int) -> int:
+        """Ensure a breakpoint at ``t``; return its index."""
+        i = bisect.bisect_left(self._times, t)
+        if i < len(self._times) and self._times[i] == t:
+            return i
+        if not self._spare:
+            self._grow()
+        row = self._spare.pop()
+        prev = self._rows[i - 1]
+        self._used[row] = self._used[prev]
+        self._pre[row] = self._pre[prev]
+        self._times.insert(i, t)
+        self._rows.insert(i, row)
+        return i
+
+    def _merge(self, i: int) -> None:
+        if 0 < i < len(self._times):
+            a, b = self._rows[i - 1], self._rows[i]
+            if np.array_equal(self._used[a], self._used[b]) and np.array_equal(
+                    self._pre[a], self._pre[b]):
+                del self._times[i]
+                del self._rows[i]
+                self._spare.append(b)
+
+    def _grow(self) -> None:
+        old = self._used.shape[0]
+        self._used = np.concatenate([self._used, np.zeros_like(self._used)])
+        self._pre = np.concatenate([self._pre, np.zeros_like(self._pre)])
+        self._spare.extend(range(2 * old - 1, old - 1, -1))
+
+    def prune(self, now: int) -> None:
+        """Forget usage before ``now`` (keeps the breakpoint covering ``now``)."""
+        i = bisect.bisect_right(self._times, now) - 1
+        if i > 0:
+            self._spare.extend(self._rows[:i])
+            del self._times[:i]
+            del self._rows[:i]
+
+    # ---------------------------------------------------------------- queries
+    def _fits(self, i: int, j: int, vec: np.ndarray, ignore_preemptible: bool) -> np.ndarray:
+        """(slots i..j-1, nodes) booleans: can the node host ``vec`` in that slot?"""
+        dims = np.flatnonzero(vec)
+        rows = np.array(self._rows[i:j], dtype=np.intp)
+        used = self._used[rows][:, :, dims]
+        if ignore_preemptible:
+            used = used - self._pre[rows][:, :, dims]
+        free = self.capacity[:, dims] - used
+        ok: np.ndarray = (free >= vec[dims]).all(axis=2)
+        return ok
+
+    def free_until(self, t: int, vec: np.ndarray, *,
+                   ignore_preemptible: bool = False) -> np.ndarray:
+        """For each node, the end of the longest interval [t, end) in which it can host
+        ``vec`` (``t`` itself if it cannot at ``t``; ``INF`` if it can forever)."""
+        n = self.node_count
+        if not vec.any():
+            return np.full(n, INF, dtype=np.int64)
+        i = bisect.bisect_right(self._times, t) - 1
+        until = np.full(n, INF, dtype=np.int64)
+        open_ = np.ones(n, dtype=bool)  # nodes whose interval is still open
+        block = 8
+        while i < len(self._times) and open_.any():
+            j = min(len(self._times), i + block)
+            ok = self._fits(i, j, vec, ignore_preemptible)
+            bad = ~ok & open_
+            first = np.argmax(bad, axis=0)  # first failing slot per node (0 if none)
+            hit = bad.any(axis=0)
+            starts = np.array(self._times[i:j], dtype=np.int64)
+            until[hit] = np.maximum(starts[first[hit]], t)
+            open_ &= ~hit
+            i, block = j, block * 4
+        return until
+
+    def earliest_fit(self, t0: int, k: int, vec: np.ndarray, duration: int, *,
+                     eligible: np.ndarray | None = None,
+                     ignore_preemptible: bool = False) -> tuple[int, np.ndarray] | None:
+        """Earliest start ``s >= t0`` at which at least ``k`` eligible nodes can host
+        ``vec`` throughout [s, s + duration). Returns ``(s, until)`` where ``until``
+        is each node's free-until time from ``s`` (0 for ineligible nodes), or None
+        if that never happens with the current commitments."""
+        i0 = bisect.bisect_right(self._times, t0) - 1
+        m = len(self._times) - i0
+        if vec.any():
+            ok = self._fits(i0, len(self._times), vec, ignore_preemptible)
+        else:
+            ok = np.ones((m, self.node_count), dtype=bool)
+        if eligible is not None:
+            ok &= eligible
+        idx = np.arange(m)[:, None]
+        fail = np.where(ok, m, idx)
+        next_fail = np.minimum.accumulate(fail[::-1], axis=0)[::-1]
+        times = np.array([*self._times[i0:], INF], dtype=np.int64)
+        until = times[next_fail]
+        starts = np.maximum(times[:m], t0)
+        good = (until >= (starts + duration)[:, None]).sum(axis=1) >= k
+        if not good.any():
+            return None
+        j = int(np.argmax(good))
+        row = np.where(ok[j], until[j], 0)
+        return int(starts[j]), row
+
+    def min_free(self, node: int, start: int, end: int) -> np.ndarray:
+        """Free capacity of ``node`` guaranteed throughout [start, end)."""
+        i = bisect.bisect_right(self._times, start) - 1
+        j = bisect.bisect_left(self._times, end)
+        rows = np.array(self._rows[i:max(j, i + 1)], dtype=np.intp)
+        free: np.ndarray = self.capacity[node] - self._used[rows, node].max(axis=0)
+        return free
+
+
+class Timeline:
+    """Busy intervals of one exclusive channel (e.g. the repository link)."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._ids: list[int] = []
+        self._next = 1
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, start: int, end: int) -> int:
+        tid = self._next
+        self._next += 1
+        i = bisect.bisect_left(self._starts, start)
+        self._starts.insert(i, start)
+        self._ends.insert(i, end)
+        self._ids.insert(i, tid)
+        return tid
+
+    def remove(self, tid: int) -> None:
+        i = self._ids.index(tid)
+        del self._starts[i], self._ends[i], self._ids[i]
+
+    def is_free(self, start: int, end: int) -> bool:
+        if end <= start:
+            return True
+        # Intervals are disjoint and sorted: only the last one starting before `end`
+        # can reach past `start`.
+        i = bisect.bisect_left(self._starts, end)
+        return i == 0 or self._ends[i - 1] <= start
+
+    def earliest_gap(self, t: int, length: int) -> int:
+        """Earliest ``s >= t`` with [s, s + length) free."""
+        s = t
+        if length <= 0:
+            return s
+        i = max(0, bisect.bisect_right(self._starts, s) - 1)
+        for k in range(i, len(self._starts)):
+            if self._starts[k] >= s + length:
+                break
+            if self._ends[k] > s:
+                s = self._ends[k]
+        return s
+
+    def latest_gap(self, deadline: int, length: int) -> int:
+        """Latest ``s`` with [s, s + length) free and ``s + length <= deadline``."""
+        e = deadline
+        if length <= 0:
+            return e
+        i = bisect.bisect_left(self._starts, e)
+        for k in range(i - 1, -1, -1):
+            if self._ends[k] <= e - length:
+                break
+            if self._starts[k] < e:
+                e = min(e, self._starts[k])
+        return e - length
+
+
+def earliest_common_gap(timelines: list[Timeline], t: int, length: int) -> int:
+    s = t
+    while True:
+        nxt = max((tl.earliest_gap(s, length) for tl in timelines), default=s)
+        if nxt == s:
+            return s
+        s = nxt
+
+
+def latest_common_gap(timelines: list[Timeline], deadline: int, length: int) -> int:
+    e = deadline
+    while True:
+        s = min((tl.latest_gap(e, length) for tl in timelines), default=e - length)
+        if s + length == e:
+            return s
+        e = s + length
