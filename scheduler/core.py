@@ -62,13 +62,11 @@ class Segment:
     channels: list[tuple[Timeline, int, int]] = field(default_factory=list)  # (tl, id, start)
 
     def events(self) -> list[Event]:
-        out = []
-        if self.run_start > self.start:
-            out.append(Event(self.opens, self.start, self.run_start, self.nodes))
-        out.append(Event(EventKind.RUN, self.run_start, self.run_end, self.nodes))
-        if self.end > self.run_end:
-            out.append(Event(self.closes, self.run_end, self.end, self.nodes))
-        return out
+        # Opening and closing events are listed even when they take no time, so every
+        # segment reads boot|resume, run, shutdown|suspend.
+        return [Event(self.opens, self.start, self.run_start, self.nodes),
+                Event(EventKind.RUN, self.run_start, self.run_end, self.nodes),
+                Event(self.closes, self.run_end, self.end, self.nodes)]
 
 
 @dataclass(eq=False)
