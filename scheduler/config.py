@@ -8,7 +8,7 @@ are errors that name the file and the key.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -72,7 +72,7 @@ class Config:
     backfilling_reservations: int = 1  # for intermediate
     # --- site, for traces that do not describe one
     site_nodes: int = 0
-    site_node: Resources = Resources()
+    site_node: Resources = field(default_factory=Resources)
 
     @property
     def max_future_reservations(self) -> int | None:
@@ -166,8 +166,9 @@ def apply_toml(base: Config, data: dict[str, Any], source: str) -> Config:
         if section == "site":
             unknown = set(body) - _SITE_KEYS
             if unknown:
-                raise ConfigError(f"{source}: unknown key(s) in [site]: {', '.join(sorted(unknown))}"
-                                  f" (known: {', '.join(sorted(_SITE_KEYS))})")
+                raise ConfigError(f"{source}: unknown key(s) in [site]: "
+                                  f"{', '.join(sorted(unknown))} "
+                                  f"(known: {', '.join(sorted(_SITE_KEYS))})")
             for k, v in body.items():
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                     raise ConfigError(f"{source}: [site] {k} must be a non-negative integer")

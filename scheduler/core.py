@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import Config, Exclusion, Migration
-from .images import Copy, ImageStore, Transfer
+from .images import ImageStore, Transfer
 from .leases import (
     Event,
     EventKind,
@@ -464,12 +464,12 @@ class Scheduler:
             return ready, orig, None
         if not self.config.image_transfer:
             return ready, has, None
-        for node in range(n):
-            copy = self.images.usable(node, req.image.id)
+        for i in range(n):
+            copy = self.images.usable(i, req.image.id)
             if copy is None:
-                has[node] = False
+                has[i] = False
             else:
-                ready[node] = max(now, copy.ready)
+                ready[i] = max(now, copy.ready)
         if not has.all():
             length = self._transfer_length(req, req.vms)
             tx_start = self.images.link.earliest_gap(now, length)
@@ -677,7 +677,7 @@ class Scheduler:
         may_preempt = self.policies.preemption.may_preempt
         pre = np.zeros_like(free)
         if any(may_preempt(req, self.leases[o].request)
-               for o in self.profile.owners_overlapping(range(len(free)), start, end,
+               for o in self.profile.owners_overlapping(list(range(len(free))), start, end,
                                                         preemptible_only=True)):
             pre = (self.profile.free_until(start, vec, ignore_preemptible=True) >= end) & ~free
         excluded = np.zeros_like(free)

@@ -14,7 +14,6 @@ import numpy as np
 from .config import Config, ConfigError
 from .leases import LeaseKind, LeaseRequest
 
-
 T = TypeVar("T")
 
 

@@ -151,8 +151,7 @@ class AvailabilityProfile:
         if ignore_preemptible:
             used = used - self._pre[rows][:, :, dims]
         free = self.capacity[:, dims] - used
-        ok: np.ndarray = (free >= vec[dims]).all(axis=2)
-        return ok
+        return np.asarray((free >= vec[dims]).all(axis=2))
 
     def free_until(self, t: int, vec: np.ndarray, *,
                    ignore_preemptible: bool = False) -> np.ndarray:
