@@ -249,6 +249,8 @@ class Scheduler:
         self._finish(lease, LeaseState.REJECTED)
 
     def _enqueue(self, lease: Lease) -> None:
+        if lease in self._queue:
+            return
         key = (lease.request.submit, lease.seq)
         i = 0
         while i < len(self._queue) and (self._queue[i].request.submit,
@@ -263,15 +265,23 @@ class Scheduler:
         times = {t for e in lease.events() for t in (e.start, e.end) if t > self.now}
         for t in sorted(times):
             heapq.heappush(self._heap, (t, _TICK, next(self._seq), lease.id, lease.version))
-        seg = lease.segments[-1] if lease.segments else None
-        if seg is not None and seg.run_end > self.now:
-            done_before = lease.run_done() - (seg.run_end - seg.run_start
-                                              if seg.closes is EventKind.SUSPEND else 0)
-            real_end = seg.run_start + lease.run_real - done_before
-            if real_end < seg.run_end:
-                heapq.heappush(self._heap, (max(real_end, self.now), _EARLY_END,
-                                            next(self._seq), lease.id, lease.version))
+        real_end = self._real_end(lease)
+        if real_end is not None and real_end >= self.now:
+            heapq.heappush(self._heap, (real_end, _EARLY_END, next(self._seq), lease.id,
+                                        lease.version))
         lease.state = self._state_at(lease, self.now)
+
+    @staticmethod
+    def _real_end(lease: Lease) -> int | None:
+        """When the workload ends by itself, if that comes before its plan says: inside
+        a run that would go on longer, or exactly when a suspension would begin."""
+        done = 0
+        for seg in lease.segments:
+            end = seg.run_start + lease.run_real - done
+            if end < seg.run_end or (end == seg.run_end and seg.closes is EventKind.SUSPEND):
+                return max(end, seg.run_start)
+            done += seg.run_end - seg.run_start
+        return None
 
     def _state_at(self, lease: Lease, t: int) -> LeaseState:
         evs = lease.events()
@@ -290,6 +300,8 @@ class Scheduler:
         if not past:
             return LeaseState.SCHEDULED if planned else LeaseState.PENDING
         last = max(past, key=lambda e: e.end)
+        if lease.cancelled and not planned:
+            return LeaseState.CANCELLED
         if last.kind in (EventKind.SUSPEND, EventKind.MIGRATE):
             return LeaseState.SUSPENDED
         if last.kind is EventKind.SHUTDOWN or (last.kind is EventKind.RUN and not planned):
@@ -327,11 +339,13 @@ class Scheduler:
     # ===================================================== ending and stopping
     def _early_end(self, lease: Lease, t: int) -> None:
         """The workload finished by itself before its planned run end."""
-        seg = lease.segments[-1]
-        if not seg.run_start <= t < seg.run_end:
-            return
-        self._cut_segment(lease, seg, t)
+        seg = next(s for s in lease.segments if s.run_start <= t <= s.run_end)
+        if not self._can_shut_down(seg, t):
+            return  # its planned suspension is all the time there is: it resumes to end
         self._drop_plans_after(lease, t)
+        self._cut_segment(lease, seg, t)
+        if lease in self._queue:  # it was waiting to resume: nothing is left to do
+            self._queue.remove(lease)
         self._dirty = True
         self._push(lease)
 
@@ -346,10 +360,16 @@ class Scheduler:
         lease.image_nodes.clear()
         if lease.segments:
             seg = lease.segments[-1]
-            if seg.closes is EventKind.SHUTDOWN or seg.run_end > t:
-                # a VM command in progress completes, then the VMs shut down
-                self._cut_segment(lease, seg, max(t, seg.run_start))
+            cut = max(t, seg.run_start)  # a VM command in progress completes first
+            if (seg.closes is EventKind.SHUTDOWN or seg.run_end > t) and \
+                    self._can_shut_down(seg, cut):
+                self._cut_segment(lease, seg, cut)
         self._push(lease)
+
+    def _can_shut_down(self, seg: Segment, t: int) -> bool:
+        """Can the VMs shut down from ``t`` within the time the segment holds? (A
+        suspension may be shorter than a shutdown, and what follows it is booked.)"""
+        return seg.closes is EventKind.SHUTDOWN or t + self.overheads.shutdown <= seg.end
 
     def _cut_segment(self, lease: Lease, seg: Segment, t: int) -> None:
         """End a segment's run at ``t`` and shut its VMs down."""
@@ -393,6 +413,8 @@ class Scheduler:
             self._dirty = False
             held: list[tuple[Lease, set[int]]] = []
             for lease in list(self._waiting):
+                if self._migrating(lease):
+                    continue  # its state is already on its way to the planned nodes
                 held.append((lease, set(lease.image_nodes)))
                 self._unplan_waiting(lease)
                 self._enqueue(lease)
@@ -409,10 +431,15 @@ class Scheduler:
                 used += 1
         if new is None or self._dirty:
             for lease, before in held:  # image copies the new plans no longer use
-                stale = before - lease.image_nodes - self._state_nodes(lease)
+                # nodes of its new plan, and (resuming) those holding its suspended state
+                keep = {n for seg in lease.segments[-2:] for n in seg.nodes}
+                stale = before - keep
                 if stale:
                     self.images.release(lease.id, tuple(stale), lease.request.image.id, now)
                     lease.image_nodes -= stale
+                    # a transfer begun for nodes it no longer uses is no longer its own
+                    lease.transfers = [t for t in lease.transfers
+                                       if lease.image_nodes & set(t.nodes)]
                 self._push(lease)
 
     def _unplan_waiting(self, lease: Lease) -> None:
@@ -425,6 +452,12 @@ class Scheduler:
             self.images.release(lease.id, tuple(n for n in tr.nodes if n in lease.image_nodes),
                                 img, now)
             lease.image_nodes -= set(tr.nodes)
+
+    def _migrating(self, lease: Lease) -> bool:
+        """Has the migration before the lease's planned resumption begun?"""
+        return bool(lease.migrations and lease.segments
+                    and lease.migrations[-1].start <= self.now < lease.segments[-1].start
+                    and lease.migrations[-1].end == lease.segments[-1].start)
 
     @staticmethod
     def _state_nodes(lease: Lease) -> set[int]:
@@ -608,7 +641,7 @@ class Scheduler:
         lease.segments.append(seg)
         if lease in self._queue:
             self._queue.remove(lease)
-        if req.kind is LeaseKind.BESTEFFORT and seg.start > now:
+        if req.kind is LeaseKind.BESTEFFORT and seg.start > now and lease not in self._waiting:
             self._waiting.append(lease)
             lease.future = prop.future
         if seg.closes is EventKind.SUSPEND:
@@ -746,7 +779,7 @@ class Scheduler:
             return False
         seg = victim.segments[-1]
         if seg.start > self.now:
-            return True
+            return not self._migrating(victim)
         if not self.config.suspension:
             return False
         return self._suspend_start(victim, seg, by) is not None

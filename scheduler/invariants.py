@@ -206,7 +206,7 @@ def _event_problems(site: Site, o: LeaseOutcome, e: Event) -> list[str]:
     where = f"shape: {_lease(o)}: {_ev(site, e)}"
     if e.end < e.start:
         v.append(f"{where} ends before it starts")
-    if e.start < o.request.submit:
+    if e.start < o.request.submit and e.kind is not _K.TRANSFER:  # a shared transfer may
         v.append(f"{where} starts before the lease's submission at t={o.request.submit}")
     bad = [n for n in e.nodes if not 0 <= n < len(site.nodes)]
     if bad:
@@ -236,19 +236,23 @@ def _self_overlaps(site: Site, o: LeaseOutcome) -> list[str]:
 def _segment_grammar(site: Site, o: LeaseOutcome) -> list[str]:
     v: list[str] = []
     prev: Event | None = None
+    suspended_on: frozenset[int] = frozenset()
     for e in (e for e in o.events if e.kind is not _K.TRANSFER):
+        if e.kind is _K.SUSPEND:
+            suspended_on = frozenset(e.nodes)
         allowed = _FOLLOWERS[prev.kind if prev else None]
         if e.kind not in allowed:
             after = f"after {_ev(site, prev)}" if prev else "as the lease's first VM event"
             expected = " or ".join(sorted(allowed)) or "nothing (shutdown is final)"
             v.append(f"shape: {_lease(o)}: {_ev(site, e)} {after}; expected {expected}")
         elif prev is not None:
-            v += _transition_problems(site, o, prev, e)
+            v += _transition_problems(site, o, prev, e, suspended_on)
         prev = e
     return v
 
 
-def _transition_problems(site: Site, o: LeaseOutcome, prev: Event, e: Event) -> list[str]:
+def _transition_problems(site: Site, o: LeaseOutcome, prev: Event, e: Event,
+                         suspended_on: frozenset[int]) -> list[str]:
     where = f"shape: {_lease(o)}: {_ev(site, e)} after {_ev(site, prev)}"
     v: list[str] = []
     if (prev.kind, e.kind) in _IN_SEGMENT:
@@ -258,8 +262,10 @@ def _transition_problems(site: Site, o: LeaseOutcome, prev: Event, e: Event) -> 
             v.append(f"{where} is not on the same nodes")
     elif (prev.kind, e.kind) == (_K.SUSPEND, _K.RESUME) and set(e.nodes) != set(prev.nodes):
         v.append(f"{where}: without a migration a lease resumes where it was suspended")
-    elif (prev.kind, e.kind) == (_K.MIGRATE, _K.RESUME) and not set(e.nodes) <= set(prev.nodes):
-        v.append(f"{where}: resumes on nodes the migration did not move it to")
+    elif (prev.kind, e.kind) == (_K.MIGRATE, _K.RESUME) and not (
+            set(e.nodes) <= set(prev.nodes) | suspended_on):
+        # VMs that do not move stay where they were suspended
+        v.append(f"{where}: resumes on nodes it was neither suspended on nor migrated to")
     return v
 
 

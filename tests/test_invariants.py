@@ -214,7 +214,7 @@ def test_resume_outside_migration_destination() -> None:
     events[4:] = [ev(K.MIGRATE, 48, 58, 0, 1), ev(K.RESUME, 60, 65, 2),
                   ev(K.RUN, 65, 132, 2), ev(K.SHUTDOWN, 132, 134, 2)]
     found = only([with_events(o, *events)], "shape:")
-    assert "did not move it to" in found and "P3" in found
+    assert "neither suspended on nor migrated to" in found and "P3" in found
 
 
 def test_event_before_submission() -> None:
