@@ -152,7 +152,7 @@ class Scheduler:
         if request.kind is LeaseKind.AR:
             lease.run_needed, lease.run_real = request.duration, request.effective_real_duration
         self.leases[request.id] = lease
-        problem = self._site_problem(request) or self.policies.admission.refuse(request)
+        problem = self.policies.admission.refuse(request) or self._site_problem(request)
         if problem:
             self._reject(lease, problem)
         elif request.kind is LeaseKind.AR:

@@ -93,7 +93,8 @@ class ImageStore:
                 t.users.discard(lease)
                 if not t.users and t.start > now:  # nobody needs it and it has not begun
                     self.cancel_transfer(t)
-            if not copy.users and (not copy.cached or (t is not None and t.start > now)):
+            if not copy.users and (not copy.cached or (t is not None and t.start > now)) \
+                    and self._copies[n].get(image) is copy:
                 del self._copies[n][image]
 
     def cancel_transfer(self, t: Transfer) -> None:

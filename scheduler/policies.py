@@ -67,7 +67,7 @@ class NoPreemption:
 
 class ARPreemptsBestEffort:
     def may_preempt(self, preemptor: LeaseRequest, victim: LeaseRequest) -> bool:
-        return (preemptor.kind is LeaseKind.AR and victim.kind is not LeaseKind.AR
+        return (preemptor.kind is LeaseKind.AR and victim.kind is LeaseKind.BESTEFFORT
                 and victim.preemptible)
 
 
