@@ -159,8 +159,7 @@ class Scheduler:
             self._schedule_ar(lease)
         elif request.kind is LeaseKind.IMMEDIATE:
             if not self._try_start(lease, future=False, partial=False):
-                self._reject(lease, "cannot start now: not enough free resources "
-                             f"({self._shortage(request)})")
+                self._reject(lease, self._shortage(lease))
         else:
             self._enqueue(lease)
             self._schedule_queue(new=lease)
@@ -239,9 +238,16 @@ class Scheduler:
         r = req.resources
         return f"cpu {r.cpu}, memory {r.memory} MB per VM"
 
-    def _shortage(self, req: LeaseRequest) -> str:
-        until = self.profile.free_until(self.now, req.resources.as_array())
-        return f"{int((until > self.now).sum())} of {req.vms} nodes free now"
+    def _shortage(self, lease: Lease) -> str:
+        """Why an immediate lease cannot start now."""
+        req, ovh = lease.request, self.overheads
+        ready, _, _ = self._readiness(lease)
+        start = int(ready.min())
+        need = ovh.boot + lease.run_needed + ovh.shutdown
+        until = self.profile.free_until(start, req.resources.as_array())
+        free = int(((until >= start + need) & (ready <= start)).sum())
+        return (f"cannot start now: only {free} of the {req.vms} nodes it needs can host a VM "
+                f"({self._describe(req)}) from {start} s to {start + need} s")
 
     def _reject(self, lease: Lease, reason: str) -> None:
         log.info("lease rejected", extra={"lease": lease.id, "reason": reason})
@@ -735,8 +741,7 @@ class Scheduler:
             break
         if self.config.image_transfer and not self._deploy_images(lease, nodes, now,
                                                                   deadline=start):
-            self._reject(lease, f"its image ({req.image.size_mb} MB) cannot reach the nodes "
-                         f"by {start} s: the repository link is booked")
+            self._reject(lease, self._transfer_shortage(req, start))
             self._release_images(lease)
             return
         for v in victims:
@@ -755,6 +760,15 @@ class Scheduler:
                             self.now)
         lease.image_nodes.clear()
         lease.transfers.clear()
+
+    def _transfer_shortage(self, req: LeaseRequest, boot: int) -> str:
+        length = self._transfer_length(req, req.vms)
+        msg = (f"its image ({req.image.size_mb} MB, {length} s to transfer) cannot reach the "
+               f"nodes before its VMs boot at {boot} s")
+        if self.now + length > boot:
+            earliest = self.now + length + self.overheads.boot
+            return msg + f"; the earliest start that allows it is {earliest} s"
+        return msg + ": the repository link is booked by other transfers until then"
 
     def _ar_shortage(self, req: LeaseRequest, start: int, end: int, usable: int) -> str:
         vec = req.resources.as_array()
