@@ -118,6 +118,10 @@ class _Proposal:
     future: bool
 
 
+# per readiness vector, the (vms, vector, time, opening, partial) of requests that failed
+_Failures = dict[bytes, list[tuple[int, np.ndarray, int, int, bool]]]
+
+
 class SchedulingError(ValueError):
     """A call the core cannot honour (unknown lease, duplicate id, ...)."""
 
@@ -138,7 +142,10 @@ class Scheduler:
         self._waiting: list[Lease] = []  # planned best-effort leases whose segment has not begun
         self._heap: list[tuple[int, int, int, int, int]] = []
         self._seq = itertools.count()
-        self._dirty = False
+        # A *retry* pass offers the queue the capacity that comes free as planned; a
+        # *replan* pass also rebuilds waiting reservations (capacity came free early).
+        self._retry = False
+        self._replan = False
 
     # ================================================================ public API
     def submit(self, request: LeaseRequest) -> Lease:
@@ -163,7 +170,7 @@ class Scheduler:
         else:
             self._enqueue(lease)
             self._schedule_queue(new=lease)
-        if self._dirty:
+        if self._retry or self._replan:
             self._schedule_queue()
         return lease
 
@@ -175,7 +182,7 @@ class Scheduler:
         self._stop(lease, self.now)
         if not lease.finished and all(e.end <= self.now for e in lease.events()):
             self._finish(lease, LeaseState.CANCELLED)
-        self._dirty = True
+        self._replan = True
         self._schedule_queue()
         return lease
 
@@ -193,7 +200,7 @@ class Scheduler:
                     self._early_end(lease, now)
                 else:
                     self._tick(lease, now)
-            if self._dirty:
+            if self._retry or self._replan:
                 self._schedule_queue()
         self.now = max(self.now, t)
         self.profile.prune(self.now)
@@ -316,10 +323,10 @@ class Scheduler:
 
     def _tick(self, lease: Lease, t: int) -> None:
         if any(s.end == t for s in lease.segments):
-            self._dirty = True  # its nodes come free: queued leases may start
+            self._retry = True  # its nodes come free as planned: queued leases may start
         if lease.future and lease.segments and lease.segments[-1].start <= t:
             lease.future = False  # the reservation has begun: backfilling budget freed
-            self._dirty = True
+            self._retry = True
         if lease in self._waiting and lease.segments and lease.segments[-1].start <= t:
             self._waiting.remove(lease)
         state = self._state_at(lease, t)
@@ -352,7 +359,7 @@ class Scheduler:
         self._cut_segment(lease, seg, t)
         if lease in self._queue:  # it was waiting to resume: nothing is left to do
             self._queue.remove(lease)
-        self._dirty = True
+        self._replan = True
         self._push(lease)
 
     def _stop(self, lease: Lease, t: int) -> None:
@@ -408,26 +415,26 @@ class Scheduler:
 
     # ======================================================== best-effort queue
     def _schedule_queue(self, new: Lease | None = None) -> None:
-        now = self.now
         limit = self.policies.backfilling.max_future
-        if new is not None and not self._dirty:
-            # Nothing was freed since the last pass: only the newcomer can change.
-            candidates = [new]
-            if limit == 0 and self._queue[0] is not new:
-                return  # strict FCFS: nobody passes the head
-        else:
-            self._dirty = False
-            held: list[tuple[Lease, set[int]]] = []
-            for lease in list(self._waiting):
-                if self._migrating(lease):
-                    continue  # its state is already on its way to the planned nodes
-                held.append((lease, set(lease.image_nodes)))
+        held: list[tuple[Lease, set[int]]] = []
+        if self._replan:
+            held = [(lease, set(lease.image_nodes)) for lease in self._waiting
+                    if not self._migrating(lease)]  # a migrating state is on its way
+            for lease, _ in held:
                 self._unplan_waiting(lease)
                 self._enqueue(lease)
             candidates = list(self._queue)
+        elif self._retry or new is None:
+            candidates = list(self._queue)
+        else:  # nothing came free since the last pass: only the newcomer can change
+            candidates = [new]
+            if limit == 0 and self._queue[0] is not new:
+                return  # strict FCFS: nobody passes the head
+        self._retry = self._replan = False
         used = sum(1 for lease in self._waiting if lease.future)
+        failed: _Failures = {}
         for lease in candidates:
-            if self._try_start(lease, future=False, partial=True):
+            if self._try_start(lease, future=False, partial=True, failed=failed):
                 continue
             if limit is not None and used >= limit:
                 if limit == 0:
@@ -435,18 +442,17 @@ class Scheduler:
                 continue
             if self._try_start(lease, future=True, partial=False):
                 used += 1
-        if new is None or self._dirty:
-            for lease, before in held:  # image copies the new plans no longer use
-                # nodes of its new plan, and (resuming) those holding its suspended state
-                keep = {n for seg in lease.segments[-2:] for n in seg.nodes}
-                stale = before - keep
-                if stale:
-                    self.images.release(lease.id, tuple(stale), lease.request.image.id, now)
-                    lease.image_nodes -= stale
-                    # a transfer begun for nodes it no longer uses is no longer its own
-                    lease.transfers = [t for t in lease.transfers
-                                       if lease.image_nodes & set(t.nodes)]
-                self._push(lease)
+        for lease, before in held:  # image copies the new plans no longer use
+            # nodes of its new plan, and (resuming) those holding its suspended state
+            keep = {n for seg in lease.segments[-2:] for n in seg.nodes}
+            stale = before - keep
+            if stale:
+                self.images.release(lease.id, tuple(stale), lease.request.image.id, self.now)
+                lease.image_nodes -= stale
+                # a transfer begun for nodes it no longer uses is no longer its own
+                lease.transfers = [t for t in lease.transfers
+                                   if lease.image_nodes & set(t.nodes)]
+            self._push(lease)
 
     def _unplan_waiting(self, lease: Lease) -> None:
         """Drop a waiting best-effort lease's next segment (it will be re-planned)."""
@@ -469,11 +475,12 @@ class Scheduler:
     def _state_nodes(lease: Lease) -> set[int]:
         return set(lease.segments[-1].nodes) if lease.segments else set()
 
-    def _try_start(self, lease: Lease, *, future: bool, partial: bool) -> bool:
+    def _try_start(self, lease: Lease, *, future: bool, partial: bool,
+                   failed: _Failures | None = None) -> bool:
         req = lease.request
         partial = (partial and req.preemptible and self.config.suspension
                    and req.kind is LeaseKind.BESTEFFORT)
-        proposal = self._propose(lease, future=future, partial=partial)
+        proposal = self._propose(lease, future=future, partial=partial, failed=failed)
         if proposal is None:
             return False
         self._commit(lease, proposal)
@@ -519,7 +526,8 @@ class Scheduler:
         per = self.overheads.transfer(req.image)
         return per if self.config.transfer_mode == "multicast" else per * nodes
 
-    def _propose(self, lease: Lease, *, future: bool, partial: bool) -> _Proposal | None:
+    def _propose(self, lease: Lease, *, future: bool, partial: bool,
+                 failed: _Failures | None = None) -> _Proposal | None:
         req, ovh = lease.request, self.overheads
         vec = req.resources.as_array()
         k = req.vms
@@ -546,18 +554,31 @@ class Scheduler:
                              EventKind.SHUTDOWN, future)
 
         if not future:
+            # Within a pass capacity only shrinks: a request needing at least as much as
+            # one that already failed from the same readiness fails too.
+            key, need = ready.tobytes(), (k, vec, whole, opening, partial)
+            if failed is not None and any(
+                    k >= fk and whole >= fw and opening >= fo and (fp or not partial)
+                    and bool((vec >= fv).all()) for fk, fv, fw, fo, fp in failed.get(key, ())):
+                return None
             untils = {}
             for g in groups:
                 until = self.profile.free_until(g, vec)
                 untils[g] = until
                 prop = full(g, (ready <= g) & (until >= g + whole))
-                if prop is not None and self._channels_ok(lease, prop):
+                # Starting at g must be what preparation dictates (on one of the chosen
+                # nodes at least); otherwise the lease is waiting for resources, and that
+                # is a reservation in the future.
+                if prop is not None and int(ready[list(prop.nodes)].max()) == g \
+                        and self._channels_ok(lease, prop):
                     return prop
             if partial:
                 for g in groups:
                     prop = self._partial(lease, g, (ready <= g), untils[g], opening, pick)
                     if prop is not None:
                         return prop
+            if failed is not None:
+                failed.setdefault(key, []).append(need)
             return None
         best: tuple[int, np.ndarray] | None = None
         for g in groups:
@@ -590,7 +611,7 @@ class Scheduler:
         horizon = int(np.sort(until[ok])[-k])  # the k-th longest free stretch
         assert callable(pick)
         nodes = pick(ok & (until >= horizon))
-        if nodes is None:
+        if nodes is None or int(self._readiness(lease)[0][list(nodes)].max()) != start:
             return None
         s_start = latest_common_gap(self._channels_for(nodes), horizon, susp)
         run_start = start + opening
@@ -833,5 +854,5 @@ class Scheduler:
             self._book_channels(seg, seg.run_end, seg.end)
             if victim not in self._queue:
                 self._enqueue(victim)
-        self._dirty = True
+        self._replan = True
         self._push(victim)
