@@ -418,8 +418,10 @@ class Scheduler:
         limit = self.policies.backfilling.max_future
         held: list[tuple[Lease, set[int]]] = []
         if self._replan:
+            # Only reservations that wait for resources can move earlier (not those that
+            # start as soon as their preparation allows, nor one whose state migrates).
             held = [(lease, set(lease.image_nodes)) for lease in self._waiting
-                    if not self._migrating(lease)]  # a migrating state is on its way
+                    if lease.future and not self._migrating(lease)]
             for lease, _ in held:
                 self._unplan_waiting(lease)
                 self._enqueue(lease)
