@@ -512,12 +512,9 @@ class Scheduler:
             return ready, orig, None
         if not self.config.image_transfer:
             return ready, has, None
-        for i in range(n):
-            copy = self.images.usable(i, req.image.id)
-            if copy is None:
-                has[i] = False
-            else:
-                ready[i] = max(now, copy.ready)
+        copies = self.images.ready_times(req.image.id, never=INF)
+        has = copies < INF
+        ready = np.maximum(copies, now)
         if not has.all():
             length = self._transfer_length(req, req.vms)
             tx_start = self.images.link.earliest_gap(now, length)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .slottable import Timeline
 
 
@@ -44,6 +46,8 @@ class ImageStore:
         self.link = Timeline()
         self.transfers: list[Transfer] = []
         self._copies: list[dict[str, Copy]] = [{} for _ in range(nodes)]
+        self._by_image: dict[str, dict[int, Copy]] = {}  # the same copies, by image
+        self._nodes = nodes
 
     def usable(self, node: int, image: str) -> Copy | None:
         copy = self._copies[node].get(image)
@@ -52,6 +56,18 @@ class ImageStore:
         if copy.users and not self.share and self.cache_mb == 0:
             return None
         return copy
+
+    def ready_times(self, image: str, never: int) -> np.ndarray:
+        """Per node, when a usable copy of ``image`` is there (``never`` if none is)."""
+        ready = np.full(self._nodes, never, dtype=np.int64)
+        for node, copy in self._by_image.get(image, {}).items():
+            if not copy.users or self.share or self.cache_mb:
+                ready[node] = copy.ready
+        return ready
+
+    def _drop(self, node: int, image: str) -> None:
+        del self._copies[node][image]
+        del self._by_image[image][node]
 
     def cached_images(self, node: int) -> list[str]:
         return sorted(self._copies[node])
@@ -74,10 +90,11 @@ class ImageStore:
                 if used + size <= self.cache_mb:
                     break
                 used -= victim.size
-                del copies[victim.image]
+                self._drop(node, victim.image)
             cached = used + size <= self.cache_mb
         copy = Copy(image, node, size, ready, transfer, {lease}, now, cached)
         copies[image] = copy
+        self._by_image.setdefault(image, {})[node] = copy
         return copy
 
     def release(self, lease: int, nodes: tuple[int, ...], image: str, now: int) -> None:
@@ -95,7 +112,7 @@ class ImageStore:
                     self.cancel_transfer(t)
             if not copy.users and (not copy.cached or (t is not None and t.start > now)) \
                     and self._copies[n].get(image) is copy:
-                del self._copies[n][image]
+                self._drop(n, image)
 
     def cancel_transfer(self, t: Transfer) -> None:
         self.link.remove(t.link_id)
@@ -103,7 +120,7 @@ class ImageStore:
         for n in t.nodes:
             copy = self._copies[n].get(t.image)
             if copy is not None and copy.transfer is t:
-                del self._copies[n][t.image]
+                self._drop(n, t.image)
 
     def new_transfer(self, image: str, nodes: tuple[int, ...], start: int, end: int,
                      deadline: int | None) -> Transfer:

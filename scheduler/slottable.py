@@ -42,6 +42,9 @@ class AvailabilityProfile:
         self._entries: dict[int, _Entry] = {}
         self._by_node: list[set[int]] = [set() for _ in range(n)]
         self._next_id = 1
+        self.version = 0  # changes whenever any commitment does
+        self._memo: dict[tuple[int, bool, bytes], np.ndarray] = {}
+        self._memo_version = 0
 
     @property
     def node_count(self) -> int:
@@ -93,6 +96,7 @@ class AvailabilityProfile:
     def _apply(self, entry: _Entry, start: int, end: int, sign: int) -> None:
         if end <= start:
             return
+        self.version += 1
         i = self._split(start)
         j = self._split(end)
         rows = np.array(self._rows[i:j], dtype=np.intp)
@@ -160,6 +164,20 @@ class AvailabilityProfile:
         n = self.node_count
         if not vec.any():
             return np.full(n, INF, dtype=np.int64)
+        # Queue passes ask the same question for many leases between two changes.
+        if self._memo_version != self.version:
+            self._memo.clear()
+            self._memo_version = self.version
+        key = (t, ignore_preemptible, vec.tobytes())
+        if (hit := self._memo.get(key)) is not None:
+            return hit
+        until = self._free_until(t, vec, ignore_preemptible)
+        until.flags.writeable = False
+        self._memo[key] = until
+        return until
+
+    def _free_until(self, t: int, vec: np.ndarray, ignore_preemptible: bool) -> np.ndarray:
+        n = self.node_count
         i = bisect.bisect_right(self._times, t) - 1
         until = np.full(n, INF, dtype=np.int64)
         open_ = np.ones(n, dtype=bool)  # nodes whose interval is still open
