@@ -560,11 +560,8 @@ class Scheduler:
                     k >= fk and whole >= fw and opening >= fo and (fp or not partial)
                     and bool((vec >= fv).all()) for fk, fv, fw, fo, fp in failed.get(key, ())):
                 return None
-            untils = {}
             for g in groups:
-                until = self.profile.free_until(g, vec)
-                untils[g] = until
-                prop = full(g, (ready <= g) & (until >= g + whole))
+                prop = full(g, (ready <= g) & self.profile.fits_window(g, g + whole, vec))
                 # Starting at g must be what preparation dictates (on one of the chosen
                 # nodes at least); otherwise the lease is waiting for resources, and that
                 # is a reservation in the future.
@@ -573,7 +570,8 @@ class Scheduler:
                     return prop
             if partial:
                 for g in groups:
-                    prop = self._partial(lease, g, (ready <= g), untils[g], opening, pick)
+                    prop = self._partial(lease, g, (ready <= g), self.profile.free_until(g, vec),
+                                         opening, pick)
                     if prop is not None:
                         return prop
             if failed is not None:

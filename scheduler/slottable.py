@@ -43,7 +43,7 @@ class AvailabilityProfile:
         self._by_node: list[set[int]] = [set() for _ in range(n)]
         self._next_id = 1
         self.version = 0  # changes whenever any commitment does
-        self._memo: dict[tuple[int, bool, bytes], np.ndarray] = {}
+        self._memo: dict[tuple[int, int, bool, bytes], np.ndarray] = {}
         self._memo_version = 0
 
     @property
@@ -164,17 +164,33 @@ class AvailabilityProfile:
         n = self.node_count
         if not vec.any():
             return np.full(n, INF, dtype=np.int64)
-        # Queue passes ask the same question for many leases between two changes.
+        key = (t, -1, ignore_preemptible, vec.tobytes())
+        if (hit := self._recall(key)) is not None:
+            return hit
+        return self._remember(key, self._free_until(t, vec, ignore_preemptible))
+
+    def fits_window(self, start: int, end: int, vec: np.ndarray) -> np.ndarray:
+        """For each node, whether it can host ``vec`` throughout [start, end)."""
+        if not vec.any():
+            return np.ones(self.node_count, dtype=bool)
+        key = (start, end, False, vec.tobytes())
+        if (hit := self._recall(key)) is not None:
+            return hit
+        i = bisect.bisect_right(self._times, start) - 1
+        j = max(bisect.bisect_left(self._times, end), i + 1)
+        return self._remember(key, self._fits(i, j, vec, False).all(axis=0))
+
+    # Queue passes ask the same questions for many leases between two changes.
+    def _recall(self, key: tuple[int, int, bool, bytes]) -> np.ndarray | None:
         if self._memo_version != self.version:
             self._memo.clear()
             self._memo_version = self.version
-        key = (t, ignore_preemptible, vec.tobytes())
-        if (hit := self._memo.get(key)) is not None:
-            return hit
-        until = self._free_until(t, vec, ignore_preemptible)
-        until.flags.writeable = False
-        self._memo[key] = until
-        return until
+        return self._memo.get(key)
+
+    def _remember(self, key: tuple[int, int, bool, bytes], value: np.ndarray) -> np.ndarray:
+        value.flags.writeable = False
+        self._memo[key] = value
+        return value
 
     def _free_until(self, t: int, vec: np.ndarray, ignore_preemptible: bool) -> np.ndarray:
         n = self.node_count
