@@ -504,11 +504,13 @@ class Scheduler:
             orig[list(last.nodes)] = True
             if self.config.migration is Migration.NO:
                 ready[~orig] = INF
-            else:
-                for node in np.flatnonzero(~orig):
-                    with_image = (self.config.image_transfer
-                                  and self.images.usable(int(node), req.image.id) is None)
-                    ready[node] = base + self.overheads.migration(req, with_image)
+            else:  # the image moves too, to nodes that lack it
+                lacks = self.images.ready_times(req.image.id, never=INF) == INF
+                if not self.config.image_transfer:
+                    lacks[:] = False
+                moving = np.where(lacks, self.overheads.migration(req, True),
+                                  self.overheads.migration(req, False))
+                ready[~orig] = base + moving[~orig]
             return ready, orig, None
         if not self.config.image_transfer:
             return ready, has, None

@@ -36,8 +36,9 @@ class AvailabilityProfile:
         n, d = self.capacity.shape
         self._times: list[int] = [-INF]
         self._rows: list[int] = [0]
-        self._used = np.zeros((64, n, d), dtype=np.int64)
-        self._pre = np.zeros((64, n, d), dtype=np.int64)  # usage of preemptible entries
+        # (dimension, row, node): a query gathers only the dimensions it needs
+        self._used = np.zeros((d, 64, n), dtype=np.int64)
+        self._pre = np.zeros((d, 64, n), dtype=np.int64)  # usage of preemptible entries
         self._spare = list(range(63, 0, -1))
         self._entries: dict[int, _Entry] = {}
         self._by_node: list[set[int]] = [set() for _ in range(n)]
@@ -99,11 +100,11 @@ class AvailabilityProfile:
         self.version += 1
         i = self._split(start)
         j = self._split(end)
-        rows = np.array(self._rows[i:j], dtype=np.intp)
-        delta = sign * entry.vec
-        self._used[np.ix_(rows, entry.nodes)] += delta
+        rows = np.array(self._rows[i:j], dtype=np.intp)[:, None]
+        delta = (sign * entry.vec)[:, None, None]
+        self._used[:, rows, entry.nodes] += delta
         if entry.preemptible:
-            self._pre[np.ix_(rows, entry.nodes)] += delta
+            self._pre[:, rows, entry.nodes] += delta
         if sign < 0:  # drop breakpoints that no longer separate different usage
             self._merge(j)
             self._merge(i)
@@ -117,8 +118,8 @@ class AvailabilityProfile:
             self._grow()
         row = self._spare.pop()
         prev = self._rows[i - 1]
-        self._used[row] = self._used[prev]
-        self._pre[row] = self._pre[prev]
+        self._used[:, row] = self._used[:, prev]
+        self._pre[:, row] = self._pre[:, prev]
         self._times.insert(i, t)
         self._rows.insert(i, row)
         return i
@@ -126,16 +127,16 @@ class AvailabilityProfile:
     def _merge(self, i: int) -> None:
         if 0 < i < len(self._times):
             a, b = self._rows[i - 1], self._rows[i]
-            if np.array_equal(self._used[a], self._used[b]) and np.array_equal(
-                    self._pre[a], self._pre[b]):
+            if np.array_equal(self._used[:, a], self._used[:, b]) and np.array_equal(
+                    self._pre[:, a], self._pre[:, b]):
                 del self._times[i]
                 del self._rows[i]
                 self._spare.append(b)
 
     def _grow(self) -> None:
-        old = self._used.shape[0]
-        self._used = np.concatenate([self._used, np.zeros_like(self._used)])
-        self._pre = np.concatenate([self._pre, np.zeros_like(self._pre)])
+        old = self._used.shape[1]
+        self._used = np.concatenate([self._used, np.zeros_like(self._used)], axis=1)
+        self._pre = np.concatenate([self._pre, np.zeros_like(self._pre)], axis=1)
         self._spare.extend(range(2 * old - 1, old - 1, -1))
 
     def prune(self, now: int) -> None:
@@ -149,13 +150,16 @@ class AvailabilityProfile:
     # ---------------------------------------------------------------- queries
     def _fits(self, i: int, j: int, vec: np.ndarray, ignore_preemptible: bool) -> np.ndarray:
         """(slots i..j-1, nodes) booleans: can the node host ``vec`` in that slot?"""
-        dims = np.flatnonzero(vec)
         rows = np.array(self._rows[i:j], dtype=np.intp)
-        used = self._used[rows][:, :, dims]
-        if ignore_preemptible:
-            used = used - self._pre[rows][:, :, dims]
-        free = self.capacity[:, dims] - used
-        return np.asarray((free >= vec[dims]).all(axis=2))
+        ok: np.ndarray | None = None
+        for d in np.flatnonzero(vec):
+            used = self._used[d].take(rows, axis=0)
+            if ignore_preemptible:
+                used -= self._pre[d].take(rows, axis=0)
+            fits = used <= self.capacity[:, d] - vec[d]
+            ok = fits if ok is None else ok & fits
+        assert ok is not None
+        return ok
 
     def free_until(self, t: int, vec: np.ndarray, *,
                    ignore_preemptible: bool = False) -> np.ndarray:
@@ -243,7 +247,7 @@ class AvailabilityProfile:
         i = bisect.bisect_right(self._times, start) - 1
         j = bisect.bisect_left(self._times, end)
         rows = np.array(self._rows[i:max(j, i + 1)], dtype=np.intp)
-        free: np.ndarray = self.capacity[node] - self._used[rows, node].max(axis=0)
+        free: np.ndarray = self.capacity[node] - self._used[:, rows, node].max(axis=1)
         return free
 
 
