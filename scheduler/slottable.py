@@ -182,7 +182,7 @@ class AvailabilityProfile:
             return hit
         i = bisect.bisect_right(self._times, start) - 1
         j = max(bisect.bisect_left(self._times, end), i + 1)
-        return self._remember(key, self._fits(i, j, vec, False).all(axis=0))
+        return self._remember(key, np.asarray(self._fits(i, j, vec, False).all(axis=0)))
 
     # Queue passes ask the same questions for many leases between two changes.
     def _recall(self, key: tuple[int, int, bool, bytes]) -> np.ndarray | None:
