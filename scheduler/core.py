@@ -284,14 +284,14 @@ class Scheduler:
                                         lease.version))
         lease.state = self._state_at(lease, self.now)
 
-    @staticmethod
-    def _real_end(lease: Lease) -> int | None:
+    def _real_end(self, lease: Lease) -> int | None:
         """When the workload ends by itself, if that comes before its plan says: inside
         a run that would go on longer, or exactly when a suspension would begin."""
         done = 0
         for seg in lease.segments:
             end = seg.run_start + lease.run_real - done
-            if end < seg.run_end or (end == seg.run_end and seg.closes is EventKind.SUSPEND):
+            if end < seg.run_end or (end == seg.run_end and seg.closes is EventKind.SUSPEND
+                                     and self._can_shut_down(seg, end)):
                 return max(end, seg.run_start)
             done += seg.run_end - seg.run_start
         return None
@@ -514,7 +514,7 @@ class Scheduler:
             return ready, orig, None
         if not self.config.image_transfer:
             return ready, has, None
-        copies = self.images.ready_times(req.image.id, never=INF)
+        copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id)
         has = copies < INF
         ready = np.maximum(copies, now)
         if not has.all():
@@ -616,6 +616,9 @@ class Scheduler:
         run_start = start + opening
         if s_start - run_start < min_run:
             return None
+        if lease.segments and not all(tl.is_free(start, run_start)
+                                      for tl in self._channels_for(nodes)):
+            return None  # the resumption it opens with needs the exclusion channel
         if s_start + susp - run_start >= lease.run_needed - lease.run_done() + susp:
             return None  # it would fit whole: not a partial fit
         return _Proposal(nodes, start, run_start, s_start, s_start + susp,
@@ -656,6 +659,8 @@ class Scheduler:
                         lease.image_nodes.add(n)
         elif self.config.image_transfer:
             self._deploy_images(lease, prop.nodes, now)
+            # transfers still under way when it boots are not what it boots from
+            lease.transfers = [t for t in lease.transfers if t.end <= prop.start]
         entry = self.profile.add(prop.nodes, prop.start, prop.end, req.resources.as_array(),
                                  owner=lease.id, preemptible=req.preemptible)
         seg = Segment(prop.nodes, prop.start, prop.run_start, prop.run_end, prop.end,
@@ -687,7 +692,7 @@ class Scheduler:
         img = req.image
         missing = []
         for n in nodes:
-            copy = self.images.usable(n, img.id)
+            copy = self.images.usable(n, img.id, lease.id)
             if copy is None or (deadline is not None and copy.ready > deadline):
                 missing.append(n)
             else:
@@ -695,9 +700,14 @@ class Scheduler:
                 lease.image_nodes.add(n)
                 if copy.transfer is not None and copy.transfer not in lease.transfers:
                     lease.transfers.append(copy.transfer)
+        per = self.overheads.transfer(img)
+        if per == 0:  # nothing to send: the (empty) image is there at once
+            for n in missing:
+                self.images.add_copy(n, img.id, img.size_mb, now, None, lease.id, now)
+                lease.image_nodes.add(n)
+            missing = []
         if not missing:
             return True
-        per = self.overheads.transfer(img)
         batches = ([tuple(missing)] if self.config.transfer_mode == "multicast"
                    else [(n,) for n in missing])
         made: list[Transfer] = []
@@ -752,11 +762,10 @@ class Scheduler:
             if nodes is None:
                 self._reject(lease, self._ar_shortage(req, start, end, int(usable.sum())))
                 return
-            victims = self._victims(lease, nodes, start, end)
-            blocked = [v for v in victims if not self._can_vacate(v, start)]
-            if blocked:
-                for v in blocked:
-                    excluded[list(self._state_nodes(v))] = True
+            victims = self._victims(lease, [n for n in nodes if not free[n]], start, end)
+            plan = self._preemption_plan(victims, start)
+            if isinstance(plan, Lease):  # it cannot make way in time: avoid its nodes
+                excluded[[n for seg in plan.segments for n in seg.nodes]] = True
                 continue
             break
         if self.config.image_transfer and not self._deploy_images(lease, nodes, now,
@@ -765,7 +774,7 @@ class Scheduler:
             self._release_images(lease)
             return
         for v in victims:
-            self._vacate(v, start)
+            self._vacate(v, plan[v.id])
         entry = self.profile.add(nodes, start, end, vec, owner=lease.id)
         lease.segments.append(Segment(nodes, start, req.start, req.start + req.duration, end,
                                       EventKind.BOOT, EventKind.SHUTDOWN, entry))
@@ -799,24 +808,46 @@ class Scheduler:
             msg += f"; the earliest start that fits is {fit[0] + self.overheads.boot} s"
         return msg
 
-    def _victims(self, lease: Lease, nodes: tuple[int, ...], start: int,
-                 end: int) -> list[Lease]:
-        owners = self.profile.owners_overlapping(list(nodes), start, end)
+    def _victims(self, lease: Lease, nodes: list[int], start: int, end: int) -> list[Lease]:
+        """Preemptible leases in the way on ``nodes`` (which lack room without preemption)."""
+        owners = self.profile.owners_overlapping(nodes, start, end, preemptible_only=True)
         owners.discard(lease.id)
         return sorted((self.leases[o] for o in owners), key=lambda v: v.seq)
 
-    def _can_vacate(self, victim: Lease, by: int) -> bool:
-        """Can ``victim`` release its nodes by ``by`` (unplanned or suspended in time)?"""
-        if not self.policies.preemption.may_preempt(
-                LeaseRequest(0, LeaseKind.AR, 1, victim.request.resources,
-                             victim.request.image, 1, 0, start=0), victim.request):
-            return False
-        seg = victim.segments[-1]
-        if seg.start > self.now:
-            return not self._migrating(victim)
-        if not self.config.suspension:
-            return False
-        return self._suspend_start(victim, seg, by) is not None
+    def _preemption_plan(self, victims: list[Lease], by: int) -> dict[int, int | None] | Lease:
+        """When each victim's suspension starts (None: it has not begun, re-plan it) so
+        that it holds nothing from ``by`` on; suspensions are placed one after another
+        on the exclusion channels. Returns the first victim that cannot make way."""
+        plan: dict[int, int | None] = {}
+        booked: list[tuple[Timeline, int]] = []
+        length = 0
+        try:
+            for v in victims:
+                if not self.policies.preemption.may_preempt(
+                        LeaseRequest(0, LeaseKind.AR, 1, v.request.resources, v.request.image,
+                                     1, 0, start=0), v.request) or self._migrating(v):
+                    return v
+                cur = self._current_segment(v)
+                if cur is None or cur.end <= by:
+                    plan[v.id] = None
+                    continue
+                if not self.config.suspension or (cur.closes is EventKind.SUSPEND
+                                                  and cur.run_end <= self.now):
+                    return v  # cannot suspend, or its suspension is already under way
+                s = self._suspend_start(v, cur, by)
+                if s is None:
+                    return v
+                plan[v.id] = s
+                length = self.overheads.suspend(v.request)
+                booked += [(tl, tl.add(s, s + length)) for tl in self._channels_for(cur.nodes)]
+            return plan
+        finally:
+            for tl, tid in booked:
+                tl.remove(tid)
+
+    def _current_segment(self, lease: Lease) -> Segment | None:
+        begun = [s for s in lease.segments if s.start <= self.now]
+        return begun[-1] if begun else None
 
     def _suspend_start(self, victim: Lease, seg: Segment, by: int) -> int | None:
         length = self.overheads.suspend(victim.request)
@@ -833,25 +864,20 @@ class Scheduler:
             return None
         return s
 
-    def _vacate(self, victim: Lease, by: int) -> None:
-        """Preempt ``victim`` so that it holds nothing from ``by`` on."""
-        log.info("lease preempted", extra={"lease": victim.id, "by": by})
-        seg = victim.segments[-1]
-        if seg.start > self.now:  # not begun: simply re-plan it later
-            self._unplan_waiting(victim)
-            self._release_images(victim) if not victim.segments else None
-            if victim not in self._queue:
-                self._enqueue(victim)
-        else:
-            s = self._suspend_start(victim, seg, by)
-            assert s is not None
-            self._drop_plans_after(victim, self.now)
-            self._release_channels(seg, after=seg.run_end)
-            seg.run_end, seg.end, seg.closes = s, s + self.overheads.suspend(victim.request), \
-                EventKind.SUSPEND
-            self.profile.truncate(seg.entry, seg.end)
-            self._book_channels(seg, seg.run_end, seg.end)
-            if victim not in self._queue:
-                self._enqueue(victim)
+    def _vacate(self, victim: Lease, suspend_at: int | None) -> None:
+        """Preempt ``victim``: drop what it has not begun, suspend what runs."""
+        log.info("lease preempted", extra={"lease": victim.id, "suspend_at": suspend_at})
+        self._unplan_waiting(victim)
+        cur = self._current_segment(victim)
+        if cur is None:
+            self._release_images(victim)
+        elif suspend_at is not None:
+            self._release_channels(cur, after=cur.run_end)
+            cur.run_end, cur.closes = suspend_at, EventKind.SUSPEND
+            cur.end = suspend_at + self.overheads.suspend(victim.request)
+            self.profile.truncate(cur.entry, cur.end)
+            self._book_channels(cur, cur.run_end, cur.end)
+        if cur is None or cur.closes is EventKind.SUSPEND:
+            self._enqueue(victim)
         self._replan = True
         self._push(victim)

@@ -49,19 +49,23 @@ class ImageStore:
         self._by_image: dict[str, dict[int, Copy]] = {}  # the same copies, by image
         self._nodes = nodes
 
-    def usable(self, node: int, image: str) -> Copy | None:
+    def usable(self, node: int, image: str, lease: int | None = None) -> Copy | None:
+        """A copy ``lease`` may boot from: its own, a cached one, or (piggybacking)
+        one brought for other leases."""
         copy = self._copies[node].get(image)
-        if copy is None:
-            return None
-        if copy.users and not self.share and self.cache_mb == 0:
+        if copy is None or not self._shareable(copy, lease):
             return None
         return copy
 
-    def ready_times(self, image: str, never: int) -> np.ndarray:
-        """Per node, when a usable copy of ``image`` is there (``never`` if none is)."""
+    def _shareable(self, copy: Copy, lease: int | None) -> bool:
+        return (self.share or self.cache_mb > 0 or not copy.users
+                or copy.users == {lease})
+
+    def ready_times(self, image: str, never: int, lease: int | None = None) -> np.ndarray:
+        """Per node, when a copy of ``image`` usable by ``lease`` is there (else ``never``)."""
         ready = np.full(self._nodes, never, dtype=np.int64)
         for node, copy in self._by_image.get(image, {}).items():
-            if not copy.users or self.share or self.cache_mb:
+            if self._shareable(copy, lease):
                 ready[node] = copy.ready
         return ready
 
@@ -80,8 +84,16 @@ class ImageStore:
 
     def add_copy(self, node: int, image: str, size: int, ready: int,
                  transfer: Transfer | None, lease: int, now: int) -> Copy:
-        """A new copy for ``lease``, evicting unreferenced cached copies to make room."""
+        """A new copy for ``lease``, evicting unreferenced cached copies to make room.
+        If the node already has (or is getting) the image, that copy is kept, arriving
+        at the earlier of the two instants."""
         copies = self._copies[node]
+        if (old := copies.get(image)) is not None:
+            if ready < old.ready:
+                old.ready, old.transfer = ready, transfer
+            old.users.add(lease)
+            old.last_used = now
+            return old
         cached = False
         if self.cache_mb >= size:
             used = sum(c.size for c in copies.values() if c.cached)

@@ -166,7 +166,7 @@ def test_log_text(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "replay", PREEMPTION, "--profile", "test-notransfer",
                        "--json", tmp_path / "o.json", "--quiet", "--log-level", "INFO")
     assert code == 0
-    assert "INFO scheduler.core: lease preempted lease=1 by=" in err
+    assert "INFO scheduler.core: lease preempted lease=1 suspend_at=1764\n" in err
 
 
 def test_default_log_level_is_quiet(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
