@@ -562,6 +562,9 @@ class Scheduler:
                     k >= fk and whole >= fw and opening >= fo and (fp or not partial)
                     and bool((vec >= fv).all()) for fk, fv, fw, fo, fp in failed.get(key, ())):
                 return None
+            # cheap and exact: at least k nodes must be able to host a VM at g itself
+            groups = [g for g in groups
+                      if int((self.profile.fits_window(g, g + 1, vec) & (ready <= g)).sum()) >= k]
             for g in groups:
                 prop = full(g, (ready <= g) & self.profile.fits_window(g, g + whole, vec))
                 # Starting at g must be what preparation dictates (on one of the chosen
