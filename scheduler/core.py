@@ -574,7 +574,12 @@ class Scheduler:
                         and self._channels_ok(lease, prop):
                     return prop
             if partial:
+                susp = ovh.suspend(req)
+                shortest = opening + max(1, susp + ovh.resume(req)) + susp  # see _partial
                 for g in groups:
+                    if int((self.profile.fits_window(g, g + shortest, vec)
+                            & (ready <= g)).sum()) < k:
+                        continue
                     prop = self._partial(lease, g, (ready <= g), self.profile.free_until(g, vec),
                                          opening, pick)
                     if prop is not None:
