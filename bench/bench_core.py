@@ -125,9 +125,10 @@ def cpu_utilization(result: ReplayResult) -> float:
 
 def run_replay(site: Site, config: Config, requests: list[LeaseRequest], *, trace: bool,
                profiler: cProfile.Profile | None
-               ) -> tuple[ReplayResult | None, Exception | None, float, int]:
-    """One replay: (result or None, the exception if it failed, wall seconds, tracemalloc
-    peak in bytes above what was allocated before it, 0 if not traced)."""
+               ) -> tuple[ReplayResult | None, Exception | None, float, float, int]:
+    """One replay: (result or None, the exception if it failed, wall seconds, CPU seconds
+    of this process, tracemalloc peak in bytes above what was allocated before it, 0 if
+    not traced)."""
     gc.collect()
     base = 0
     if trace:
@@ -136,7 +137,7 @@ def run_replay(site: Site, config: Config, requests: list[LeaseRequest], *, trac
         tracemalloc.reset_peak()
     result: ReplayResult | None = None
     failure: Exception | None = None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if profiler is not None:
         profiler.enable()
     try:
@@ -145,12 +146,12 @@ def run_replay(site: Site, config: Config, requests: list[LeaseRequest], *, trac
         failure = e
     if profiler is not None:
         profiler.disable()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = 0
     if trace:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    return result, failure, wall, max(0, peak - base)
+    return result, failure, wall, cpu, max(0, peak - base)
 
 
 def _fmt_states(states: dict[str, int]) -> str:
@@ -202,17 +203,19 @@ def main(argv: list[str] | None = None) -> int:
 
     profiler = cProfile.Profile() if args.profile_out else None
     inline = args.memory == "inline" and profiler is None
-    result, failure, wall, peak = run_replay(site, config, requests, trace=inline,
+    result, failure, wall, cpu, peak = run_replay(site, config, requests, trace=inline,
                                              profiler=profiler)
     maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
     print(f"replay wall: {wall:.3f} s" + (" (under cProfile)" if profiler else "")
           + (" (under tracemalloc)" if inline else ""))
+    print(f"replay cpu: {cpu:.3f} s (process time; on a busy machine it is the steadier "
+          f"figure)")
     print(f"throughput: {len(requests) / wall:.1f} leases/s")
     print(f"peak memory (ru_maxrss, process): {maxrss_kb / 1024:.1f} MiB")
     sys.stdout.flush()
     if args.memory == "separate" and profiler is None and result is not None:
-        _, _, traced_wall, peak = run_replay(site, config, requests, trace=True, profiler=None)
+        _, _, traced_wall, _, peak = run_replay(site, config, requests, trace=True, profiler=None)
         print(f"peak memory (tracemalloc, replay): {peak / 2**20:.1f} MiB "
               f"(separate traced replay, {traced_wall:.1f} s)")
     elif inline:

@@ -9,7 +9,7 @@ checker (:mod:`scheduler.invariants`) and by the properties stated here directly
 
 Environment:
 
-* ``WSCHED_PROPERTY_EXAMPLES`` -- examples per random test (default 100); raise it to
+* ``WSCHED_PROPERTY_EXAMPLES`` -- examples per random test (default 300); raise it to
   hunt for bugs, e.g. ``WSCHED_PROPERTY_EXAMPLES=5000 pytest tests/test_properties.py``;
 * ``WSCHED_PROPERTY_STRICT=1`` -- also fail on the known scheduler bugs listed in
   ``KNOWN_BUGS`` (by default an example failing only with one of them is tolerated
@@ -50,7 +50,7 @@ from scheduler.leases import (
     Site,
 )
 
-EXAMPLES = int(os.environ.get("WSCHED_PROPERTY_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("WSCHED_PROPERTY_EXAMPLES", "300"))
 STRICT = os.environ.get("WSCHED_PROPERTY_STRICT", "") not in ("", "0")
 #: Module-local settings (no global profile: other test modules keep theirs).
 PROPERTY_SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
@@ -89,7 +89,7 @@ def sites(draw: st.DrawFn) -> Site:
 
 
 @st.composite
-def configs(draw: st.DrawFn, admission: str | None = None) -> Config:
+def configs(draw: st.DrawFn, admission: str | None = None, heavy: bool = False) -> Config:
     if admission is None:  # mostly accept-all: no-ars leaves little to schedule
         admission = draw(st.sampled_from(("accept-all", "accept-all", "accept-all", "no-ars")))
     return replace(
@@ -103,23 +103,27 @@ def configs(draw: st.DrawFn, admission: str | None = None) -> Config:
         shutdown_time=draw(st.integers(0, 10)),
         runtime_slowdown=draw(st.sampled_from((0.0, 5.0, 10.0))),
         # suspension and preemption more often on: they are where the bugs hide
-        suspension=draw(st.sampled_from((True, True, False))),
+        suspension=heavy or draw(st.sampled_from((True, True, False))),
         suspendresume_exclusion=draw(st.sampled_from(Exclusion)),
-        migration=draw(st.sampled_from(Migration)),
+        migration=draw(st.sampled_from([m for m in Migration
+                                        if not (heavy and m is Migration.NO)])),
         backfilling=draw(st.sampled_from(Backfilling)),
         backfilling_reservations=draw(st.integers(1, 3)),
-        preemption=draw(st.sampled_from(("ar-preempts-besteffort", "ar-preempts-besteffort",
+        preemption=draw(st.sampled_from(("ar-preempts-besteffort",) if heavy else
+                                        ("ar-preempts-besteffort", "ar-preempts-besteffort",
                                          "none"))),
         admission=admission,
     )
 
 
 @st.composite
-def lease_request(draw: st.DrawFn, site: Site, spread: int,
-                  sizes: dict[str, int]) -> LeaseRequest:
-    """One request; its ``id`` is given once the workload is sorted by submit time."""
+def lease_request(draw: st.DrawFn, site: Site, spread: int, sizes: dict[str, int],
+                  heavy: bool = False) -> LeaseRequest:
+    """One request; its ``id`` is given once the workload is sorted by submit time.
+    ``heavy``: preemptible best-effort leases and ARs only."""
     submit = draw(st.integers(0, spread))
-    kind = draw(st.sampled_from(LeaseKind))
+    kinds = (LeaseKind.BESTEFFORT, LeaseKind.BESTEFFORT, LeaseKind.AR) if heavy else LeaseKind
+    kind = draw(st.sampled_from(kinds))
     duration = draw(st.integers(60, 3600))
     real_duration = draw(st.one_of(
         st.none(), st.just(duration), st.integers(1, duration - 1),
@@ -135,27 +139,31 @@ def lease_request(draw: st.DrawFn, site: Site, spread: int,
     return LeaseRequest(
         id=0, kind=kind, vms=draw(st.integers(1, len(site.nodes))), resources=resources,
         image=DiskImage(image, sizes[image]), duration=duration, submit=submit, start=start,
-        real_duration=real_duration, preemptible=draw(st.sampled_from((True, True, False))))
+        real_duration=real_duration,
+        preemptible=heavy or draw(st.sampled_from((True, True, False))))
 
 
 @st.composite
-def requests_for(draw: st.DrawFn, site: Site) -> tuple[LeaseRequest, ...]:
+def requests_for(draw: st.DrawFn, site: Site, heavy: bool = False) -> tuple[LeaseRequest, ...]:
     # A narrow submission window makes leases contend (and submit at the same instant).
     spread = draw(st.sampled_from((0, 300, 1800, 7200)))
     sizes = {i: draw(st.one_of(st.sampled_from((0, 1, 1024, 2048)), st.integers(0, 2048)))
              for i in IMAGE_IDS}
     # Hypothesis favours short lists: ask for a few leases at least, most of the time.
     at_least = draw(st.sampled_from((1, 5, 10)))
-    drawn = draw(st.lists(lease_request(site, spread, sizes), min_size=at_least, max_size=25))
+    drawn = draw(st.lists(lease_request(site, spread, sizes, heavy), min_size=at_least,
+                          max_size=25))
     drawn.sort(key=lambda r: r.submit)  # stable: equal submits keep their drawn order
     return tuple(replace(r, id=n) for n, r in enumerate(drawn, 1))
 
 
 @st.composite
-def scenarios(draw: st.DrawFn, admission: str | None = None) -> Scenario:
+def scenarios(draw: st.DrawFn, admission: str | None = None, heavy: bool = False) -> Scenario:
+    """``heavy``: preemption-heavy (suspension and migration on, ARs and preemptible
+    best-effort leases only)."""
     site = draw(sites())
-    config = draw(configs(admission))
-    requests = draw(requests_for(site))
+    config = draw(configs(admission, heavy))
+    requests = draw(requests_for(site, heavy))
     cancels = []
     # Cancellations, mostly shortly after the lease's submission. Index len(requests)
     # names a lease that is never submitted: cancelling it must raise SchedulingError.
@@ -434,9 +442,9 @@ KNOWN_BUGS: dict[str, _Recognise] = {
     # next to it: ARs are rejected when they share a node with a non-preemptible lease.
     "ar-victims-not-needed": lambda sc, run, text: (
         text.startswith("AR lease") and "rejected though" in text),
-    # _propose(future=False) may start a lease at a later readiness instant of another
-    # node, after other leases end; and unicast readiness counts a transfer for every
-    # VM: immediate leases wait although their images are there.
+    # _readiness: under unicast a new transfer is counted for every VM, also for nodes
+    # that already have (or are getting) the image: the lease boots after its images
+    # are all there, idle.
     "immediate-waits": lambda sc, run, text: (
         "later than its image is there" in text and sc.config.image_transfer),
     # _early_end: a workload ending exactly where a planned suspension starts (shutdown
@@ -451,8 +459,8 @@ KNOWN_BUGS: dict[str, _Recognise] = {
     # images break that, and transfers overlap on the repository link.
     "zero-length-link-bookings": lambda sc, run, text: _zero_size_images(sc) and (
         text.startswith("repository link: ")),
-    # A re-planned waiting lease does not reuse its own in-flight copy (piggybacking
-    # off), or drops its share of a transfer another lease keeps: it transfers again.
+    # With piggybacking off (and no cache) ImageStore.usable refuses a lease its own
+    # copy: a re-planned reservation transfers its image to the same node again.
     "replan-transfers-again": lambda sc, run, text: "transfers its image twice" in text,
 }
 
@@ -530,7 +538,22 @@ CANCEL_SUSPENDING = replace(AR_PREEMPTS, cancels=((370, 1),))
 @example(CANCEL_SUSPENDED)
 @example(CANCEL_SUSPENDING)
 def test_random_workloads_give_valid_schedules(sc: Scenario) -> None:
-    judge(sc)
+    run = judge(sc)
+    if run is not None:  # what the examples exercise: --hypothesis-show-statistics
+        kinds = {e.kind for o in run.outcomes for e in o.events}
+        for kind in (EventKind.TRANSFER, EventKind.SUSPEND, EventKind.MIGRATE):
+            event(f"has {kind}", kind in kinds)
+        event("cancels a live lease", bool(run.cancelled))
+
+
+@settings(PROPERTY_SETTINGS, max_examples=max(10, EXAMPLES // 2))
+@given(scenarios(heavy=True))
+def test_preemption_heavy_workloads_give_valid_schedules(sc: Scenario) -> None:
+    run = judge(sc)
+    if run is not None:
+        kinds = {e.kind for o in run.outcomes for e in o.events}
+        for kind in (EventKind.SUSPEND, EventKind.MIGRATE):
+            event(f"has {kind}", kind in kinds)
 
 
 def _same_again(sc: Scenario, run: Run) -> None:
