@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -408,60 +407,28 @@ def _check_cancelled(expect: Expect, o: LeaseOutcome, at: int) -> None:
 # ================================================================= known bugs
 #
 # Scheduler bugs these properties found that are reported but not fixed yet. Each
-# entry recognises the failure one bug causes; an example failing only with known
-# bugs is tolerated unless WSCHED_PROPERTY_STRICT=1. Delete an entry once its bug is
-# fixed (the examples then fail again if it is not).
+# entry recognises the failures one bug causes; an example failing only with known
+# bugs is tolerated (and counted as a Hypothesis event) unless
+# WSCHED_PROPERTY_STRICT=1. Delete an entry as soon as its bug is fixed.
 
 _Recognise = Callable[[Scenario, "Run | None", str], bool]
 
 
-def _zero_size_images(sc: Scenario) -> bool:
-    return sc.config.image_transfer and any(r.image.size_mb == 0 for r in sc.requests)
-
-
-def _preempted_again(sc: Scenario, run: Run | None, text: str) -> bool:
-    """A capacity violation between an AR and a lease it preempted while that lease
-    was already suspending (the AR only dropped its planned resumption)."""
-    held = re.search(r"^capacity: .* held by lease\(s\) ([\d, ]+)$", text)
-    if held is None or run is None:
-        return False
-    leases = [run.outcomes[int(i) - 1] for i in held.group(1).split(", ")]
-    return (any(o.request.kind is LeaseKind.AR for o in leases)
-            and any(e.kind is EventKind.SUSPEND for o in leases for e in o.events))
-
-
 KNOWN_BUGS: dict[str, _Recognise] = {
-    # Scheduler._vacate: AssertionError when an AR preempts several running leases
-    # whose suspensions share a suspend/resume exclusion channel (_can_vacate checks
-    # each victim alone).
-    "vacate-shared-channel": lambda sc, run, text: text == "crash in Scheduler._vacate",
-    # _can_vacate/_vacate look only at the victim's last segment: a lease already
-    # suspending for an earlier AR is 'un-planned', and the new AR overlaps it.
-    "preempt-suspending-lease": _preempted_again,
-    # _victims takes every lease on the chosen nodes as a victim, even when the AR fits
-    # next to it: ARs are rejected when they share a node with a non-preemptible lease.
-    "ar-victims-not-needed": lambda sc, run, text: (
-        text.startswith("AR lease") and "rejected though" in text),
-    # _readiness: under unicast a new transfer is counted for every VM, also for nodes
-    # that already have (or are getting) the image: the lease boots after its images
-    # are all there, idle.
-    "immediate-waits": lambda sc, run, text: (
-        "later than its image is there" in text and sc.config.image_transfer),
-    # _early_end: a workload ending exactly where a planned suspension starts (shutdown
-    # longer than the suspension) resumes and runs its whole requested duration.
-    "early-end-at-suspension": lambda sc, run, text: (
-        text.startswith("work: ") and "expected exactly" in text
-        and sc.config.shutdown_time + sc.config.enactment_overhead > 0),
-    # _partial does not check the exclusion channels for the resumption it opens with.
-    "partial-resume-exclusion": lambda sc, run, text: (
-        text.startswith("suspend/resume exclusion") and " resume [" in text),
-    # Timeline gap searches assume disjoint intervals; zero-length transfers of empty
-    # images break that, and transfers overlap on the repository link.
-    "zero-length-link-bookings": lambda sc, run, text: _zero_size_images(sc) and (
-        text.startswith("repository link: ")),
-    # With piggybacking off (and no cache) ImageStore.usable refuses a lease its own
-    # copy: a re-planned reservation transfers its image to the same node again.
-    "replan-transfers-again": lambda sc, run, text: "transfers its image twice" in text,
+    # Scheduler._readiness: under unicast a new transfer is counted for every VM, also for
+    # nodes that already have (or are getting) the image: the lease boots some time
+    # after all its images are there.
+    "unicast-readiness": lambda sc, run, text: (
+        "later than its image is there" in text and sc.config.image_transfer
+        and sc.config.transfer_mode is TransferMode.UNICAST),
+    # ImageStore.release drops the copies of a transfer that has begun (no cache) while
+    # the transfer goes on: re-planned, the lease transfers its image again.
+    "begun-transfer-copies-dropped": lambda sc, run, text: (
+        "transfers its image twice" in text and sc.config.image_transfer),
+    # Scheduler._stop: a lease cancelled before its run begins, whose planned suspension
+    # is shorter than a shutdown, still runs and suspends as planned.
+    "cancel-keeps-planned-suspension": lambda sc, run, text: re.match(
+        r"lease \d+ cancelled at t=\d+: (runs \d+\.\.\d+|suspend \[)", text) is not None,
 }
 
 
@@ -471,9 +438,6 @@ def known_bugs(sc: Scenario, run: Run | None, error: BaseException) -> list[str]
         texts = error.problems
     elif isinstance(error, InvariantViolation):
         texts = error.violations
-    elif isinstance(error, AssertionError) and any(
-            f.name == "_vacate" for f in traceback.extract_tb(error.__traceback__)):
-        texts = ["crash in Scheduler._vacate"]
     else:
         texts = [str(error)]
     names = []
