@@ -184,6 +184,8 @@ class Run:
     #: AR/immediate leases: on how many nodes one VM fitted, at submission, next to
     #: everything then planned, for the lease's whole window (predeployed images only)
     room_at_submit: dict[int, int]
+    #: immediate leases: their plan when submit returned
+    planned_at_submit: dict[int, LeaseOutcome]
 
 
 def drive(sc: Scenario) -> Run:
@@ -200,6 +202,7 @@ def drive(sc: Scenario) -> Run:
     cancelled: dict[int, int] = {}
     after_submit: dict[int, LeaseState] = {}
     room: dict[int, int] = {}
+    planned: dict[int, LeaseOutcome] = {}
     for t, what, i in actions:
         sched.advance_to(t)
         if what == 0:
@@ -207,7 +210,10 @@ def drive(sc: Scenario) -> Run:
             window = _window(sc.config, req, t)
             if window is not None:
                 room[req.id] = _room(sc.site, sched.outcomes(), req, *window)
-            after_submit[req.id] = sched.submit(req).state
+            lease = sched.submit(req)
+            after_submit[req.id] = lease.state
+            if req.kind is LeaseKind.IMMEDIATE:
+                planned[req.id] = lease.outcome()
             continue
         lease_id = sc.cancels[i][1]
         states = {o.request.id: o.state for o in sched.outcomes()}
@@ -228,7 +234,7 @@ def drive(sc: Scenario) -> Run:
     else:
         pytest.fail(f"still planning events after {MAX_STEPS} steps (livelock?)")
     outcomes = tuple(sorted(sched.outcomes(), key=lambda o: o.request.id))
-    return Run(outcomes, cancelled, after_submit, room)
+    return Run(outcomes, cancelled, after_submit, room, planned)
 
 
 def _window(config: Config, req: LeaseRequest, now: int) -> tuple[int, int] | None:
@@ -372,11 +378,17 @@ def _check_immediate(expect: Expect, sc: Scenario, run: Run, o: LeaseOutcome) ->
                    for e in o.events), f"{who} was preempted")
     if not sc.config.image_transfer:
         expect(boots[0].start == req.submit, f"{who} boots at {boots[0].start}, not at once")
-    transfers_end = max((e.end for e in o.events if e.kind is EventKind.TRANSFER),
+    # Its plan when accepted: boot as soon as the image is there. (A transfer it shares
+    # with an AR may move earlier later on: the plan need not follow.)
+    plan = run.planned_at_submit[req.id]
+    planned_boot = min(e.start for e in plan.events if e.kind is EventKind.BOOT)
+    transfers_end = max((e.end for e in plan.events if e.kind is EventKind.TRANSFER),
                         default=req.submit)
     latest = max(req.submit, transfers_end)
-    expect(boots[0].start <= latest,
-           f"{who} boots at {boots[0].start}, later than its image is there (t={latest})")
+    expect(planned_boot <= latest,
+           f"{who} boots at {planned_boot}, later than its image is there (t={latest})")
+    expect(boots[0].start == planned_boot, f"{who} was planned to boot at {planned_boot}, "
+           f"boots at {boots[0].start}")
 
 
 def _check_shared_transfers(expect: Expect, outcomes: tuple[LeaseOutcome, ...]) -> None:
@@ -425,6 +437,11 @@ KNOWN_BUGS: dict[str, _Recognise] = {
     # the transfer goes on: re-planned, the lease transfers its image again.
     "begun-transfer-copies-dropped": lambda sc, run, text: (
         "transfers its image twice" in text and sc.config.image_transfer),
+    # Scheduler._migrating looks at the last planned segment only: when a suspended
+    # lease has two planned segments, an AR preempting it re-plans it while its
+    # migration is under way, and it migrates a second time.
+    "migration-restarted": lambda sc, run, text: re.match(
+        r"shape: lease \d+: migrate \[.* after migrate \[", text) is not None,
     # Scheduler._stop: a lease cancelled before its run begins, whose planned suspension
     # is shorter than a shutdown, still runs and suspends as planned.
     "cancel-keeps-planned-suspension": lambda sc, run, text: re.match(
