@@ -176,8 +176,10 @@ class Scheduler:
 
     def cancel(self, lease_id: int) -> Lease:
         lease = self._get(lease_id)
-        if lease.state.terminal or lease.cancelled:
+        if lease.state.terminal:
             raise SchedulingError(f"lease {lease_id} is already {lease.state}")
+        if lease.cancelled:
+            return lease  # being wound down already
         lease.cancelled = True
         self._stop(lease, self.now)
         if not lease.finished and all(e.end <= self.now for e in lease.events()):
@@ -374,9 +376,9 @@ class Scheduler:
         if lease.segments:
             seg = lease.segments[-1]
             cut = max(t, seg.run_start)  # a VM command in progress completes first
-            if (seg.closes is EventKind.SHUTDOWN or seg.run_end > t) and \
-                    self._can_shut_down(seg, cut):
-                self._cut_segment(lease, seg, cut)
+            if seg.closes is EventKind.SHUTDOWN or seg.run_end > t:
+                # no time for a clean shutdown before what is booked next: destroy the VMs
+                self._cut_segment(lease, seg, cut, graceful=self._can_shut_down(seg, cut))
         self._push(lease)
 
     def _can_shut_down(self, seg: Segment, t: int) -> bool:
@@ -384,13 +386,13 @@ class Scheduler:
         suspension may be shorter than a shutdown, and what follows it is booked.)"""
         return seg.closes is EventKind.SHUTDOWN or t + self.overheads.shutdown <= seg.end
 
-    def _cut_segment(self, lease: Lease, seg: Segment, t: int) -> None:
-        """End a segment's run at ``t`` and shut its VMs down."""
+    def _cut_segment(self, lease: Lease, seg: Segment, t: int, graceful: bool = True) -> None:
+        """End a segment's run at ``t`` and shut its VMs down (or destroy them at once)."""
         if seg.run_end <= t and seg.closes is EventKind.SHUTDOWN:
             return
         self._release_channels(seg, after=t)
         seg.run_end, seg.closes = t, EventKind.SHUTDOWN
-        seg.end = t + self.overheads.shutdown
+        seg.end = t + (self.overheads.shutdown if graceful else 0)
         self.profile.truncate(seg.entry, seg.end)
 
     def _release_channels(self, seg: Segment, after: int) -> None:
@@ -468,10 +470,8 @@ class Scheduler:
             lease.image_nodes -= set(tr.nodes)
 
     def _migrating(self, lease: Lease) -> bool:
-        """Has the migration before the lease's planned resumption begun?"""
-        return bool(lease.migrations and lease.segments
-                    and lease.migrations[-1].start <= self.now < lease.segments[-1].start
-                    and lease.migrations[-1].end == lease.segments[-1].start)
+        """Is the lease's state on its way to other nodes (its resumption is then fixed)?"""
+        return any(m.start <= self.now < m.end for m in lease.migrations)
 
     @staticmethod
     def _state_nodes(lease: Lease) -> set[int]:

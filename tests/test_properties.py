@@ -437,15 +437,6 @@ KNOWN_BUGS: dict[str, _Recognise] = {
     # the transfer goes on: re-planned, the lease transfers its image again.
     "begun-transfer-copies-dropped": lambda sc, run, text: (
         "transfers its image twice" in text and sc.config.image_transfer),
-    # Scheduler._migrating looks at the last planned segment only: when a suspended
-    # lease has two planned segments, an AR preempting it re-plans it while its
-    # migration is under way, and it migrates a second time.
-    "migration-restarted": lambda sc, run, text: re.match(
-        r"shape: lease \d+: migrate \[.* after migrate \[", text) is not None,
-    # Scheduler._stop: a lease cancelled before its run begins, whose planned suspension
-    # is shorter than a shutdown, still runs and suspends as planned.
-    "cancel-keeps-planned-suspension": lambda sc, run, text: re.match(
-        r"lease \d+ cancelled at t=\d+: (runs \d+\.\.\d+|suspend \[)", text) is not None,
 }
 
 
@@ -481,6 +472,7 @@ def judge(sc: Scenario, check: Callable[[Scenario, Run], None] = check_propertie
         for name in names:
             event(f"known scheduler bug tolerated: {name}")
     return run
+
 
 # ================================================================== examples
 
