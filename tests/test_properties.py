@@ -19,7 +19,6 @@ Environment:
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
