@@ -132,7 +132,8 @@ class Scheduler:
         self.config = config
         self.policies = policies or make_policies(config)
         self.overheads = Overheads(config)
-        self.profile = AvailabilityProfile(site.capacity_matrix())
+        self._capacity = site.capacity_matrix()  # ~1 ms at 500 nodes: build it once
+        self.profile = AvailabilityProfile(self._capacity)
         self.images = ImageStore(len(site.nodes), config.image_cache_mb, config.piggybacking)
         n_channels = len(site.nodes) if config.suspendresume_exclusion is Exclusion.LOCAL else 1
         self._channels = [Timeline() for _ in range(n_channels)]
@@ -234,7 +235,7 @@ class Scheduler:
 
     def _site_problem(self, req: LeaseRequest) -> str | None:
         vec = req.resources.as_array()
-        capable = int((self.site.capacity_matrix() >= vec).all(axis=1).sum())
+        capable = int((self._capacity >= vec).all(axis=1).sum())
         if capable >= req.vms:
             return None
         if capable == 0:
@@ -537,7 +538,7 @@ class Scheduler:
         run = lease.run_needed - lease.run_done()
         whole = opening + run + ovh.shutdown
         ready, has, _ = self._readiness(lease)
-        groups = sorted({int(r) for r in ready if r < INF})
+        groups: list[int] = np.unique(ready[ready < INF]).tolist()
         holds = has if resuming else np.zeros_like(has)
 
         def pick(mask: np.ndarray) -> tuple[int, ...] | None:
@@ -562,9 +563,15 @@ class Scheduler:
                     k >= fk and whole >= fw and opening >= fo and (fp or not partial)
                     and bool((vec >= fv).all()) for fk, fv, fw, fo, fp in failed.get(key, ())):
                 return None
-            # cheap and exact: at least k nodes must be able to host a VM at g itself
-            groups = [g for g in groups
-                      if int((self.profile.fits_window(g, g + 1, vec) & (ready <= g)).sum()) >= k]
+            # Cheap and exact: a start at g (whole or partial) needs k eligible nodes that
+            # can host a VM at g itself, one of them where preparation ends at g (else the
+            # readiness check rejects the choice). One query for all groups at once.
+            if groups:
+                at = np.array(groups, dtype=np.int64)[:, None]
+                fit = self.profile.fits_at(groups, vec)  # (groups, nodes)
+                viable = ((np.count_nonzero(fit & (ready <= at), axis=1) >= k)
+                          & (fit & (ready == at)).any(axis=1))
+                groups = [g for g, v in zip(groups, viable.tolist(), strict=True) if v]
             for g in groups:
                 prop = full(g, (ready <= g) & self.profile.fits_window(g, g + whole, vec))
                 # Starting at g must be what preparation dictates (on one of the chosen
@@ -577,11 +584,11 @@ class Scheduler:
                 susp = ovh.suspend(req)
                 shortest = opening + max(1, susp + ovh.resume(req)) + susp  # see _partial
                 for g in groups:
-                    if int((self.profile.fits_window(g, g + shortest, vec)
-                            & (ready <= g)).sum()) < k:
-                        continue
+                    window = self.profile.fits_window(g, g + shortest, vec) & (ready <= g)
+                    if np.count_nonzero(window) < k or not (window & (ready == g)).any():
+                        continue  # _partial would find too few nodes, or fail its readiness
                     prop = self._partial(lease, g, (ready <= g), self.profile.free_until(g, vec),
-                                         opening, pick)
+                                         opening, pick, ready)
                     if prop is not None:
                         return prop
             if failed is not None:
@@ -606,7 +613,7 @@ class Scheduler:
         return full(best[0], best[1])
 
     def _partial(self, lease: Lease, start: int, eligible: np.ndarray, until: np.ndarray,
-                 opening: int, pick: object) -> _Proposal | None:
+                 opening: int, pick: object, ready: np.ndarray) -> _Proposal | None:
         """Run from ``start`` until something blocks, then suspend (resume later)."""
         req, ovh = lease.request, self.overheads
         k = req.vms
@@ -618,7 +625,7 @@ class Scheduler:
         horizon = int(np.sort(until[ok])[-k])  # the k-th longest free stretch
         assert callable(pick)
         nodes = pick(ok & (until >= horizon))
-        if nodes is None or int(self._readiness(lease)[0][list(nodes)].max()) != start:
+        if nodes is None or int(ready[list(nodes)].max()) != start:
             return None
         s_start = latest_common_gap(self._channels_for(nodes), horizon, susp)
         run_start = start + opening

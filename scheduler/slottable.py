@@ -13,6 +13,7 @@ repository's link, suspend/resume exclusion): a sorted list of busy intervals.
 from __future__ import annotations
 
 import bisect
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,7 @@ class AvailabilityProfile:
         self._spare = list(range(63, 0, -1))
         self._entries: dict[int, _Entry] = {}
         self._by_node: list[set[int]] = [set() for _ in range(n)]
+        self._expiry: list[tuple[int, int]] = []  # (end when added, entry id), a heap
         self._next_id = 1
         self.version = 0  # changes whenever any commitment does
         self._memo: dict[tuple[int, int, bool, bytes], np.ndarray] = {}
@@ -61,6 +63,7 @@ class AvailabilityProfile:
         self._entries[eid] = entry
         for n in nodes:
             self._by_node[n].add(eid)
+        heapq.heappush(self._expiry, (end, eid))
         self._apply(entry, start, end, +1)
         return eid
 
@@ -85,7 +88,8 @@ class AvailabilityProfile:
 
     def owners_overlapping(self, nodes: np.ndarray | list[int], start: int, end: int,
                            *, preemptible_only: bool = False) -> set[int]:
-        """Owners of entries on any of ``nodes`` that overlap [start, end)."""
+        """Owners of entries on any of ``nodes`` that overlap [start, end), for
+        ``start`` at or after the last ``prune`` (entries over by then are not indexed)."""
         found: set[int] = set()
         for n in nodes:
             for eid in self._by_node[int(n)]:
@@ -100,11 +104,12 @@ class AvailabilityProfile:
         self.version += 1
         i = self._split(start)
         j = self._split(end)
-        rows = np.array(self._rows[i:j], dtype=np.intp)[:, None]
-        delta = (sign * entry.vec)[:, None, None]
-        self._used[:, rows, entry.nodes] += delta
-        if entry.preemptible:
-            self._pre[:, rows, entry.nodes] += delta
+        idx = (np.array(self._rows[i:j], dtype=np.intp)[:, None], entry.nodes)
+        for d in np.flatnonzero(entry.vec).tolist():  # only the dimensions it uses
+            delta = sign * int(entry.vec[d])
+            self._used[d][idx] += delta
+            if entry.preemptible:
+                self._pre[d][idx] += delta
         if sign < 0:  # drop breakpoints that no longer separate different usage
             self._merge(j)
             self._merge(i)
@@ -141,6 +146,14 @@ class AvailabilityProfile:
 
     def prune(self, now: int) -> None:
         """Forget usage before ``now`` (keeps the breakpoint covering ``now``)."""
+        # Entries over by now can overlap no query window any more: unindex them, so
+        # owners_overlapping scans what is current, not every reservation ever made.
+        while self._expiry and self._expiry[0][0] <= now:
+            _, eid = heapq.heappop(self._expiry)
+            entry = self._entries.get(eid)
+            if entry is not None:
+                for n in entry.nodes.tolist():
+                    self._by_node[n].discard(eid)
         i = bisect.bisect_right(self._times, now) - 1
         if i > 0:
             self._spare.extend(self._rows[:i])
@@ -159,6 +172,15 @@ class AvailabilityProfile:
             fits = used <= self.capacity[:, d] - vec[d]
             ok = fits if ok is None else ok & fits
         assert ok is not None
+        return ok
+
+    def fits_at(self, instants: list[int], vec: np.ndarray) -> np.ndarray:
+        """(instants, nodes) booleans: can the node host ``vec`` at that instant?"""
+        rows = np.array([self._rows[bisect.bisect_right(self._times, t) - 1] for t in instants],
+                        dtype=np.intp)
+        ok = np.ones((len(rows), self.node_count), dtype=bool)
+        for d in np.flatnonzero(vec):
+            ok &= self._used[d].take(rows, axis=0) <= self.capacity[:, d] - vec[d]
         return ok
 
     def free_until(self, t: int, vec: np.ndarray, *,
@@ -219,28 +241,39 @@ class AvailabilityProfile:
                      ignore_preemptible: bool = False) -> tuple[int, np.ndarray] | None:
         """Earliest start ``s >= t0`` at which at least ``k`` eligible nodes can host
         ``vec`` throughout [s, s + duration). Returns ``(s, until)`` where ``until``
-        is each node's free-until time from ``s`` (0 for ineligible nodes), or None
-        if that never happens with the current commitments."""
-        i0 = bisect.bisect_right(self._times, t0) - 1
-        m = len(self._times) - i0
-        if vec.any():
-            ok = self._fits(i0, len(self._times), vec, ignore_preemptible)
-        else:
-            ok = np.ones((m, self.node_count), dtype=bool)
-        if eligible is not None:
-            ok &= eligible
-        idx = np.arange(m)[:, None]
-        fail = np.where(ok, m, idx)
-        next_fail = np.minimum.accumulate(fail[::-1], axis=0)[::-1]
-        times = np.array([*self._times[i0:], INF], dtype=np.int64)
-        until = times[next_fail]
-        starts = np.maximum(times[:m], t0)
-        good = (until >= (starts + duration)[:, None]).sum(axis=1) >= k
-        if not good.any():
-            return None
-        j = int(np.argmax(good))
-        row = np.where(ok[j], until[j], 0)
-        return int(starts[j]), row
+        is each node's free-until time from ``s`` (0 for ineligible nodes; exact below
+        ``s + duration``, INF for nodes free at least that long), or None if that never
+        happens with the current commitments.
+
+        Candidate starts are examined in growing chunks, each with only the slots that
+        decide them, so an early fit does not pay for the whole future table."""
+        times_l = self._times
+        total = len(times_l)
+        a = bisect.bisect_right(times_l, t0) - 1
+        chunk = 16
+        while a < total:
+            b = min(total, a + chunk)  # candidate start slots [a, b)
+            last_start = max(times_l[b - 1], t0)
+            r = max(bisect.bisect_left(times_l, last_start + duration), b)  # rows [a, r)
+            m = r - a
+            if vec.any():
+                ok = self._fits(a, r, vec, ignore_preemptible)
+            else:
+                ok = np.ones((m, self.node_count), dtype=bool)
+            if eligible is not None:
+                ok &= eligible
+            idx = np.arange(m)[:, None]
+            fail = np.where(ok, m, idx)
+            next_fail = np.minimum.accumulate(fail[::-1], axis=0)[::-1]
+            times = np.array([*times_l[a:r], INF], dtype=np.int64)
+            until = times[next_fail[:b - a]]  # INF: free through every slot examined
+            starts = np.maximum(times[:b - a], t0)
+            good = (until >= (starts + duration)[:, None]).sum(axis=1) >= k
+            if good.any():
+                j = int(np.argmax(good))
+                return int(starts[j]), np.where(ok[j], until[j], 0)
+            a, chunk = b, chunk * 4
+        return None
 
     def min_free(self, node: int, start: int, end: int) -> np.ndarray:
         """Free capacity of ``node`` guaranteed throughout [start, end)."""
