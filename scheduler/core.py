@@ -474,10 +474,6 @@ class Scheduler:
         """Is the lease's state on its way to other nodes (its resumption is then fixed)?"""
         return any(m.start <= self.now < m.end for m in lease.migrations)
 
-    @staticmethod
-    def _state_nodes(lease: Lease) -> set[int]:
-        return set(lease.segments[-1].nodes) if lease.segments else set()
-
     def _try_start(self, lease: Lease, *, future: bool, partial: bool,
                    failed: _Failures | None = None) -> bool:
         req = lease.request
@@ -778,7 +774,7 @@ class Scheduler:
                 self._reject(lease, self._ar_shortage(req, start, end, int(usable.sum())))
                 return
             victims = self._victims(lease, [n for n in nodes if not free[n]], start, end)
-            plan = self._preemption_plan(victims, start)
+            plan = self._preemption_plan(req, victims, start)
             if isinstance(plan, Lease):  # it cannot make way in time: avoid its nodes
                 excluded[[n for seg in plan.segments for n in seg.nodes]] = True
                 continue
@@ -829,7 +825,8 @@ class Scheduler:
         owners.discard(lease.id)
         return sorted((self.leases[o] for o in owners), key=lambda v: v.seq)
 
-    def _preemption_plan(self, victims: list[Lease], by: int) -> dict[int, int | None] | Lease:
+    def _preemption_plan(self, preemptor: LeaseRequest, victims: list[Lease],
+                         by: int) -> dict[int, int | None] | Lease:
         """When each victim's suspension starts (None: it has not begun, re-plan it) so
         that it holds nothing from ``by`` on; suspensions are placed one after another
         on the exclusion channels. Returns the first victim that cannot make way."""
@@ -838,9 +835,8 @@ class Scheduler:
         length = 0
         try:
             for v in victims:
-                if not self.policies.preemption.may_preempt(
-                        LeaseRequest(0, LeaseKind.AR, 1, v.request.resources, v.request.image,
-                                     1, 0, start=0), v.request) or self._migrating(v):
+                if not self.policies.preemption.may_preempt(preemptor, v.request) \
+                        or self._migrating(v):
                     return v
                 cur = self._current_segment(v)
                 if cur is None or cur.end <= by:

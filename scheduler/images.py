@@ -73,9 +73,6 @@ class ImageStore:
         del self._copies[node][image]
         del self._by_image[image][node]
 
-    def cached_images(self, node: int) -> list[str]:
-        return sorted(self._copies[node])
-
     def use(self, copy: Copy, lease: int, now: int) -> None:
         copy.users.add(lease)
         copy.last_used = now

@@ -35,12 +35,6 @@ class Resources:
         return np.array([self.cpu, self.memory, self.disk, self.net_in, self.net_out],
                         dtype=np.int64)
 
-    def fits_in(self, other: Resources) -> bool:
-        return bool(np.all(self.as_array() <= other.as_array()))
-
-    def exceeded(self, capacity: Resources) -> list[str]:
-        """Names of the dimensions in which this vector exceeds ``capacity``."""
-        return [d for d in DIMENSIONS if getattr(self, d) > getattr(capacity, d)]
 
 
 @dataclass(frozen=True)

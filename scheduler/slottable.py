@@ -82,10 +82,6 @@ class AvailabilityProfile:
             self._apply(entry, end, entry.end, -1)
             entry.end = end
 
-    def entry_span(self, eid: int) -> tuple[int, int]:
-        e = self._entries[eid]
-        return e.start, e.end
-
     def owners_overlapping(self, nodes: np.ndarray | list[int], start: int, end: int,
                            *, preemptible_only: bool = False) -> set[int]:
         """Owners of entries on any of ``nodes`` that overlap [start, end), for
