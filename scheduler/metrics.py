@@ -310,7 +310,7 @@ def _cell(value: Any) -> Any:
 def write_leases_csv(path: Path | str, leases: Iterable[LeaseMetrics]) -> None:
     """One row per lease, columns :data:`LEASE_COLUMNS`; missing values are empty."""
     with Path(path).open("w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")  # Unix lines, as the JSON output
         w.writerow(LEASE_COLUMNS)
         for m in leases:
             w.writerow([_cell(getattr(m, c)) for c in LEASE_COLUMNS])
@@ -322,7 +322,7 @@ def write_summary_csv(path: Path | str, summary: Summary | Sequence[Summary]) ->
     if not rows:
         raise ValueError("no summary to write")
     with Path(path).open("w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")  # Unix lines, as the JSON output
         keys = list(rows[0].to_dict())
         w.writerow(keys)
         for s in rows:
