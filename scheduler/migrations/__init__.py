@@ -1,0 +1,1 @@
+"""Alembic environment of the service database (see scheduler/store.py)."""

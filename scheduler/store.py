@@ -1,0 +1,458 @@
+"""Durable state of the service: the command log, lease projections, watch log and site.
+
+Event sourcing: every command that changes the scheduler (a submission with its full
+request, a cancellation, an extension, a host change, a failure) is appended to the
+command log with the core time it was applied at. Because the core is deterministic,
+re-applying the log in order at the same times rebuilds it exactly. Next to the log,
+projections answer queries without the core: one row per lease (state, schedule,
+reason, revision), its labels, the idempotency keys, the watch log (one row per lease
+change, numbered by a global revision), the hosts and the registered images, and the
+enactment actions already carried out.
+
+SQLite (WAL, synchronous=NORMAL) by default, PostgreSQL by URL. The schema is owned by
+the Alembic environment in ``scheduler/migrations``; opening a store upgrades it to
+head. All times stored here are core seconds (see ``meta["origin"]``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+log = logging.getLogger(__name__)
+
+#: Every table name starts with this, so a shared database stays readable.
+PREFIX = "wsched_"
+#: Alembic's bookkeeping table (not the default name: the database may be shared).
+VERSION_TABLE = PREFIX + "alembic_version"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MetaRow(Base):
+    """Settings fixed at the first start: time origin, initial site, configuration."""
+
+    __tablename__ = PREFIX + "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class CommandRow(Base):
+    """The append-only log of commands applied to the core."""
+
+    __tablename__ = PREFIX + "commands"
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                     primary_key=True, autoincrement=True)
+    at: Mapped[int] = mapped_column(BigInteger)  # core time it was applied at
+    kind: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)  # JSON
+
+
+class LeaseRow(Base):
+    """Projection of one lease, as of its last change."""
+
+    __tablename__ = PREFIX + "leases"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    revision: Mapped[int] = mapped_column(BigInteger)
+    submit: Mapped[int] = mapped_column(BigInteger)
+    start: Mapped[int | None] = mapped_column(BigInteger)
+    end: Mapped[int | None] = mapped_column(BigInteger)
+    spec: Mapped[str] = mapped_column(Text)  # JSON: what the client asked for
+    events: Mapped[str] = mapped_column(Text)  # JSON: the schedule
+
+
+class LabelRow(Base):
+    __tablename__ = PREFIX + "lease_labels"
+    __table_args__ = (Index(PREFIX + "lease_labels_kv", "key", "value"),)
+    lease_id: Mapped[int] = mapped_column(BigInteger, ForeignKey(PREFIX + "leases.id"),
+                                          primary_key=True)
+    key: Mapped[str] = mapped_column(String(63), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class IdempotencyRow(Base):
+    __tablename__ = PREFIX + "idempotency"
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    lease_id: Mapped[int] = mapped_column(BigInteger)
+    body_hash: Mapped[str] = mapped_column(String(64))
+
+
+class WatchRow(Base):
+    """One lease change; revisions are global and strictly increasing."""
+
+    __tablename__ = PREFIX + "watch_log"
+    revision: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    lease_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class HostRow(Base):
+    __tablename__ = PREFIX + "hosts"
+    index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    state: Mapped[str] = mapped_column(String(16))
+    cpu: Mapped[int] = mapped_column(BigInteger)
+    memory: Mapped[int] = mapped_column(BigInteger)
+    disk: Mapped[int] = mapped_column(BigInteger)
+    net_in: Mapped[int] = mapped_column(BigInteger)
+    net_out: Mapped[int] = mapped_column(BigInteger)
+
+
+class ImageRow(Base):
+    __tablename__ = PREFIX + "images"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    size_mb: Mapped[int] = mapped_column(BigInteger)
+    location: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(32))
+
+
+class EnactmentRow(Base):
+    """An enactment action already carried out (so a restart does not repeat it)."""
+
+    __tablename__ = PREFIX + "enactments"
+    lease_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    start: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    status: Mapped[str] = mapped_column(String(16))  # "ok" or "failed"
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+# ================================================================ records
+
+@dataclass(frozen=True)
+class Command:
+    kind: str  # "submit", "cancel", "extend", "add_host", "drain_host", "remove_host", "fail"
+    at: int
+    body: Mapping[str, Any]
+    seq: int = 0  # assigned by the store
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    id: int
+    request_id: str | None
+    kind: str
+    state: str
+    reason: str | None
+    revision: int
+    submit: int
+    start: int | None
+    end: int | None
+    spec: Mapping[str, Any]
+    events: Sequence[Mapping[str, Any]]  # {kind, start, end, nodes: [host names]}
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Change:
+    revision: int
+    lease_id: int
+    state: str
+    at: int
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    index: int
+    name: str
+    state: str  # "active", "draining", "removed"
+    cpu: int = 0
+    memory: int = 0
+    disk: int = 0
+    net_in: int = 0
+    net_out: int = 0
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str
+    size_mb: int
+    location: str = ""
+    format: str = ""
+
+
+@dataclass(frozen=True)
+class Enactment:
+    lease_id: int
+    kind: str
+    start: int
+    status: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Everything one engine step writes, committed in one transaction."""
+
+    command: Command | None = None
+    new_leases: tuple[LeaseRecord, ...] = ()
+    changed_leases: tuple[LeaseRecord, ...] = ()
+    changes: tuple[Change, ...] = ()
+    idempotency: tuple[str, int, str] | None = None  # request id, lease id, body hash
+    hosts: tuple[HostRecord, ...] = ()
+    enactments: tuple[Enactment, ...] = ()
+
+    def empty(self) -> bool:
+        return not (self.command or self.new_leases or self.changed_leases or self.changes
+                    or self.idempotency or self.hosts or self.enactments)
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used (unreachable, incompatible, ...)."""
+
+
+# ================================================================ the store
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    # WAL: readers never block the writer; NORMAL: a commit survives a process crash
+    # (what kill -9 tests), an OS crash may lose the last commits but never corrupts.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def sqlite_url(path: str) -> str:
+    return f"sqlite+pysqlite:///{path}"
+
+
+def alembic_config(connection: Any = None) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(resources.files("scheduler") / "migrations"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest migration (creates it on an empty database)."""
+    with engine.begin() as conn:
+        alembic_command.upgrade(alembic_config(conn), "head")
+
+
+def _lease_values(r: LeaseRecord) -> dict[str, Any]:
+    return {"id": r.id, "request_id": r.request_id, "kind": r.kind, "state": r.state,
+            "reason": r.reason, "revision": r.revision, "submit": r.submit, "start": r.start,
+            "end": r.end, "spec": json.dumps(r.spec, sort_keys=True),
+            "events": json.dumps(list(r.events))}
+
+
+def _host_values(h: HostRecord) -> dict[str, Any]:
+    return {"index": h.index, "name": h.name, "state": h.state, "cpu": h.cpu,
+            "memory": h.memory, "disk": h.disk, "net_in": h.net_in, "net_out": h.net_out}
+
+
+class Store:
+    """One database. Thread-safe: each call uses its own session."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        try:
+            if migrate:
+                upgrade(self.engine)
+        except Exception as e:
+            self.engine.dispose()
+            raise StoreError(f"cannot open database: {e}") from e
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---------------------------------------------------------------- meta
+    def meta(self) -> dict[str, Any]:
+        with self._session() as s:
+            return {row.key: json.loads(row.value) for row in s.scalars(select(MetaRow))}
+
+    def init_meta(self, values: Mapping[str, Any], hosts: Iterable[HostRecord],
+                  images: Iterable[ImageRecord]) -> None:
+        """First start: record the settings, initial hosts and images (all at once)."""
+        with self._session.begin() as s:
+            s.execute(insert(MetaRow), [{"key": k, "value": json.dumps(v)}
+                                        for k, v in values.items()])
+            host_rows = [_host_values(h) for h in hosts]
+            if host_rows:
+                s.execute(insert(HostRow), host_rows)
+            image_rows = [vars(i) for i in images]
+            if image_rows:
+                s.execute(insert(ImageRow), image_rows)
+
+    # ---------------------------------------------------------------- writes
+    def commit(self, batch: Batch) -> None:
+        if batch.empty():
+            return
+        with self._session.begin() as s:
+            if batch.command is not None:
+                c = batch.command
+                s.add(CommandRow(at=c.at, kind=c.kind, body=json.dumps(c.body, sort_keys=True)))
+            if batch.new_leases:
+                s.execute(insert(LeaseRow), [_lease_values(r) for r in batch.new_leases])
+                labels = [{"lease_id": r.id, "key": k, "value": v}
+                          for r in batch.new_leases for k, v in r.labels.items()]
+                if labels:
+                    s.execute(insert(LabelRow), labels)
+            if batch.changed_leases:
+                s.execute(update(LeaseRow), [_lease_values(r) for r in batch.changed_leases])
+            if batch.changes:
+                s.execute(insert(WatchRow), [vars(c) for c in batch.changes])
+            if batch.idempotency is not None:
+                rid, lease_id, body_hash = batch.idempotency
+                s.add(IdempotencyRow(request_id=rid, lease_id=lease_id, body_hash=body_hash))
+            for h in batch.hosts:
+                s.merge(HostRow(**_host_values(h)))
+            for e in batch.enactments:
+                s.merge(EnactmentRow(lease_id=e.lease_id, kind=e.kind, start=e.start,
+                                     status=e.status, detail=e.detail))
+
+    def add_image(self, image: ImageRecord) -> bool:
+        """Register ``image``; False if an image with that id exists already."""
+        with self._session.begin() as s:
+            if s.get(ImageRow, image.id) is not None:
+                return False
+            s.add(ImageRow(**vars(image)))
+            return True
+
+    # ---------------------------------------------------------------- reads
+    def commands(self) -> list[Command]:
+        with self._session() as s:
+            return [Command(r.kind, r.at, json.loads(r.body), r.seq)
+                    for r in s.scalars(select(CommandRow).order_by(CommandRow.seq))]
+
+    def lease(self, lease_id: int) -> LeaseRecord | None:
+        with self._session() as s:
+            row = s.get(LeaseRow, lease_id)
+            if row is None:
+                return None
+            return self._record(row, self._labels(s, [lease_id]).get(lease_id, {}))
+
+    def leases(self, *, states: Sequence[str] = (), kinds: Sequence[str] = (),
+               labels: Mapping[str, str] | None = None, after_id: int = 0,
+               limit: int = 100) -> list[LeaseRecord]:
+        """Leases with ``id > after_id`` matching every filter, in id order."""
+        q = select(LeaseRow).where(LeaseRow.id > after_id)
+        if states:
+            q = q.where(LeaseRow.state.in_(list(states)))
+        if kinds:
+            q = q.where(LeaseRow.kind.in_(list(kinds)))
+        for k, v in (labels or {}).items():
+            q = q.where(select(LabelRow.lease_id).where(
+                LabelRow.lease_id == LeaseRow.id, LabelRow.key == k,
+                LabelRow.value == v).exists())
+        q = q.order_by(LeaseRow.id).limit(limit)
+        with self._session() as s:
+            rows = list(s.scalars(q))
+            labels_of = self._labels(s, [r.id for r in rows])
+            return [self._record(r, labels_of.get(r.id, {})) for r in rows]
+
+    def lease_ids(self) -> list[int]:
+        with self._session() as s:
+            return list(s.scalars(select(LeaseRow.id).order_by(LeaseRow.id)))
+
+    def projections(self) -> dict[int, tuple[str, str, str | None, int]]:
+        """Every lease's (state, events JSON, reason, revision): for a rebuild's diff."""
+        with self._session() as s:
+            return {r.id: (r.state, r.events, r.reason, r.revision) for r in
+                    s.execute(select(LeaseRow.id, LeaseRow.state, LeaseRow.events,
+                                     LeaseRow.reason, LeaseRow.revision))}
+
+    def idempotency(self, request_id: str) -> tuple[int, str] | None:
+        with self._session() as s:
+            row = s.get(IdempotencyRow, request_id)
+            return None if row is None else (row.lease_id, row.body_hash)
+
+    def changes(self, after_revision: int, lease_id: int = 0, limit: int = 1000) -> list[Change]:
+        q = select(WatchRow).where(WatchRow.revision > after_revision)
+        if lease_id:
+            q = q.where(WatchRow.lease_id == lease_id)
+        with self._session() as s:
+            return [Change(r.revision, r.lease_id, r.state, r.at, r.reason)
+                    for r in s.scalars(q.order_by(WatchRow.revision).limit(limit))]
+
+    def last_revision(self) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.coalesce(func.max(WatchRow.revision), 0))) or 0)
+
+    def hosts(self) -> list[HostRecord]:
+        with self._session() as s:
+            return [HostRecord(r.index, r.name, r.state, r.cpu, r.memory, r.disk, r.net_in,
+                               r.net_out)
+                    for r in s.scalars(select(HostRow).order_by(HostRow.index))]
+
+    def images(self) -> list[ImageRecord]:
+        with self._session() as s:
+            return [ImageRecord(r.id, r.size_mb, r.location, r.format)
+                    for r in s.scalars(select(ImageRow).order_by(ImageRow.id))]
+
+    def image(self, image_id: str) -> ImageRecord | None:
+        with self._session() as s:
+            r = s.get(ImageRow, image_id)
+            return None if r is None else ImageRecord(r.id, r.size_mb, r.location, r.format)
+
+    def enactments(self) -> list[Enactment]:
+        with self._session() as s:
+            return [Enactment(r.lease_id, r.kind, r.start, r.status, r.detail)
+                    for r in s.scalars(select(EnactmentRow))]
+
+    # ---------------------------------------------------------------- maintenance
+    def drop_all(self) -> None:
+        """Remove every wsched table (tests on a shared database)."""
+        with self.engine.begin() as conn:
+            Base.metadata.drop_all(conn)
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {VERSION_TABLE}")
+
+    @staticmethod
+    def _labels(s: Session, ids: list[int]) -> dict[int, dict[str, str]]:
+        out: dict[int, dict[str, str]] = {}
+        if not ids:
+            return out
+        for row in s.scalars(select(LabelRow).where(LabelRow.lease_id.in_(ids))):
+            out.setdefault(row.lease_id, {})[row.key] = row.value
+        return out
+
+    @staticmethod
+    def _record(row: LeaseRow, labels: dict[str, str]) -> LeaseRecord:
+        return LeaseRecord(row.id, row.request_id, row.kind, row.state, row.reason,
+                           row.revision, row.submit, row.start, row.end, json.loads(row.spec),
+                           json.loads(row.events), labels)
