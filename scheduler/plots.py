@@ -1,0 +1,334 @@
+"""Figures of schedules and experiments: Gantt chart, utilization over time, and the
+completion-time ratio figure of a trace-replay sweep.
+
+Every function builds its own ``matplotlib.figure.Figure`` (no pyplot, no global state)
+and writes PNG, SVG or PDF by the file suffix. Drawn elements carry SVG ids
+(``set_gid``) so tests and post-processing can find them:
+
+- Gantt: ``event-<lease>-<kind>-<i>-<node>`` for the i-th (0-based) event of that kind
+  of a lease, on one node; ``label-<lease>-<i>-<node>`` for a run bar's lease id;
+- utilization: ``utilization`` (the step line), ``capacity`` (the site's nodes);
+- completion ratio: ``panel-nu-<nu>`` (or ``panel-nu-<nu>-delta-<delta>``) per axes and
+  ``line-<profile>-delta-<delta>-nu-<nu>`` per line;
+- everywhere: ``title``, ``xlabel-…``/``ylabel-…`` for the texts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+from .leases import EventKind, LeaseKind, LeaseOutcome, Site
+from .metrics import summarize, utilization_series
+
+if TYPE_CHECKING:  # replay may come to import this module: avoid a cycle at run time
+    from .replay import ReplayResult
+
+FORMATS = (".png", ".svg", ".pdf")
+
+#: Colour of a lease kind (its run bars; its overheads use a lighter shade of it).
+KIND_COLORS: dict[LeaseKind, str] = {
+    LeaseKind.AR: "#d62728",
+    LeaseKind.BESTEFFORT: "#1f77b4",
+    LeaseKind.IMMEDIATE: "#2ca02c",
+}
+KIND_LABELS: dict[LeaseKind, str] = {
+    LeaseKind.AR: "advance reservation",
+    LeaseKind.BESTEFFORT: "best-effort",
+    LeaseKind.IMMEDIATE: "immediate",
+}
+#: Hatch of each overhead kind; runs are plain.
+HATCHES: dict[EventKind, str] = {
+    EventKind.TRANSFER: "////",
+    EventKind.MIGRATE: "\\\\\\\\",
+    EventKind.BOOT: "...",
+    EventKind.SHUTDOWN: "---",
+    EventKind.SUSPEND: "xxx",
+    EventKind.RESUME: "+++",
+}
+#: Network activity overlaps other leases' VMs on the same node: drawn as a strip.
+_NETWORK = frozenset({EventKind.TRANSFER, EventKind.MIGRATE})
+
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"{path}: unknown figure format {path.suffix!r} "
+                         f"(use one of {', '.join(FORMATS)})")
+
+
+def _save(fig: Figure, path: Path | str) -> None:
+    path = Path(path)
+    _check_suffix(path)
+    # No date in SVG/PDF metadata, so the same figure gives the same bytes.
+    metadata: dict[str, Any] | None = (
+        {"Date": None} if path.suffix.lower() == ".svg"
+        else {"CreationDate": None} if path.suffix.lower() == ".pdf" else None)
+    fig.savefig(path, dpi=fig.dpi, metadata=metadata)
+
+
+def _lighter(color: str, amount: float = 0.55) -> tuple[float, float, float]:
+    r, g, b = to_rgb(color)
+    return (r + (1 - r) * amount, g + (1 - g) * amount, b + (1 - b) * amount)
+
+
+def _darker(color: str, amount: float = 0.35) -> tuple[float, float, float]:
+    r, g, b = to_rgb(color)
+    return (r * (1 - amount), g * (1 - amount), b * (1 - amount))
+
+
+def _labels(ax: Axes, xlabel: str, ylabel: str, suffix: str = "") -> None:
+    ax.set_xlabel(xlabel).set_gid(f"xlabel{suffix}")
+    ax.set_ylabel(ylabel).set_gid(f"ylabel{suffix}")
+
+
+# ------------------------------------------------------------------------------- Gantt
+
+
+def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | None = None,
+                 size: tuple[float, float] | None = None, dpi: int = 100) -> Figure:
+    """Nodes (P1 at the top) x time; each event is a bar on each of its nodes.
+
+    Colour = lease kind. Runs are solid; overheads are a lighter shade of the same colour,
+    hatched by kind (see :data:`HATCHES`). Transfers and migrations use the network, not
+    the node's VM slots, and often overlap other leases running there, so they are thin
+    strips along the bottom of the row, drawn on top. A run bar shows its lease id when
+    the label fits. ``size`` is in inches (default: 10 wide, 0.3 per node high).
+    """
+    n = len(site.nodes)
+    if size is None:
+        size = (10.0, min(40.0, 1.6 + 0.3 * max(n, 1)))
+    fig = Figure(figsize=size, dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    starts = [e.start for o in outcomes for e in o.events]
+    ends = [e.end for o in outcomes for e in o.events]
+    t0 = min([*starts, *(o.request.submit for o in outcomes)], default=0)
+    t1 = max(ends, default=t0 + 1)
+    span = max(t1 - t0, 1)
+    # Room for a label: the bar's width on screen against the label's. The axes take
+    # roughly 80 % of the figure's width (legend on the right).
+    px_per_s = size[0] * 0.8 * dpi / span
+    fontsize = 7.0
+    char_px = 0.6 * fontsize * dpi / 72
+
+    for o in outcomes:
+        kind = o.request.kind
+        base = KIND_COLORS[kind]
+        seen: dict[EventKind, int] = defaultdict(int)
+        for e in o.events:
+            i = seen[e.kind]
+            seen[e.kind] += 1
+            if e.kind is EventKind.RUN:
+                face: Any = base
+                hatch = None
+                y_off, height, z = -0.4, 0.8, 2.0
+            else:
+                face = _lighter(base)
+                hatch = HATCHES[e.kind]
+                y_off, height, z = (0.12, 0.28, 3.0) if e.kind in _NETWORK else (-0.4, 0.8, 2.0)
+            for node in e.nodes:
+                name = site.nodes[node].name
+                bar = Rectangle((e.start, node + y_off), e.end - e.start, height,
+                                facecolor=face, edgecolor=_darker(base), hatch=hatch,
+                                linewidth=0.5, zorder=z)
+                bar.set_gid(f"event-{o.request.id}-{e.kind}-{i}-{name}")
+                ax.add_patch(bar)
+                label = str(o.request.id)
+                if (e.kind is EventKind.RUN
+                        and (e.end - e.start) * px_per_s >= (len(label) + 1) * char_px):
+                    text = ax.text((e.start + e.end) / 2, node, label, ha="center",
+                                   va="center", fontsize=fontsize, color="white", zorder=4,
+                                   clip_on=True)
+                    text.set_gid(f"label-{o.request.id}-{i}-{name}")
+
+    ax.set_xlim(t0 - span * 0.01, t1 + span * 0.01)
+    ax.set_ylim(n - 0.5, -0.5)  # P1 at the top
+    ax.set_yticks(range(n), [node.name for node in site.nodes])
+    if n > 40:  # tick labels would overlap: keep about 40
+        step = -(-n // 40)
+        ax.set_yticks(range(0, n, step), [site.nodes[i].name for i in range(0, n, step)])
+    _labels(ax, "time (s)", "node")
+    ax.set_title(title if title is not None else "Schedule").set_gid("title")
+    ax.grid(axis="x", linewidth=0.3, alpha=0.5)
+
+    handles = [Patch(facecolor=KIND_COLORS[k], edgecolor=_darker(KIND_COLORS[k]),
+                     label=KIND_LABELS[k]) for k in LeaseKind]
+    handles += [Patch(facecolor="#dddddd", edgecolor="#555555", hatch=h, label=str(k))
+                for k, h in HATCHES.items()]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False)
+    return fig
+
+
+def gantt(result: ReplayResult, path: Path | str, *, title: str | None = None,
+          size: tuple[float, float] | None = None, dpi: int = 100) -> None:
+    """Write the Gantt chart of a replay (see :func:`gantt_figure`) to ``path``."""
+    _check_suffix(Path(path))
+    _save(gantt_figure(result.outcomes, result.site, title=title, size=size, dpi=dpi), path)
+
+
+# ------------------------------------------------------------------------- utilization
+
+
+def utilization_figure(outcomes: Sequence[LeaseOutcome], site: Site, *,
+                       title: str | None = None, size: tuple[float, float] = (8.0, 3.0),
+                       dpi: int = 100) -> Figure:
+    """Busy nodes (running user time) over time, as a step line, with the site's node
+    count dashed; the default title gives the utilization of the summary."""
+    series = utilization_series(outcomes)
+    fig = Figure(figsize=size, dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    n = len(site.nodes)
+    if series.times:
+        (line,) = ax.step(series.times, series.busy, where="post", color=KIND_COLORS[
+            LeaseKind.BESTEFFORT], linewidth=1.0)
+        line.set_gid("utilization")
+    capacity = ax.axhline(n, color="black", linestyle="--", linewidth=0.8)
+    capacity.set_gid("capacity")
+    ax.set_ylim(0, max(n, max(series.busy, default=0)) * 1.05 + 0.5)
+    _labels(ax, "time (s)", "busy nodes (user time)")
+    if title is None:
+        title = f"Utilization {summarize(outcomes, site).utilization:.1%}"
+    ax.set_title(title).set_gid("title")
+    return fig
+
+
+def utilization_plot(result: ReplayResult, path: Path | str, *, title: str | None = None,
+                     size: tuple[float, float] = (8.0, 3.0), dpi: int = 100) -> None:
+    """Write the utilization-over-time plot of a replay to ``path``."""
+    _check_suffix(Path(path))
+    _save(utilization_figure(result.outcomes, result.site, title=title, size=size, dpi=dpi),
+          path)
+
+
+# -------------------------------------------------------------------- completion ratio
+
+#: Panel order of the AR sizes nu of the reference injections.
+NU_ORDER = ("small", "medium", "large")
+
+
+@dataclass(frozen=True)
+class CompletionRow:
+    """One replay of a sweep: ``profile`` (configuration name), ``rho`` (ARs' aggregate
+    duration, % of the trace's CPU-hours), ``delta`` (mean AR duration, hours), ``nu``
+    (AR size: small, medium, large; a leading number as in ``1small`` is dropped) and
+    ``completion_ratio`` (best-effort completion time / the baseline's)."""
+
+    profile: str
+    rho: float
+    delta: float
+    nu: str
+    completion_ratio: float
+
+    @classmethod
+    def of(cls, row: CompletionRow | Mapping[str, Any]) -> CompletionRow:
+        """From a row or a mapping with those keys (values may be strings, as a
+        ``csv.DictReader`` gives them)."""
+        if isinstance(row, CompletionRow):
+            return row
+        return cls(profile=str(row["profile"]), rho=float(row["rho"]),
+                   delta=float(row["delta"]),
+                   nu=re.sub(r"^\d+", "", str(row["nu"]).strip()).lower(),
+                   completion_ratio=float(row["completion_ratio"]))
+
+
+def _nu_key(nu: str) -> tuple[int, str]:
+    return (NU_ORDER.index(nu) if nu in NU_ORDER else len(NU_ORDER), nu)
+
+
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def completion_ratio_figure_of(rows: Iterable[CompletionRow | Mapping[str, Any]], *,
+                               delta_panels: bool = False, title: str | None = None,
+                               size: tuple[float, float] | None = None,
+                               dpi: int = 100) -> Figure:
+    """Completion-time ratio (y) against rho (x), one panel per nu (small, medium, large).
+
+    By default each panel has one line per (profile, delta): colour = profile, line style and
+    marker = delta. With ``delta_panels`` the panels form a grid (a row per delta, a column per
+    nu) with one line per profile, for sweeps with many delta. Rows repeating the same
+    (profile, delta, nu, rho), e.g. several seeds, are averaged. The y axis is shared, and a
+    dotted line marks ratio 1 (the baseline).
+    """
+    data = [CompletionRow.of(r) for r in rows]
+    if not data:
+        raise ValueError("no rows to plot")
+    nus = sorted({r.nu for r in data}, key=_nu_key)
+    deltas = sorted({r.delta for r in data})
+    profiles = sorted({r.profile for r in data})
+    color = {p: f"C{i % 10}" for i, p in enumerate(profiles)}
+    style = {d: (_LINESTYLES[i % len(_LINESTYLES)], _MARKERS[i % len(_MARKERS)])
+             for i, d in enumerate(deltas)}
+    points: dict[tuple[str, float, str], dict[float, list[float]]] = defaultdict(
+        lambda: defaultdict(list))
+    for r in data:
+        points[(r.profile, r.delta, r.nu)][r.rho].append(r.completion_ratio)
+
+    nrows = len(deltas) if delta_panels else 1
+    if size is None:
+        size = (3.2 * len(nus) + 2.2, 2.8 * nrows + 0.6)
+    fig = Figure(figsize=size, dpi=dpi, layout="constrained")
+    axes = fig.subplots(nrows, len(nus), sharex=True, sharey=True, squeeze=False)
+    for row_i in range(nrows):
+        for col_i, nu in enumerate(nus):
+            ax: Axes = axes[row_i][col_i]
+            panel_deltas = [deltas[row_i]] if delta_panels else deltas
+            suffix = f"-nu-{nu}" + (f"-delta-{deltas[row_i]:g}" if delta_panels else "")
+            ax.set_gid(f"panel{suffix}")
+            heading = rf"$\nu$ = {nu}"
+            if delta_panels:
+                heading += rf", $\delta$ = {deltas[row_i]:g} h"
+            ax.set_title(heading, fontsize=9).set_gid(f"title{suffix}")
+            ax.axhline(1.0, color="grey", linestyle=":", linewidth=0.8)
+            for profile in profiles:
+                for d in panel_deltas:
+                    by_rho = points.get((profile, d, nu))
+                    if not by_rho:
+                        continue
+                    xs = sorted(by_rho)
+                    ys = [sum(by_rho[x]) / len(by_rho[x]) for x in xs]
+                    ls, marker = style[d]
+                    label = profile if delta_panels else rf"{profile}, $\delta$ = {d:g} h"
+                    (line,) = ax.plot(xs, ys, color=color[profile], linestyle=ls,
+                                      marker=marker, markersize=4, linewidth=1.0,
+                                      label=label)
+                    line.set_gid(f"line-{profile}-delta-{d:g}-nu-{nu}")
+            ax.grid(linewidth=0.3, alpha=0.5)
+            xlabel = r"$\rho$ (% of CPU-hours in ARs)" if row_i == nrows - 1 else ""
+            ylabel = "completion time ratio" if col_i == 0 else ""
+            _labels(ax, xlabel, ylabel, suffix)
+    # One legend for all panels: every (profile, delta) pair that appears anywhere.
+    handles: dict[str, Any] = {}
+    for ax_row in axes:
+        for ax in ax_row:
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=7,
+               frameon=False)
+    fig.suptitle(title if title is not None else "Best-effort completion time with ARs",
+                 fontsize=10).set_gid("title")
+    return fig
+
+
+def completion_ratio_figure(rows: Iterable[CompletionRow | Mapping[str, Any]],
+                            path: Path | str, *, delta_panels: bool = False,
+                            title: str | None = None, size: tuple[float, float] | None = None,
+                            dpi: int = 100) -> None:
+    """Write the completion-ratio figure (see :func:`completion_ratio_figure_of`)."""
+    _check_suffix(Path(path))
+    _save(completion_ratio_figure_of(rows, delta_panels=delta_panels, title=title, size=size,
+                                     dpi=dpi), path)
+
+
+__all__ = ["HATCHES", "KIND_COLORS", "NU_ORDER", "CompletionRow", "completion_ratio_figure",
+           "completion_ratio_figure_of", "gantt", "gantt_figure", "utilization_figure",
+           "utilization_plot"]
