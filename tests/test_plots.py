@@ -1,0 +1,244 @@
+"""Figures: SVGs parsed back to count the bars, lines and panels drawn and read their
+texts (matplotlib writes each text as a comment before its glyphs); PNG size and format."""
+
+from __future__ import annotations
+
+import csv
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from lxml import etree
+from matplotlib.image import imread
+
+from scheduler.config import Config, load_profile
+from scheduler.leases import (
+    DiskImage,
+    Event,
+    EventKind,
+    LeaseKind,
+    LeaseOutcome,
+    LeaseRequest,
+    LeaseState,
+    Resources,
+    Site,
+)
+from scheduler.lwf import read_lwf
+from scheduler.plots import (
+    CompletionRow,
+    completion_ratio_figure,
+    completion_ratio_figure_of,
+    gantt,
+    utilization_plot,
+)
+from scheduler.replay import ReplayResult, replay
+
+LWF = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "lwf"
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def migrate_result() -> ReplayResult:
+    workload = read_lwf(LWF / "migrate.lwf")
+    assert workload.site is not None
+    return replay(workload.site, load_profile("test-transfer"), workload.requests)
+
+
+def svg_ids(path: Path) -> dict[str, etree._Element]:
+    out: dict[str, etree._Element] = {}
+    for el in etree.parse(str(path)).iter():
+        gid = el.get("id") if isinstance(el.tag, str) else None
+        if gid:
+            out[str(gid)] = el
+    return out
+
+
+def text_of(el: etree._Element) -> str:
+    """The text a group draws: matplotlib puts it in a comment before the glyphs."""
+    return " ".join((c.text or "").strip() for c in el.iter(etree.Comment))
+
+
+def all_texts(path: Path) -> set[str]:
+    return {(c.text or "").strip() for c in etree.parse(str(path)).iter(etree.Comment)}
+
+
+def prefixed(ids: dict[str, etree._Element], prefix: str) -> list[str]:
+    return sorted(i for i in ids if i.startswith(prefix))
+
+
+def fills(el: etree._Element) -> list[str]:
+    return [p.get("style", "") for p in el.iter(f"{SVG}path")]
+
+
+def test_gantt_migrate_bars(tmp_path: Path) -> None:
+    path = tmp_path / "gantt.svg"
+    gantt(migrate_result(), path)
+    ids = svg_ids(path)
+    # ARs 1 and 2: transfer, boot, run, shutdown, each on 2 nodes = 8 bars each; lease 3:
+    # transfer, boot, run, suspend (2 nodes each), migrate (4), resume, run, shutdown (2)
+    assert len(prefixed(ids, "event-1-")) == 8
+    assert len(prefixed(ids, "event-2-")) == 8
+    assert len(prefixed(ids, "event-3-")) == 18
+    assert prefixed(ids, "event-3-migrate-") == [f"event-3-migrate-0-P{i}" for i in (1, 2, 3, 4)]
+    assert prefixed(ids, "event-3-run-") == ["event-3-run-0-P3", "event-3-run-0-P4",
+                                             "event-3-run-1-P1", "event-3-run-1-P2"]
+    # colours: runs solid in their kind's colour, overheads lighter and hatched
+    run = " ".join(fills(ids["event-3-run-0-P3"]))
+    assert "fill: #1f77b4" in run and "url(#" not in run
+    assert "fill: #d62728" in " ".join(fills(ids["event-1-run-0-P1"]))
+    susp = " ".join(fills(ids["event-3-suspend-0-P3"]))
+    assert "url(#" in susp and "fill: #1f77b4" not in susp
+    # every run bar is long enough for its label (at least 1592 s of 5734 on 10 in)
+    labels = prefixed(ids, "label-")
+    assert len(labels) == 8
+    assert text_of(ids["label-3-1-P1"]) == "3"
+    assert text_of(ids["xlabel"]) == "time (s)"
+    assert text_of(ids["ylabel"]) == "node"
+    assert text_of(ids["title"]) == "Schedule"
+    texts = all_texts(path)
+    assert {"P1", "P2", "P3", "P4"} <= texts  # the node axis
+    # the legend names the lease kinds and the overheads
+    assert {"advance reservation", "best-effort", "immediate", "transfer", "boot", "shutdown",
+            "suspend", "resume", "migrate"} <= texts
+
+
+SITE = Site.uniform(3, Resources(cpu=100, memory=1024))
+
+
+def outcome(id: int, kind: LeaseKind, *events: Event, state: LeaseState = LeaseState.DONE
+            ) -> LeaseOutcome:
+    req = LeaseRequest(id=id, kind=kind, vms=1, resources=Resources(cpu=100, memory=1024),
+                       image=DiskImage("img", 1024), duration=1000, submit=0,
+                       start=0 if kind is LeaseKind.AR else None)
+    return LeaseOutcome(req, state, events)
+
+
+HAND = ReplayResult(SITE, Config(), (
+    outcome(1, LeaseKind.AR, Event(EventKind.BOOT, 0, 10, (0, 1)),
+            Event(EventKind.RUN, 10, 1000, (0, 1)), Event(EventKind.SHUTDOWN, 1000, 1010, (0, 1))),
+    outcome(2, LeaseKind.IMMEDIATE, Event(EventKind.RUN, 0, 5, (2,))),  # too short for a label
+    outcome(3, LeaseKind.IMMEDIATE, Event(EventKind.RUN, 100, 900, (2,))),
+    outcome(4, LeaseKind.BESTEFFORT, state=LeaseState.REJECTED),  # nothing to draw
+))
+
+
+def test_gantt_hand_built(tmp_path: Path) -> None:
+    path = tmp_path / "g.svg"
+    gantt(HAND, path, title="hand-built")
+    ids = svg_ids(path)
+    assert prefixed(ids, "event-") == sorted([
+        "event-1-boot-0-P1", "event-1-boot-0-P2", "event-1-run-0-P1", "event-1-run-0-P2",
+        "event-1-shutdown-0-P1", "event-1-shutdown-0-P2", "event-2-run-0-P3",
+        "event-3-run-0-P3"])
+    # 5 s of 1010 s on 8 in of axes is ~4 px: no room for "2"; 800 s is
+    assert prefixed(ids, "label-") == ["label-1-0-P1", "label-1-0-P2", "label-3-0-P3"]
+    assert "fill: #2ca02c" in " ".join(fills(ids["event-3-run-0-P3"]))  # immediate: green
+    assert text_of(ids["title"]) == "hand-built"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_png_size(tmp_path: Path) -> None:
+    path = tmp_path / "g.png"
+    gantt(HAND, path, size=(6, 3), dpi=80)
+    assert png_size(path) == (480, 240)  # 6 in * 80 dpi, 3 in * 80 dpi
+    assert imread(str(path)).shape[:2] == (240, 480)
+    upath = tmp_path / "u.png"
+    utilization_plot(HAND, upath, size=(5, 2), dpi=120)
+    assert png_size(upath) == (600, 240)
+
+
+def test_unknown_format(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown figure format"):
+        gantt(HAND, tmp_path / "g.jpeg")
+    assert not (tmp_path / "g.jpeg").exists()
+
+
+def test_utilization_plot(tmp_path: Path) -> None:
+    path = tmp_path / "u.svg"
+    utilization_plot(migrate_result(), path)
+    ids = svg_ids(path)
+    assert "capacity" in ids
+    # 9 steps (0, 90, 172, 1764, 1800, 3690, 3726, 5400, 5734) drawn "post": 17 vertices
+    d = ids["utilization"].find(f"{SVG}path")
+    assert d is not None
+    assert (d.get("d") or "").count("L") + 1 == 17
+    assert text_of(ids["title"]) == "Utilization 94.2%"  # 21600 / (4 * 5734)
+    assert text_of(ids["xlabel"]) == "time (s)"
+    assert text_of(ids["ylabel"]) == "busy nodes (user time)"
+
+
+def sweep_rows(tmp_path: Path) -> list[dict[str, str]]:
+    """A sweep's table as a CSV gives it back: strings, nu as in the trace names."""
+    path = tmp_path / "sweep.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["profile", "rho", "delta", "nu", "completion_ratio", "other"])
+        for profile in ("notransfer", "transfer"):
+            for delta in (1, 2):
+                for nu in ("3large", "1small", "2medium"):  # out of order on purpose
+                    for rho in (10, 5, 20):
+                        w.writerow([profile, rho, delta, nu, 1 + rho / 100 * delta, "x"])
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_completion_ratio_lines_per_delta(tmp_path: Path) -> None:
+    path = tmp_path / "c.svg"
+    completion_ratio_figure(sweep_rows(tmp_path), path)
+    ids = svg_ids(path)
+    assert prefixed(ids, "panel-") == ["panel-nu-large", "panel-nu-medium", "panel-nu-small"]
+    # one line per (profile, delta) in each panel: 2 * 2 * 3 panels
+    lines = prefixed(ids, "line-")
+    assert len(lines) == 12
+    assert "line-transfer-delta-2-nu-medium" in lines
+    assert text_of(ids["title-nu-small"]) == r"$\nu$ = small"
+    assert text_of(ids["xlabel-nu-large"]) == r"$\rho$ (% of CPU-hours in ARs)"
+    assert text_of(ids["ylabel-nu-small"]) == "completion time ratio"
+    assert "ylabel-nu-medium" not in ids  # shared y axis: left panel only (empty: not drawn)
+    assert r"transfer, $\delta$ = 2 h" in all_texts(path)  # legend entry
+
+    fig = completion_ratio_figure_of(sweep_rows(tmp_path))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [r"$\nu$ = small", r"$\nu$ = medium", r"$\nu$ = large"]  # left to right
+    (line,) = [ln for ln in fig.axes[0].get_lines()
+               if ln.get_gid() == "line-notransfer-delta-2-nu-small"]
+    assert np.asarray(line.get_xdata()).tolist() == [5, 10, 20]  # sorted by rho
+    # 1 + rho / 100 * delta
+    assert np.asarray(line.get_ydata()).tolist() == pytest.approx([1.1, 1.2, 1.4])
+
+
+def test_completion_ratio_delta_panels(tmp_path: Path) -> None:
+    path = tmp_path / "c.svg"
+    completion_ratio_figure(sweep_rows(tmp_path), path, delta_panels=True, title="sweep")
+    ids = svg_ids(path)
+    panels = prefixed(ids, "panel-")
+    assert len(panels) == 6  # 2 deltas x 3 nu
+    assert "panel-nu-small-delta-2" in panels
+    assert len(prefixed(ids, "line-")) == 12  # one per profile in each panel
+    assert text_of(ids["title-nu-small-delta-2"]) == r"$\nu$ = small, $\delta$ = 2 h"
+    assert text_of(ids["title"]) == "sweep"
+    assert "xlabel-nu-small-delta-1" not in ids  # only the bottom row
+    assert text_of(ids["xlabel-nu-small-delta-2"]) == r"$\rho$ (% of CPU-hours in ARs)"
+
+
+def test_completion_ratio_averages_repeats() -> None:
+    rows: list[CompletionRow | Mapping[str, Any]] = [
+        CompletionRow("p", 5, 1, "small", 1.2), CompletionRow("p", 5, 1, "small", 1.4),
+        {"profile": "p", "rho": "10", "delta": "1", "nu": "1small",
+         "completion_ratio": "1.5"}]
+    fig = completion_ratio_figure_of(rows)
+    assert len(fig.axes) == 1
+    (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_gid() == "line-p-delta-1-nu-small"]
+    # (1.2 + 1.4) / 2 at rho 5; 1.5 at rho 10
+    assert np.asarray(line.get_ydata()).tolist() == pytest.approx([1.3, 1.5])
+    with pytest.raises(ValueError, match="no rows"):
+        completion_ratio_figure_of([])
