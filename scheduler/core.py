@@ -537,14 +537,15 @@ class Scheduler:
         groups: list[int] = np.unique(ready[ready < INF]).tolist()
         holds = has if resuming else np.zeros_like(has)
 
-        def pick(mask: np.ndarray) -> tuple[int, ...] | None:
+        def pick(mask: np.ndarray, start: int) -> tuple[int, ...] | None:
             nodes = np.flatnonzero(mask)
+            since, until = self._time_fit(nodes, k, start, vec)
             cands = HostCandidates(nodes, np.zeros(len(nodes), dtype=bool),
-                                   has[nodes], holds[nodes])
+                                   has[nodes], holds[nodes], since, until)
             return self.policies.host_selection.choose(k, cands)
 
         def full(start: int, mask: np.ndarray) -> _Proposal | None:
-            nodes = pick(mask)
+            nodes = pick(mask, start)
             if nodes is None:
                 return None
             rs = start + opening
@@ -608,6 +609,16 @@ class Scheduler:
             return None
         return full(best[0], best[1])
 
+    def _time_fit(self, nodes: np.ndarray, k: int, start: int,
+                  vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Since and until when each candidate is free around ``start`` (for the host
+        selection's tie-break; only worth computing when there is a choice)."""
+        if len(nodes) <= k:
+            zero = np.zeros(len(nodes), dtype=np.int64)
+            return zero, zero
+        since = np.maximum(self.profile.free_since(start, vec)[nodes], self.now)
+        return since, self.profile.free_until(start, vec)[nodes]
+
     def _partial(self, lease: Lease, start: int, eligible: np.ndarray, until: np.ndarray,
                  opening: int, pick: object, ready: np.ndarray) -> _Proposal | None:
         """Run from ``start`` until something blocks, then suspend (resume later)."""
@@ -620,7 +631,7 @@ class Scheduler:
             return None
         horizon = int(np.sort(until[ok])[-k])  # the k-th longest free stretch
         assert callable(pick)
-        nodes = pick(ok & (until >= horizon))
+        nodes = pick(ok & (until >= horizon), start)
         if nodes is None or int(ready[list(nodes)].max()) != start:
             return None
         s_start = latest_common_gap(self._channels_for(nodes), horizon, susp)
@@ -767,8 +778,9 @@ class Scheduler:
             has = np.array([not self.config.image_transfer
                             or self._image_ready(int(n), req.image.id, start)
                             for n in nodes_idx], dtype=bool)
+            since, until = self._time_fit(nodes_idx, k, start, vec)
             cands = HostCandidates(nodes_idx, pre[nodes_idx], has,
-                                   np.zeros(len(nodes_idx), dtype=bool))
+                                   np.zeros(len(nodes_idx), dtype=bool), since, until)
             nodes = self.policies.host_selection.choose(k, cands)
             if nodes is None:
                 self._reject(lease, self._ar_shortage(req, start, end, int(usable.sum())))

@@ -191,6 +191,32 @@ class AvailabilityProfile:
             return hit
         return self._remember(key, self._free_until(t, vec, ignore_preemptible))
 
+    def free_since(self, t: int, vec: np.ndarray) -> np.ndarray:
+        """For each node, the start of the longest interval [since, t) in which it can
+        host ``vec`` (``t`` if it cannot just before ``t``; the oldest time still kept,
+        at or before the last ``prune``, if it could all along)."""
+        n = self.node_count
+        if not vec.any():
+            return np.full(n, self._times[0], dtype=np.int64)
+        key = (t, -2, False, vec.tobytes())
+        if (cached := self._recall(key)) is not None:
+            return cached
+        since = np.full(n, self._times[0], dtype=np.int64)
+        open_ = np.ones(n, dtype=bool)
+        j = bisect.bisect_left(self._times, t)  # slots [0, j) lie before t
+        end = t  # where slot j - 1 stops mattering
+        block = 8
+        while j > 0 and open_.any():
+            i = max(0, j - block)
+            bad: np.ndarray = ~self._fits(i, j, vec, False)[::-1] & open_  # latest first
+            hit = bad.any(axis=0)
+            first = np.argmax(bad, axis=0)  # latest failing slot, counted from j - 1
+            ends = np.array([*self._times[i + 1:j], end], dtype=np.int64)[::-1]
+            since[hit] = ends[first[hit]]
+            open_ &= ~hit
+            j, end, block = i, self._times[i], block * 4
+        return self._remember(key, since)
+
     def fits_window(self, start: int, end: int, vec: np.ndarray) -> np.ndarray:
         """For each node, whether it can host ``vec`` throughout [start, end)."""
         if not vec.any():
