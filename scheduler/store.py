@@ -175,6 +175,19 @@ class LeaseRecord:
 
 
 @dataclass(frozen=True)
+class LeaseUpdate:
+    """The parts of a lease projection that change after its creation."""
+
+    id: int
+    state: str
+    reason: str | None
+    revision: int
+    start: int | None
+    end: int | None
+    events: Sequence[Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
 class Change:
     revision: int
     lease_id: int
@@ -216,16 +229,16 @@ class Enactment:
 class Batch:
     """Everything one engine step writes, committed in one transaction."""
 
-    command: Command | None = None
+    commands: tuple[Command, ...] = ()
     new_leases: tuple[LeaseRecord, ...] = ()
-    changed_leases: tuple[LeaseRecord, ...] = ()
+    changed_leases: tuple[LeaseUpdate, ...] = ()
     changes: tuple[Change, ...] = ()
     idempotency: tuple[str, int, str] | None = None  # request id, lease id, body hash
     hosts: tuple[HostRecord, ...] = ()
     enactments: tuple[Enactment, ...] = ()
 
     def empty(self) -> bool:
-        return not (self.command or self.new_leases or self.changed_leases or self.changes
+        return not (self.commands or self.new_leases or self.changed_leases or self.changes
                     or self.idempotency or self.hosts or self.enactments)
 
 
@@ -324,9 +337,10 @@ class Store:
         if batch.empty():
             return
         with self._session.begin() as s:
-            if batch.command is not None:
-                c = batch.command
-                s.add(CommandRow(at=c.at, kind=c.kind, body=json.dumps(c.body, sort_keys=True)))
+            if batch.commands:
+                s.execute(insert(CommandRow), [
+                    {"at": c.at, "kind": c.kind, "body": json.dumps(c.body, sort_keys=True)}
+                    for c in batch.commands])
             if batch.new_leases:
                 s.execute(insert(LeaseRow), [_lease_values(r) for r in batch.new_leases])
                 labels = [{"lease_id": r.id, "key": k, "value": v}
@@ -334,7 +348,10 @@ class Store:
                 if labels:
                     s.execute(insert(LabelRow), labels)
             if batch.changed_leases:
-                s.execute(update(LeaseRow), [_lease_values(r) for r in batch.changed_leases])
+                s.execute(update(LeaseRow), [
+                    {"id": u.id, "state": u.state, "reason": u.reason, "revision": u.revision,
+                     "start": u.start, "end": u.end, "events": json.dumps(list(u.events))}
+                    for u in batch.changed_leases])
             if batch.changes:
                 s.execute(insert(WatchRow), [vars(c) for c in batch.changes])
             if batch.idempotency is not None:

@@ -17,6 +17,7 @@ from scheduler.store import (
     HostRecord,
     ImageRecord,
     LeaseRecord,
+    LeaseUpdate,
     Store,
 )
 
@@ -55,18 +56,20 @@ def test_round_trip(db_url: str) -> None:
         assert store.image("b") == ImageRecord("b", 1, "/x", "qcow2")
 
         store.commit(Batch(
-            command=Command("submit", 10, {"request": {"id": 1}}),
+            commands=(Command("submit", 10, {"request": {"id": 1}}),),
             new_leases=(_lease(1, labels={"project": "hep"}), _lease(2)),
             changes=(Change(1, 1, "pending", 10, None), Change(2, 2, "pending", 10, None)),
             idempotency=("req-1", 1, "abc"),
             hosts=(HostRecord(0, "P1", "draining", cpu=100),),
             enactments=(Enactment(1, "boot", 12, "ok"),)))
-        store.commit(Batch(command=Command("cancel", 20, {"lease": 2}),
-                           changed_leases=(_lease(2, "cancelled"),),
+        store.commit(Batch(commands=(Command("cancel", 20, {"lease": 2}),),
+                           changed_leases=(LeaseUpdate(2, "cancelled", None, 2, None, None, []),),
                            changes=(Change(3, 2, "cancelled", 20, "by user"),)))
         assert [(c.kind, c.at, c.body) for c in store.commands()] == \
             [("submit", 10, {"request": {"id": 1}}), ("cancel", 20, {"lease": 2})]
         assert store.lease(1) == _lease(1, labels={"project": "hep"})
+        assert store.lease(2) == LeaseRecord(2, "req-2", "besteffort", "cancelled", None, 2, 10,
+                                             None, None, {"vm_count": 1}, [], {})
         assert store.lease(3) is None
         assert store.idempotency("req-1") == (1, "abc")
         assert store.idempotency("nope") is None

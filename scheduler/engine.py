@@ -1,0 +1,943 @@
+"""The service engine: one scheduling core on the wall clock, made durable and enacted.
+
+The engine owns a ``Scheduler`` and everything around it that the pure core does not
+do: it maps wall-clock seconds to core seconds (``core = floor(wall) - origin``, the
+origin persisted at the first start), applies commands (submit, cancel, extend, host
+changes, failures) and logs them in the store, advances the core when scheduled
+changes come due (an APScheduler job wakes it at ``next_event_time()``), diffs lease
+states into projections and the watch log, publishes changes to watchers and calls
+the enactment driver when events begin.
+
+Durability: every step is one transaction (commands, projections, watch rows,
+enactment records); a lease is acknowledged only after it is committed. On start the
+core is rebuilt by re-applying the command log at the logged core times — the core is
+deterministic, so the schedule comes back identical — and then catches up to now:
+state changes and actions that came due while the service was down are handled in
+time order. The core is not thread-safe: every access holds ``self._lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import heapq
+import itertools
+import json
+import logging
+import math
+import queue
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+from .config import Config, ConfigError, apply_toml, load_profile
+from .core import Scheduler, SchedulingError
+from .enactment import VM, Driver, EnactmentError
+from .leases import (
+    DIMENSIONS,
+    DiskImage,
+    Event,
+    EventKind,
+    LeaseKind,
+    LeaseRequest,
+    LeaseState,
+    Node,
+    Resources,
+    Site,
+)
+from .store import (
+    Batch,
+    Change,
+    Command,
+    Enactment,
+    HostRecord,
+    ImageRecord,
+    LeaseRecord,
+    LeaseUpdate,
+    Store,
+)
+
+log = logging.getLogger(__name__)
+
+#: Longest duration and farthest future start the service accepts (about ten years).
+MAX_SECONDS = 10 * 366 * 86_400
+#: Largest value of one resource dimension (the core's "unlimited" is 2**40).
+MAX_RESOURCE = 2**40 - 1
+#: Watch events buffered per subscriber before it must catch up from the database.
+WATCH_BUFFER = 10_000
+
+
+# ============================================================================ clocks
+
+class Clock(Protocol):
+    """Wall-clock time in seconds since the Unix epoch."""
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+
+class ManualClock:
+    """A clock tests set by hand."""
+
+    def __init__(self, start: float) -> None:
+        self._t = start
+        self._lock = threading.Lock()
+
+    def time(self) -> float:
+        with self._lock:
+            return self._t
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._t += seconds
+
+    def set(self, t: float) -> None:
+        with self._lock:
+            self._t = t
+
+
+class Timer(Protocol):
+    """Calls back at (about) a given wall-clock time."""
+
+    def schedule(self, at: float | None) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class APSchedulerTimer:
+    """APScheduler 3 background scheduler holding one date job (the next wake-up) and a
+    periodic safety net (a clock step or a lost wake-up never stalls the schedule)."""
+
+    def __init__(self, callback: Callable[[], None], safety_interval: float = 30.0) -> None:
+        from apscheduler.schedulers.background import (  # type: ignore[import-untyped]
+            BackgroundScheduler,
+        )
+
+        self._callback = callback
+        self._sched = BackgroundScheduler(timezone=UTC)
+        self._sched.add_job(callback, "interval", seconds=safety_interval, id="safety",
+                            coalesce=True, max_instances=1)
+        self._sched.start()
+        self._at: float | None = None
+        self._lock = threading.Lock()
+
+    def schedule(self, at: float | None) -> None:
+        with self._lock:
+            if at == self._at:
+                return  # thousands of creates per second must not churn the job store
+            self._at = at
+            if at is None:
+                with contextlib.suppress(Exception):
+                    self._sched.remove_job("tick")
+                return
+            # max_instances > 1: the job may re-arm itself while it runs
+            self._sched.add_job(self._fire, "date", run_date=datetime.fromtimestamp(at, UTC),
+                                id="tick", replace_existing=True, misfire_grace_time=None,
+                                coalesce=True, max_instances=4)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._at = None
+        self._callback()
+
+    def stop(self) -> None:
+        self._sched.shutdown(wait=False)
+
+
+# ============================================================================ errors
+
+class EngineError(Exception):
+    """A request the engine refuses; the service maps each subclass to a status code."""
+
+
+class NotFound(EngineError):
+    pass
+
+
+class InvalidField(EngineError):
+    def __init__(self, field_path: str, description: str) -> None:
+        super().__init__(f"{field_path}: {description}")
+        self.field = field_path
+        self.description = description
+
+
+class Infeasible(EngineError):
+    """The request is well-formed but cannot be honoured in the current state."""
+
+    def __init__(self, reason: str, *, subject: str = "", lease_id: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.subject = subject
+        self.lease_id = lease_id
+
+
+class Conflict(EngineError):
+    """Something with that identity exists already (e.g. a reused request id)."""
+
+
+class Unsupported(EngineError):
+    """The scheduling core does not offer this yet."""
+
+
+class Unavailable(EngineError):
+    """The database could not commit; nothing was acknowledged."""
+
+
+# ============================================================================ site
+
+@dataclass(frozen=True)
+class SiteDefinition:
+    """What a site file defines: the scheduler configuration, hosts and images."""
+
+    config: Config
+    nodes: tuple[Node, ...]
+    images: tuple[ImageRecord, ...] = ()
+
+
+_SITE_EXTRA_KEYS = {"profile", "hosts", "disk-images"}
+
+
+def parse_site(text: str, source: str) -> SiteDefinition:
+    """Parse a site TOML file: the configuration format of ``scheduler/config.py``
+    (``[site]`` describes uniform hosts P1..Pn) plus an optional top-level ``profile``
+    to start from, ``[[hosts]]`` (name, cpu, memory, disk, net-in, net-out) for
+    explicit hosts and ``[[disk-images]]`` (id, size-mb, location, format)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML: {e}") from e
+    profile = data.get("profile")
+    if profile is not None and not isinstance(profile, str):
+        raise ConfigError(f"{source}: profile must be a string")
+    config = load_profile(profile) if profile else Config()
+    config = apply_toml(config, {k: v for k, v in data.items() if k not in _SITE_EXTRA_KEYS},
+                        source)
+    nodes: list[Node] = []
+    for i, h in enumerate(_tables(data.get("hosts", []), "hosts", source)):
+        name = h.get("name", f"P{i + 1}")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{source}: [[hosts]] {i + 1}: name must be a non-empty string")
+        nodes.append(Node(i, name, _resources(h, f"{source}: [[hosts]] {name}")))
+    if not nodes:
+        site = config.default_site()
+        if site is None:
+            raise ConfigError(f"{source}: no hosts: give [site] nodes = N or [[hosts]]")
+        nodes = list(site.nodes)
+    if len({n.name for n in nodes}) != len(nodes):
+        raise ConfigError(f"{source}: host names must be unique")
+    images = []
+    for i, img in enumerate(_tables(data.get("disk-images", []), "disk-images", source)):
+        where = f"{source}: [[disk-images]] {i + 1}"
+        image_id, size = img.get("id"), img.get("size-mb", 0)
+        if not isinstance(image_id, str) or not image_id:
+            raise ConfigError(f"{where}: id must be a non-empty string")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ConfigError(f"{where}: size-mb must be a non-negative integer")
+        images.append(ImageRecord(image_id, size, str(img.get("location", "")),
+                                  str(img.get("format", ""))))
+    return SiteDefinition(config, tuple(nodes), tuple(images))
+
+
+def _tables(value: object, name: str, source: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{source}: {name} must be an array of tables ([[{name}]])")
+    return value
+
+
+def _resources(table: Mapping[str, Any], where: str) -> Resources:
+    values: dict[str, int] = {}
+    for dim in DIMENSIONS:
+        v = table.get(dim.replace("_", "-"), 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"{where}: {dim} must be a non-negative integer")
+        values[dim] = v
+    return Resources(**values)
+
+
+def load_site(path: Path) -> SiteDefinition:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    return parse_site(text, str(path))
+
+
+def demo_site() -> SiteDefinition:
+    """The bundled demo site (``scheduler/sites/demo.toml``)."""
+    text = (resources.files("scheduler") / "sites" / "demo.toml").read_text()
+    return parse_site(text, "sites/demo.toml")
+
+
+def config_to_json(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_json(data: Mapping[str, Any]) -> Config:
+    known = {f.name for f in dataclasses.fields(Config)}
+    default = Config()
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in known:
+            raise ConfigError(f"stored configuration has an unknown key {name!r}")
+        current = getattr(default, name)
+        if isinstance(current, StrEnum):
+            value = type(current)(value)
+        elif isinstance(current, Resources):
+            value = Resources(**value)
+        values[name] = value
+    return Config(**values)
+
+
+def _node_json(n: Node) -> dict[str, Any]:
+    return {"index": n.index, "name": n.name, **dataclasses.asdict(n.capacity)}
+
+
+def _node_from_json(d: Mapping[str, Any]) -> Node:
+    return Node(d["index"], d["name"], Resources(**{k: d[k] for k in DIMENSIONS}))
+
+
+def _host_record(n: Node, state: str = "active") -> HostRecord:
+    c = n.capacity
+    return HostRecord(n.index, n.name, state, c.cpu, c.memory, c.disk, c.net_in, c.net_out)
+
+
+# ============================================================================ requests
+
+@dataclass(frozen=True)
+class LeaseSpec:
+    """A validated lease request, times in core seconds."""
+
+    kind: LeaseKind
+    vms: int
+    resources: Resources
+    image_id: str
+    duration: int
+    start: int | None = None
+    start_latest: int | None = None
+    preemptible: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": str(self.kind), "vms": self.vms,
+                "resources": dataclasses.asdict(self.resources), "image_id": self.image_id,
+                "duration": self.duration, "start": self.start,
+                "start_latest": self.start_latest, "preemptible": self.preemptible,
+                "labels": dict(self.labels)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> LeaseSpec:
+        return cls(LeaseKind(d["kind"]), d["vms"], Resources(**d["resources"]), d["image_id"],
+                   d["duration"], d.get("start"), d.get("start_latest"), d["preemptible"],
+                   tuple(sorted(d["labels"].items())))
+
+
+def spec_hash(spec: LeaseSpec) -> str:
+    """A digest of the spec, to tell an idempotent retry from a reused request id."""
+    return hashlib.sha256(json.dumps(spec.as_json(), sort_keys=True).encode()).hexdigest()
+
+
+def _supports_windows() -> bool:
+    return "start_latest" in {f.name for f in dataclasses.fields(LeaseRequest)}
+
+
+def _request_json(lease_id: int, submit: int, spec: LeaseSpec, image_mb: int) -> dict[str, Any]:
+    return {"id": lease_id, "submit": submit, "image_mb": image_mb, **spec.as_json()}
+
+
+def _request_from_json(d: Mapping[str, Any]) -> LeaseRequest:
+    spec = LeaseSpec.from_json(d)
+    extra: dict[str, Any] = {}
+    if spec.start_latest is not None:
+        extra["start_latest"] = spec.start_latest  # only logged if the core supports it
+    return LeaseRequest(id=d["id"], kind=spec.kind, vms=spec.vms, resources=spec.resources,
+                        image=DiskImage(spec.image_id, d["image_mb"]),
+                        duration=spec.duration, submit=d["submit"], start=spec.start,
+                        preemptible=spec.preemptible, labels=spec.labels, **extra)
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    lease: LeaseRecord
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class HostUsage:
+    hosts: int
+    hosts_in_use: int
+    capacity: Resources
+    allocated: Resources
+    leases_by_state: Mapping[str, int]
+    at: int
+
+
+# ============================================================================ watching
+
+class Subscription:
+    """A watcher's queue of changes; ``None`` means the engine stopped. A watcher that
+    falls more than ``WATCH_BUFFER`` behind is dropped (``overflowed``) and must
+    catch up from the watch log."""
+
+    def __init__(self, lease_id: int, maxsize: int = WATCH_BUFFER) -> None:
+        self.lease_id = lease_id
+        self.queue: queue.Queue[Change | None] = queue.Queue(maxsize)
+        self.overflowed = False
+
+
+@dataclass
+class _Step:
+    """What one engine step accumulates before its commit (internal, mutable)."""
+
+    commands: list[Command] = field(default_factory=list)
+    new: dict[int, LeaseRecord] = field(default_factory=dict)
+    updates: dict[int, LeaseUpdate] = field(default_factory=dict)
+    changes: list[Change] = field(default_factory=list)
+    idempotency: tuple[str, int, str] | None = None
+    hosts: list[HostRecord] = field(default_factory=list)
+    enactments: list[Enactment] = field(default_factory=list)
+
+    def batch(self) -> Batch:
+        return Batch(tuple(self.commands), tuple(self.new.values()),
+                     tuple(self.updates.values()), tuple(self.changes), self.idempotency,
+                     tuple(self.hosts), tuple(self.enactments))
+
+
+_TERMINAL = {str(s) for s in LeaseState if s.terminal}
+_VM_EVENTS = {EventKind.BOOT, EventKind.RUN, EventKind.SHUTDOWN, EventKind.SUSPEND,
+              EventKind.RESUME}
+
+
+# ============================================================================ the engine
+
+class Engine:
+    """Owns one core; thread-safe. ``start()`` arms the wake-up timer (the service);
+    without it (tests), call ``poll()`` after moving the clock."""
+
+    def __init__(self, store: Store, site: SiteDefinition, driver: Driver, clock: Clock) -> None:
+        self.store = store
+        self.driver = driver
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._timer: Timer | None = None
+        self._subs: list[Subscription] = []
+        self._stopped = False
+        meta = store.meta()
+        if not meta:
+            origin = math.floor(clock.time())
+            meta = {"origin": origin, "config": config_to_json(site.config),
+                    "site": [_node_json(n) for n in site.nodes], "format": 1}
+            store.init_meta(meta, [_host_record(n) for n in site.nodes], site.images)
+            log.info("new database initialized", extra={"origin": origin,
+                                                        "hosts": len(site.nodes)})
+        elif config_to_json(site.config) != meta["config"] or \
+                [_node_json(n) for n in site.nodes] != meta["site"]:
+            # The log only replays identically on the site and configuration it was
+            # written on: the database's win over the given ones.
+            log.warning("database was created with another site or configuration: using "
+                        "the database's", extra={"url": _safe_url(store.url)})
+        self.origin: int = meta["origin"]
+        self._config = config_from_json(meta["config"])
+        self._initial_nodes = tuple(_node_from_json(d) for d in meta["site"])
+        self._rebuild()
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, timer: Timer | None = None) -> None:
+        """Catch up to now and arm the wake-up timer (APScheduler by default)."""
+        self._timer = timer or APSchedulerTimer(self.poll)
+        self.poll()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._timer is not None:
+                self._timer.stop()
+                self._timer = None
+            for sub in self._subs:
+                with contextlib.suppress(queue.Full):
+                    sub.queue.put_nowait(None)
+            self._subs.clear()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    # ------------------------------------------------------------ time
+    def now(self) -> int:
+        """Current core time (never goes back, even if the wall clock does)."""
+        return max(math.floor(self.clock.time()) - self.origin, self.core.now)
+
+    def to_wall(self, t: int) -> int:
+        return self.origin + t
+
+    def to_core(self, wall_seconds: int) -> int:
+        return wall_seconds - self.origin
+
+    # ------------------------------------------------------------ rebuild
+    def _rebuild(self) -> None:
+        """(Re)create the core from the command log and the projections."""
+        self.core = Scheduler(Site(self._initial_nodes), self._config)
+        self._failed: dict[int, str] = {}
+        for cmd in self.store.commands():
+            self.core.advance_to(cmd.at)
+            self._apply(cmd)
+        self._revision = self.store.last_revision()
+        self._known: dict[int, tuple[str, str, str | None]] = {}
+        self._versions: dict[int, tuple[int, LeaseState]] = {}
+        self._live: set[int] = set()
+        for lease_id, (state, events, reason, _rev) in self.store.projections().items():
+            if lease_id not in self.core.leases:
+                log.error("lease in the projection but not in the command log",
+                          extra={"lease": lease_id})
+                continue
+            if state not in _TERMINAL:
+                self._live.add(lease_id)
+                self._known[lease_id] = (state, events, reason)
+        self._enacted = {(e.lease_id, e.kind, e.start) for e in self.store.enactments()}
+        self._actions: list[tuple[int, int, int, str, tuple[int, ...]]] = []
+        self._action_seq = itertools.count()
+        for lease_id in self._live:
+            self._queue_actions(lease_id, self.core.leases[lease_id].events())
+        self._next_id = max(self.core.leases, default=0) + 1
+        log.info("core rebuilt", extra={"leases": len(self.core.leases),
+                                        "live": len(self._live), "time": self.core.now})
+
+    def _apply(self, cmd: Command) -> None:
+        """Apply one logged command to the core (live and on replay alike)."""
+        b = cmd.body
+        core: Any = self.core  # features the core may not have yet are looked up by name
+        match cmd.kind:
+            case "submit":
+                self.core.submit(_request_from_json(b["request"]))
+            case "cancel":
+                self.core.cancel(b["lease"])
+            case "extend":
+                core.extend(b["lease"], b["extra"])
+            case "add_host":
+                core.add_node(_node_from_json(b["node"]))
+            case "drain_host":
+                core.drain_node(b["index"])
+            case "remove_host":
+                core.remove_node(b["index"])
+            case "fail":
+                if hasattr(core, "fail"):
+                    core.fail(b["lease"], b["reason"])
+                else:
+                    # Until the core can fail a lease: cancel it (releases its resources)
+                    # and show it failed.
+                    with contextlib.suppress(SchedulingError):
+                        self.core.cancel(b["lease"])
+                    self._failed[b["lease"]] = b["reason"]
+            case _:
+                raise ValueError(f"unknown command {cmd.kind!r} in the log")
+
+    # ------------------------------------------------------------ steps
+    @contextlib.contextmanager
+    def _step(self) -> Iterator[_Step]:
+        """Hold the lock, catch up to now, and commit what the body adds. A refused
+        request (EngineError) still commits the catch-up; any other error means the
+        core may be half-changed: rebuild it from the database."""
+        with self._lock:
+            if self._stopped:
+                raise Unavailable("the service is stopping")
+            step = _Step()
+            try:
+                self._catch_up(self.now(), step)
+                yield step
+            except EngineError:
+                self._commit(step)
+                raise
+            except Exception:
+                log.exception("engine step failed: rebuilding the core from the database")
+                self._rebuild()
+                raise
+            self._commit(step)
+
+    def _commit(self, step: _Step) -> None:
+        batch = step.batch()
+        try:
+            self.store.commit(batch)
+        except Exception as e:
+            log.exception("commit failed: rebuilding the core from the database")
+            self._rebuild()
+            raise Unavailable(f"could not commit to the database: {e}") from e
+        self._publish(step.changes)
+        self._rearm()
+
+    def _catch_up(self, now: int, step: _Step) -> None:
+        """Apply, instant by instant, everything due up to ``now``."""
+        while (t := self._next_due()) is not None and t <= now:
+            self.core.advance_to(t)
+            self._sync(t, step)
+            self._enact_due(step)
+        self.core.advance_to(now)
+        self._sync(now, step)
+        self._enact_due(step)
+
+    def _next_due(self) -> int | None:
+        times = [t for t in (self.core.next_event_time(),
+                             self._actions[0][0] if self._actions else None) if t is not None]
+        return min(times) if times else None
+
+    def _rearm(self) -> None:
+        if self._timer is not None:
+            t = self._next_due()
+            self._timer.schedule(None if t is None else float(self.to_wall(t)))
+
+    def poll(self) -> None:
+        """Apply what is due now (the timer's callback; tests call it directly)."""
+        try:
+            with self._step():
+                pass
+        except Unavailable as e:
+            log.warning("poll failed", extra={"error": str(e)})
+
+    def _sync(self, at: int, step: _Step, touched: tuple[int, ...] = ()) -> None:
+        """Record every lease whose state, schedule or reason changed."""
+        names = [n.name for n in self.core.site.nodes]
+        for lease_id in [*self._live, *touched]:
+            lease = self.core.leases[lease_id]
+            key = (lease.version, lease.state)
+            if self._versions.get(lease_id) == key and lease_id in self._known:
+                continue
+            self._versions[lease_id] = key
+            outcome = lease.outcome()
+            state, reason = str(outcome.state), outcome.reason
+            if lease_id in self._failed:
+                state, reason = str(LeaseState.FAILED), self._failed[lease_id]
+            events = [{"kind": str(e.kind), "start": e.start, "end": e.end,
+                       "nodes": [names[n] for n in e.nodes]} for e in outcome.events]
+            events_json = json.dumps(events)
+            if self._known.get(lease_id) == (state, events_json, reason):
+                continue
+            self._revision += 1
+            if lease_id in step.new:
+                step.new[lease_id] = dataclasses.replace(
+                    step.new[lease_id], state=state, reason=reason, revision=self._revision,
+                    start=outcome.start, end=outcome.end, events=events)
+            else:
+                step.updates[lease_id] = LeaseUpdate(lease_id, state, reason, self._revision,
+                                                     outcome.start, outcome.end, events)
+            step.changes.append(Change(self._revision, lease_id, state, at, reason))
+            self._known[lease_id] = (state, events_json, reason)
+            self._queue_actions(lease_id, outcome.events)
+            if state in _TERMINAL:
+                self._live.discard(lease_id)
+                self._known.pop(lease_id, None)
+                self._versions.pop(lease_id, None)
+            else:
+                self._live.add(lease_id)
+
+    # ------------------------------------------------------------ enactment
+    def _queue_actions(self, lease_id: int, events: tuple[Event, ...] | list[Event]) -> None:
+        for e in events:
+            if e.kind is not EventKind.RUN and \
+                    (lease_id, str(e.kind), e.start) not in self._enacted:
+                heapq.heappush(self._actions, (e.start, next(self._action_seq), lease_id,
+                                               str(e.kind), e.nodes))
+
+    def _enact_due(self, step: _Step) -> None:
+        now = self.core.now
+        while self._actions and self._actions[0][0] <= now:
+            start, _, lease_id, kind, nodes = heapq.heappop(self._actions)
+            key = (lease_id, kind, start)
+            if key in self._enacted:
+                continue
+            lease = self.core.leases[lease_id]
+            events = lease.events()
+            event = next((e for e in events if str(e.kind) == kind and e.start == start
+                          and e.nodes == nodes), None)
+            if event is None:
+                continue  # re-planned or cancelled before it began
+            self._enacted.add(key)
+            if lease_id in self._failed:
+                continue
+            try:
+                self._enact(lease_id, event, events)
+            except EnactmentError as e:
+                reason = f"{kind} at {start} s failed: {e}"
+                log.warning("enactment failed", extra={"lease": lease_id, "reason": reason})
+                step.enactments.append(Enactment(lease_id, kind, start, "failed", str(e)))
+                cmd = Command("fail", now, {"lease": lease_id, "reason": reason})
+                self._apply(cmd)
+                step.commands.append(cmd)
+                self._sync(now, step, (lease_id,))
+                continue
+            step.enactments.append(Enactment(lease_id, kind, start, "ok"))
+
+    def _enact(self, lease_id: int, event: Event, events: list[Event]) -> None:
+        req = self.core.leases[lease_id].request
+        names = [n.name for n in self.core.site.nodes]
+        hosts = [names[n] for n in event.nodes]
+        vms = [VM(lease_id, i, req.image.id, req.resources) for i in range(req.vms)]
+        d = self.driver
+        match event.kind:
+            case EventKind.TRANSFER:
+                for h in hosts:
+                    d.prepare_image(req.image.id, h)
+            case EventKind.BOOT:
+                for vm, h in zip(vms, hosts, strict=False):
+                    d.deploy(vm, h)
+                    d.start(vm, h)
+            case EventKind.SUSPEND:
+                for vm, h in zip(vms, hosts, strict=False):
+                    d.suspend(vm, h)
+            case EventKind.RESUME:
+                for vm, h in zip(vms, hosts, strict=False):
+                    d.resume(vm, h)
+            case EventKind.MIGRATE:
+                before = [e for e in events if e.kind is EventKind.SUSPEND
+                          and e.end <= event.start]
+                after = [e for e in events if e.kind is EventKind.RESUME
+                         and e.start >= event.end]
+                if before and after:
+                    src = [names[n] for n in before[-1].nodes]
+                    dst = [names[n] for n in after[0].nodes]
+                    for vm, s, t in zip(vms, src, dst, strict=False):
+                        d.migrate(vm, s, t)
+            case EventKind.SHUTDOWN:
+                for vm, h in zip(vms, hosts, strict=False):
+                    if event.end > event.start:  # zero time: destroyed without shutdown
+                        d.shutdown(vm, h)
+                    d.destroy(vm, h)
+
+    # ------------------------------------------------------------ watchers
+    def subscribe(self, lease_id: int = 0) -> tuple[Subscription, int]:
+        """A live subscription and the revision it starts after: every change up to that
+        revision is in the watch log, every later one will be in the queue."""
+        with self._lock:
+            if self._stopped:
+                raise Unavailable("the service is stopping")
+            sub = Subscription(lease_id)
+            self._subs.append(sub)
+            return sub, self._revision
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+
+    def _publish(self, changes: list[Change]) -> None:
+        if not changes or not self._subs:
+            return
+        for sub in list(self._subs):
+            try:
+                for c in changes:
+                    if not sub.lease_id or c.lease_id == sub.lease_id:
+                        sub.queue.put_nowait(c)
+            except queue.Full:
+                sub.overflowed = True
+                self._subs.remove(sub)
+
+    # ------------------------------------------------------------ leases
+    def create_lease(self, spec: LeaseSpec, request_id: str | None = None) -> CreateResult:
+        """Submit a lease; returns it as committed (a rejected one too: the caller
+        reports it). A retry with the same request id returns the first answer."""
+        if spec.start_latest is not None and not _supports_windows():
+            raise Unsupported("flexible AR start windows (start_latest) are not supported by "
+                              "this scheduler core yet")
+        image = self.store.image(spec.image_id)
+        if image is None:
+            raise InvalidField("spec.image_id", f"no registered image {spec.image_id!r}")
+        digest = spec_hash(spec)
+        with self._step() as step:
+            if request_id:
+                seen = self.store.idempotency(request_id)
+                if seen is not None:
+                    lease_id, known = seen
+                    if known != digest:
+                        raise Conflict(f"request id {request_id!r} was used for lease "
+                                       f"{lease_id} with a different spec")
+                    record = self.store.lease(lease_id)
+                    assert record is not None  # written in the same transaction
+                    return CreateResult(record, True)
+            now = self.core.now
+            if spec.start is not None and spec.start < now:
+                raise InvalidField("spec.start", f"starts in the past ({self.to_wall(spec.start)}"
+                                   f" < now {self.to_wall(now)}, seconds since the epoch)")
+            lease_id = self._next_id
+            body = _request_json(lease_id, now, spec, image.size_mb)
+            try:
+                _request_from_json(body)  # the model's own checks, before the core sees it
+            except ValueError as e:
+                raise InvalidField("spec", str(e)) from e
+            self._next_id += 1
+            cmd = Command("submit", now, {"request": body})
+            self._apply(cmd)
+            step.commands.append(cmd)
+            step.new[lease_id] = LeaseRecord(lease_id, request_id or None, str(spec.kind),
+                                             "pending", None, 0, now, None, None,
+                                             spec.as_json(), [], dict(spec.labels))
+            if request_id:
+                step.idempotency = (request_id, lease_id, digest)
+            self._sync(now, step, (lease_id,))
+            self._enact_due(step)
+            record = step.new[lease_id]
+        return CreateResult(record, False)
+
+    def get_lease(self, lease_id: int) -> LeaseRecord:
+        record = self.store.lease(lease_id)
+        if record is None:
+            raise NotFound(f"no lease {lease_id}")
+        return record
+
+    def cancel_lease(self, lease_id: int) -> LeaseRecord:
+        with self._step() as step:
+            lease = self.core.leases.get(lease_id)
+            if lease is None:
+                raise NotFound(f"no lease {lease_id}")
+            if lease.state.terminal:
+                raise Infeasible(f"lease {lease_id} is already {lease.state}",
+                                 subject=f"lease/{lease_id}", lease_id=lease_id)
+            cmd = Command("cancel", self.core.now, {"lease": lease_id})
+            self._apply(cmd)
+            step.commands.append(cmd)
+            self._sync(self.core.now, step, (lease_id,))
+            self._enact_due(step)
+        return self.get_lease(lease_id)
+
+    def extend_lease(self, lease_id: int, extra: int) -> LeaseRecord:
+        if not hasattr(self.core, "extend"):
+            raise Unsupported("extending a lease is not supported by this scheduler core yet")
+        with self._step() as step:
+            lease = self.core.leases.get(lease_id)
+            if lease is None:
+                raise NotFound(f"no lease {lease_id}")
+            if lease.state.terminal:
+                raise Infeasible(f"lease {lease_id} is already {lease.state}",
+                                 subject=f"lease/{lease_id}", lease_id=lease_id)
+            cmd = Command("extend", self.core.now, {"lease": lease_id, "extra": extra})
+            try:
+                self._apply(cmd)
+            except SchedulingError as e:  # the core refuses without changing anything
+                raise Infeasible(str(e), subject=f"lease/{lease_id}",
+                                 lease_id=lease_id) from e
+            step.commands.append(cmd)
+            self._sync(self.core.now, step, (lease_id,))
+            self._enact_due(step)
+        return self.get_lease(lease_id)
+
+    def list_leases(self, *, states: tuple[str, ...] = (), kinds: tuple[str, ...] = (),
+                    labels: Mapping[str, str] | None = None, after_id: int = 0,
+                    limit: int = 100) -> list[LeaseRecord]:
+        return self.store.leases(states=states, kinds=kinds, labels=labels,
+                                 after_id=after_id, limit=limit)
+
+    def counter_offer(self, lease_id: int) -> int | None:
+        """The earliest core time at which a rejected AR would fit, if the core can say."""
+        with self._lock:
+            lease = self.core.leases.get(lease_id)
+            finder = getattr(self.core, "earliest_ar_start", None)
+            if lease is None or finder is None or lease.request.kind is not LeaseKind.AR:
+                return None
+            try:
+                t = finder(lease.request)
+            except SchedulingError:
+                return None
+            return int(t) if t is not None else None
+
+    # ------------------------------------------------------------ hosts and images
+    def hosts(self) -> list[HostRecord]:
+        return self.store.hosts()
+
+    def _host(self, name: str) -> HostRecord:
+        for h in self.store.hosts():
+            if h.name == name and h.state != "removed":
+                return h
+        raise NotFound(f"no host {name!r}")
+
+    def add_host(self, name: str, capacity: Resources) -> HostRecord:
+        if not hasattr(self.core, "add_node"):
+            raise Unsupported("adding hosts is not supported by this scheduler core yet")
+        with self._step() as step:
+            if any(h.name == name for h in self.store.hosts()):
+                raise Conflict(f"a host named {name!r} exists already")
+            node = Node(len(self.core.site.nodes), name, capacity)
+            cmd = Command("add_host", self.core.now, {"node": _node_json(node)})
+            try:
+                self._apply(cmd)
+            except (SchedulingError, ValueError) as e:
+                raise Infeasible(str(e), subject=f"host/{name}") from e
+            step.commands.append(cmd)
+            record = _host_record(node)
+            step.hosts.append(record)
+            self._sync(self.core.now, step)
+        return record
+
+    def drain_host(self, name: str) -> HostRecord:
+        return self._host_command(name, "drain_host", "drain_node", "draining")
+
+    def remove_host(self, name: str) -> HostRecord:
+        return self._host_command(name, "remove_host", "remove_node", "removed")
+
+    def _host_command(self, name: str, kind: str, method: str, state: str) -> HostRecord:
+        if not hasattr(self.core, method):
+            raise Unsupported(f"{kind.replace('_', ' ')} is not supported by this scheduler "
+                              "core yet")
+        with self._step() as step:
+            host = self._host(name)
+            cmd = Command(kind, self.core.now, {"index": host.index})
+            try:
+                self._apply(cmd)
+            except (SchedulingError, ValueError) as e:
+                raise Infeasible(str(e), subject=f"host/{name}") from e
+            step.commands.append(cmd)
+            record = dataclasses.replace(host, state=state)
+            step.hosts.append(record)
+            self._sync(self.core.now, step)
+        return record
+
+    def register_image(self, image: ImageRecord) -> ImageRecord:
+        if self.store.add_image(image):
+            return image
+        existing = self.store.image(image.id)
+        if existing == image:
+            return image  # an identical retry
+        raise Conflict(f"an image {image.id!r} is registered already with other attributes")
+
+    def images(self) -> list[ImageRecord]:
+        return self.store.images()
+
+    def utilization(self) -> HostUsage:
+        with self._lock:
+            now = self.now()
+            hosts = [h for h in self.store.hosts() if h.state != "removed"]
+            active = {h.index for h in hosts}
+            cap = [0] * len(DIMENSIONS)
+            for h in hosts:
+                for i, dim in enumerate(DIMENSIONS):
+                    cap[i] += getattr(h, dim)
+            used = [0] * len(DIMENSIONS)
+            in_use: set[int] = set()
+            states: dict[str, int] = {}
+            for lease in self.core.leases.values():
+                states[str(lease.state)] = states.get(str(lease.state), 0) + 1
+                if lease.state.terminal:
+                    continue
+                for e in lease.events():
+                    if e.kind in _VM_EVENTS and e.start <= now < e.end:
+                        in_use.update(n for n in e.nodes if n in active)
+                        for i, dim in enumerate(DIMENSIONS):
+                            used[i] += getattr(lease.request.resources, dim) * len(e.nodes)
+                        break
+            return HostUsage(len(hosts), len(in_use), Resources(*cap), Resources(*used),
+                             states, now)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without a password, for logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url

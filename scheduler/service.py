@@ -1,0 +1,638 @@
+"""The gRPC service: LeaseService and SiteService (wsched.v1) over an ``Engine``.
+
+This module owns the wire: it validates every request completely before the engine
+sees it (field violations as google.rpc.BadRequest), converts between protobuf
+messages and the engine's records (core seconds <-> Timestamps through the persisted
+origin), maps engine errors to status codes, and builds the server with standard
+health checking and reflection.
+
+No request may produce UNKNOWN or INTERNAL: undecodable bytes are caught by a
+deserializer that never raises, and every handler maps every exception; only a bug in
+the scheduler itself can still produce INTERNAL, and it is logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import queue
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
+from google.protobuf.message import DecodeError, Message
+from google.rpc import (  # type: ignore[import-untyped]  # no stubs published
+    code_pb2,
+    error_details_pb2,
+    status_pb2,
+)
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from .api.wsched.v1 import lease_service_pb2 as lpb
+from .api.wsched.v1 import site_service_pb2 as spb
+from .api.wsched.v1 import types_pb2 as tpb
+from .engine import (
+    MAX_RESOURCE,
+    MAX_SECONDS,
+    Conflict,
+    Engine,
+    EngineError,
+    Infeasible,
+    InvalidField,
+    LeaseSpec,
+    NotFound,
+    Unavailable,
+    Unsupported,
+)
+from .leases import DIMENSIONS, LeaseKind, LeaseState, Resources
+from .store import Change, HostRecord, ImageRecord, LeaseRecord
+
+log = logging.getLogger(__name__)
+
+LEASE_SERVICE = "wsched.v1.LeaseService"
+SITE_SERVICE = "wsched.v1.SiteService"
+MAX_VMS = 10_000
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+MAX_LABELS = 64
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_IMAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
+_PROTO_RESOURCE = ("cpu", "memory_mb", "disk_mb", "net_in_mbps", "net_out_mbps")
+
+_KINDS = {tpb.LEASE_KIND_AR: LeaseKind.AR, tpb.LEASE_KIND_BESTEFFORT: LeaseKind.BESTEFFORT,
+          tpb.LEASE_KIND_IMMEDIATE: LeaseKind.IMMEDIATE}
+_KIND_PB = {v: k for k, v in _KINDS.items()}
+_STATES = {getattr(tpb, f"LEASE_STATE_{s.name}"): s for s in LeaseState}
+_STATE_PB = {str(v): k for k, v in _STATES.items()}
+
+
+# ============================================================================ conversions
+
+def _ts(seconds: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds)
+
+
+def resources_to_proto(r: Resources | Mapping[str, int]) -> tpb.Resources:
+    get = r.get if isinstance(r, Mapping) else (lambda k, _d=0: getattr(r, k))
+    return tpb.Resources(**{p: get(d, 0) for p, d in zip(_PROTO_RESOURCE, DIMENSIONS,
+                                                          strict=True)})
+
+
+def lease_to_proto(r: LeaseRecord, origin: int) -> tpb.Lease:
+    s = r.spec
+    spec = tpb.LeaseSpec(kind=_KIND_PB[LeaseKind(s["kind"])], vm_count=s["vms"],
+                         resources=resources_to_proto(s["resources"]),
+                         image_id=s["image_id"],
+                         duration=duration_pb2.Duration(seconds=s["duration"]),
+                         preemptible=s["preemptible"], labels=dict(r.labels))
+    if s.get("start") is not None:
+        spec.start.CopyFrom(_ts(origin + s["start"]))
+    if s.get("start_latest") is not None:
+        spec.start_latest.CopyFrom(_ts(origin + s["start_latest"]))
+    out = tpb.Lease(id=r.id, spec=spec, state=_STATE_PB[r.state], reason=r.reason or "",
+                    revision=r.revision, submitted=_ts(origin + r.submit),
+                    request_id=r.request_id or "")
+    hosts: list[str] = []
+    for e in r.events:
+        out.events.append(tpb.LeaseEvent(
+            kind=getattr(tpb, f"EVENT_KIND_{e['kind'].upper()}"), start=_ts(origin + e["start"]),
+            end=_ts(origin + e["end"]), hosts=e["nodes"]))
+        if e["kind"] == "run":
+            hosts += [h for h in e["nodes"] if h not in hosts]
+    out.hosts.extend(hosts)
+    if r.start is not None:
+        out.start.CopyFrom(_ts(origin + r.start))
+    if r.end is not None:
+        out.end.CopyFrom(_ts(origin + r.end))
+    return out
+
+
+def change_to_proto(c: Change, origin: int) -> lpb.LeaseChange:
+    return lpb.LeaseChange(revision=c.revision, lease_id=c.lease_id, state=_STATE_PB[c.state],
+                           time=_ts(origin + c.at), reason=c.reason or "")
+
+
+def host_to_proto(h: HostRecord) -> spb.Host:
+    return spb.Host(name=h.name, capacity=resources_to_proto(
+        {d: getattr(h, d) for d in DIMENSIONS}),
+        state=getattr(spb, f"HOST_STATE_{h.state.upper()}"))
+
+
+def image_to_proto(i: ImageRecord) -> spb.Image:
+    return spb.Image(id=i.id, size_mb=i.size_mb, location=i.location, format=i.format)
+
+
+# ============================================================================ validation
+
+class BadRequest(Exception):
+    """One or more invalid fields: (field path, description)."""
+
+    def __init__(self, violations: Sequence[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{f}: {d}" for f, d in violations))
+        self.violations = list(violations)
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.violations: list[tuple[str, str]] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.violations.append((field, description))
+
+    def done(self) -> None:
+        if self.violations:
+            raise BadRequest(self.violations)
+
+    def text(self, field: str, value: str, pattern: re.Pattern[str] | None = None,
+             max_len: int = 128, required: bool = True) -> None:
+        if not value:
+            if required:
+                self.add(field, "is required")
+            return
+        if len(value) > max_len:
+            self.add(field, f"is longer than {max_len} characters")
+        elif pattern is not None and not pattern.fullmatch(value):
+            self.add(field, f"must match {pattern.pattern}")
+        elif not value.isprintable():
+            self.add(field, "must be printable text")
+
+    def int_range(self, field: str, value: int, low: int, high: int) -> None:
+        if not low <= value <= high:
+            self.add(field, f"must be between {low} and {high} (got {value})")
+
+    def resources(self, field: str, r: tpb.Resources) -> Resources:
+        for name in _PROTO_RESOURCE:
+            self.int_range(f"{field}.{name}", getattr(r, name), 0, MAX_RESOURCE)
+        return Resources(*(max(0, min(getattr(r, n), MAX_RESOURCE)) for n in _PROTO_RESOURCE))
+
+    def whole_duration(self, field: str, d: duration_pb2.Duration, low: int) -> int:
+        if d.nanos:
+            self.add(field, "must be whole seconds")
+        self.int_range(field + ".seconds", d.seconds, low, MAX_SECONDS)
+        return d.seconds
+
+    def labels(self, field: str, labels: Mapping[str, str]) -> None:
+        if len(labels) > MAX_LABELS:
+            self.add(field, f"at most {MAX_LABELS} labels")
+            return
+        for k, v in labels.items():
+            self.text(f"{field}[{k[:64]!r}]", k, _LABEL_KEY, 63)
+            self.text(f"{field}[{k[:64]!r}].value", v, None, 256, required=False)
+
+
+def _spec_from_proto(req: lpb.CreateLeaseRequest, engine: Engine) -> LeaseSpec:
+    c = _Checker()
+    c.text("request_id", req.request_id, None, 128, required=False)
+    if not req.HasField("spec"):
+        c.add("spec", "is required")
+        c.done()
+    s = req.spec
+    kind = _KINDS.get(s.kind)
+    if kind is None:
+        c.add("spec.kind", "must be LEASE_KIND_AR, LEASE_KIND_BESTEFFORT or "
+              "LEASE_KIND_IMMEDIATE")
+    c.int_range("spec.vm_count", s.vm_count, 1, MAX_VMS)
+    resources = c.resources("spec.resources", s.resources)
+    c.text("spec.image_id", s.image_id, _IMAGE_ID, 128)
+    duration = 0
+    if not s.HasField("duration"):
+        c.add("spec.duration", "is required")
+    else:
+        duration = c.whole_duration("spec.duration", s.duration, 1)
+    c.labels("spec.labels", s.labels)
+    now = engine.now()
+    start = start_latest = None
+    if kind is LeaseKind.AR:
+        if not s.HasField("start"):
+            c.add("spec.start", "an advance reservation needs a start")
+        else:
+            start = _core_time(c, "spec.start", s.start, engine, now)
+        if s.HasField("start_latest"):
+            start_latest = _core_time(c, "spec.start_latest", s.start_latest, engine, now)
+            if start is not None and start_latest is not None and start_latest < start:
+                c.add("spec.start_latest", "must not be before spec.start")
+    else:
+        for name in ("start", "start_latest"):
+            if s.HasField(name):
+                c.add(f"spec.{name}", "only advance reservations have a start")
+    c.done()
+    assert kind is not None
+    return LeaseSpec(kind, s.vm_count, resources, s.image_id, duration, start, start_latest,
+                     s.preemptible, tuple(sorted(s.labels.items())))
+
+
+def _core_time(c: _Checker, field: str, ts: timestamp_pb2.Timestamp, engine: Engine,
+               now: int) -> int | None:
+    if ts.nanos:
+        c.add(field, "must be whole seconds")
+        return None
+    t = engine.to_core(ts.seconds)
+    if t < now:
+        c.add(field, f"is in the past (now is {engine.to_wall(now)} s since the epoch)")
+        return None
+    if t > now + MAX_SECONDS:
+        c.add(field, f"is more than {MAX_SECONDS} s in the future")
+        return None
+    return t
+
+
+def _lease_id(c: _Checker, value: int, field: str = "id") -> int:
+    if value <= 0:
+        c.add(field, f"must be a positive lease id (got {value})")
+    return value
+
+
+def _page_token(filters: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _encode_token(after: int, filters: Mapping[str, Any]) -> str:
+    raw = json.dumps({"a": after, "f": _page_token(filters)}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_token(c: _Checker, token: str, filters: Mapping[str, Any]) -> int:
+    if not token:
+        return 0
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+        after, digest = data["a"], data["f"]
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise ValueError(after)
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError):
+        c.add("page_token", "is not a token this service issued")
+        return 0
+    if digest != _page_token(filters):
+        c.add("page_token", "was issued for other filters")
+    return after
+
+
+# ============================================================================ errors
+
+class _Malformed:
+    """Stands for a request whose bytes did not decode."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+_Req = TypeVar("_Req", bound=Message)
+
+
+def _safe_deserializer(cls: type[_Req]) -> Callable[[bytes], _Req | _Malformed]:
+    def deserialize(data: bytes) -> _Req | _Malformed:
+        try:
+            return cls.FromString(data)
+        except (DecodeError, RuntimeError, ValueError) as e:
+            return _Malformed(str(e) or "undecodable message")
+    return deserialize
+
+
+def _status(code: grpc.StatusCode, message: str, *details: Message) -> grpc.Status:
+    packed = []
+    for d in details:
+        a = any_pb2.Any()
+        a.Pack(d)
+        packed.append(a)
+    value = getattr(code_pb2, code.name)
+    return rpc_status.to_status(status_pb2.Status(code=value, message=message, details=packed))
+
+
+def _error_status(e: Exception, engine: Engine) -> grpc.Status:
+    if isinstance(e, BadRequest):
+        br = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+            for f, d in e.violations])
+        return _status(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {e}", br)
+    if isinstance(e, InvalidField):
+        br = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=e.field,
+                                                        description=e.description)])
+        return _status(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {e}", br)
+    if isinstance(e, NotFound):
+        return _status(grpc.StatusCode.NOT_FOUND, str(e))
+    if isinstance(e, Conflict):
+        return _status(grpc.StatusCode.ALREADY_EXISTS, str(e))
+    if isinstance(e, Unsupported):
+        return _status(grpc.StatusCode.UNIMPLEMENTED, str(e))
+    if isinstance(e, Unavailable):
+        return _status(grpc.StatusCode.UNAVAILABLE, str(e))
+    if isinstance(e, Infeasible):
+        return _infeasible_status(e.reason, e.subject, e.lease_id, None, engine)
+    if isinstance(e, EngineError):
+        return _status(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+    log.exception("unexpected error in a handler", exc_info=e)
+    return _status(grpc.StatusCode.INTERNAL, "internal error (logged by the server)")
+
+
+def _infeasible_status(reason: str, subject: str, lease_id: int | None,
+                       earliest: int | None, engine: Engine) -> grpc.Status:
+    pf = error_details_pb2.PreconditionFailure(violations=[
+        error_details_pb2.PreconditionFailure.Violation(type="CAPACITY", subject=subject,
+                                                        description=reason)])
+    metadata = {}
+    message = reason
+    if lease_id is not None:
+        metadata["lease_id"] = str(lease_id)
+    if earliest is not None:
+        wall = engine.to_wall(earliest)
+        metadata["earliest_start"] = _ts(wall).ToJsonString()
+        message += f" (counter-offer: earliest start {metadata['earliest_start']})"
+    info = error_details_pb2.ErrorInfo(reason="INFEASIBLE", domain="wsched",
+                                       metadata=metadata)
+    return _status(grpc.StatusCode.FAILED_PRECONDITION, message, pf, info)
+
+
+def _rejection(record: LeaseRecord, engine: Engine) -> grpc.Status:
+    earliest = engine.counter_offer(record.id)
+    return _infeasible_status(f"lease {record.id} rejected: {record.reason or 'no reason'}",
+                              f"lease/{record.id}", record.id, earliest, engine)
+
+
+# ============================================================================ servicers
+
+class LeaseServicer:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def CreateLease(self, req: lpb.CreateLeaseRequest,
+                    _ctx: grpc.ServicerContext) -> lpb.CreateLeaseResponse | grpc.Status:
+        spec = _spec_from_proto(req, self.engine)
+        result = self.engine.create_lease(spec, req.request_id or None)
+        if result.lease.state == str(LeaseState.REJECTED):
+            return _rejection(result.lease, self.engine)
+        return lpb.CreateLeaseResponse(lease=lease_to_proto(result.lease, self.engine.origin),
+                                       replayed=result.replayed)
+
+    def GetLease(self, req: lpb.GetLeaseRequest, _ctx: grpc.ServicerContext) -> tpb.Lease:
+        c = _Checker()
+        _lease_id(c, req.id)
+        c.done()
+        return lease_to_proto(self.engine.get_lease(req.id), self.engine.origin)
+
+    def ListLeases(self, req: lpb.ListLeasesRequest,
+                   _ctx: grpc.ServicerContext) -> lpb.ListLeasesResponse:
+        c = _Checker()
+        states = []
+        for i, s in enumerate(req.states):
+            if s not in _STATES:
+                c.add(f"states[{i}]", f"unknown lease state {s}")
+            else:
+                states.append(str(_STATES[s]))
+        kinds = []
+        for i, k in enumerate(req.kinds):
+            if k not in _KINDS:
+                c.add(f"kinds[{i}]", f"unknown lease kind {k}")
+            else:
+                kinds.append(str(_KINDS[k]))
+        c.labels("labels", req.labels)
+        c.int_range("page_size", req.page_size, 0, MAX_PAGE)
+        filters = {"s": sorted(states), "k": sorted(kinds), "l": dict(req.labels)}
+        after = _decode_token(c, req.page_token, filters)
+        c.done()
+        size = req.page_size or DEFAULT_PAGE
+        rows = self.engine.list_leases(states=tuple(states), kinds=tuple(kinds),
+                                       labels=dict(req.labels), after_id=after,
+                                       limit=size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        out = lpb.ListLeasesResponse(
+            leases=[lease_to_proto(r, self.engine.origin) for r in rows])
+        if more:
+            out.next_page_token = _encode_token(rows[-1].id, filters)
+        return out
+
+    def CancelLease(self, req: lpb.CancelLeaseRequest, _ctx: grpc.ServicerContext) -> tpb.Lease:
+        c = _Checker()
+        _lease_id(c, req.id)
+        c.done()
+        return lease_to_proto(self.engine.cancel_lease(req.id), self.engine.origin)
+
+    def ExtendLease(self, req: lpb.ExtendLeaseRequest, _ctx: grpc.ServicerContext) -> tpb.Lease:
+        c = _Checker()
+        _lease_id(c, req.id)
+        extra = 0
+        if not req.HasField("extra"):
+            c.add("extra", "is required")
+        else:
+            extra = c.whole_duration("extra", req.extra, 1)
+        c.done()
+        return lease_to_proto(self.engine.extend_lease(req.id, extra), self.engine.origin)
+
+    def WatchLeases(self, req: lpb.WatchLeasesRequest,
+                    ctx: grpc.ServicerContext) -> Iterator[lpb.LeaseChange]:
+        c = _Checker()
+        if req.after_revision < 0:
+            c.add("after_revision", "must not be negative")
+        if req.lease_id < 0:
+            c.add("lease_id", "must not be negative")
+        c.done()
+        engine, last = self.engine, req.after_revision
+        while ctx.is_active() and not engine.stopped:
+            sub, upto = engine.subscribe(req.lease_id)
+            try:
+                while last < upto:  # history, from the watch log
+                    rows = [r for r in engine.store.changes(last, req.lease_id)
+                            if r.revision <= upto]
+                    if not rows:
+                        break
+                    for r in rows:
+                        yield change_to_proto(r, engine.origin)
+                        last = r.revision
+                last = max(last, upto)
+                while ctx.is_active():  # then live
+                    try:
+                        change = sub.queue.get(timeout=0.5)
+                    except queue.Empty:
+                        if sub.overflowed:
+                            break  # too slow: catch up from the log again
+                        continue
+                    if change is None:
+                        return  # the engine stopped
+                    if change.revision > last:
+                        yield change_to_proto(change, engine.origin)
+                        last = change.revision
+            finally:
+                engine.unsubscribe(sub)
+
+
+class SiteServicer:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def AddHost(self, req: spb.AddHostRequest, _ctx: grpc.ServicerContext) -> spb.Host:
+        c = _Checker()
+        c.text("name", req.name, _HOST_NAME, 63)
+        capacity = c.resources("capacity", req.capacity)
+        c.done()
+        return host_to_proto(self.engine.add_host(req.name, capacity))
+
+    def ListHosts(self, _req: spb.ListHostsRequest,
+                  _ctx: grpc.ServicerContext) -> spb.ListHostsResponse:
+        return spb.ListHostsResponse(hosts=[host_to_proto(h) for h in self.engine.hosts()])
+
+    def _name(self, name: str) -> None:
+        c = _Checker()
+        c.text("name", name, _HOST_NAME, 63)
+        c.done()
+
+    def DrainHost(self, req: spb.DrainHostRequest, _ctx: grpc.ServicerContext) -> spb.Host:
+        self._name(req.name)
+        return host_to_proto(self.engine.drain_host(req.name))
+
+    def RemoveHost(self, req: spb.RemoveHostRequest, _ctx: grpc.ServicerContext) -> spb.Host:
+        self._name(req.name)
+        return host_to_proto(self.engine.remove_host(req.name))
+
+    def RegisterImage(self, req: spb.RegisterImageRequest,
+                      _ctx: grpc.ServicerContext) -> spb.Image:
+        c = _Checker()
+        if not req.HasField("image"):
+            c.add("image", "is required")
+            c.done()
+        i = req.image
+        c.text("image.id", i.id, _IMAGE_ID, 128)
+        c.int_range("image.size_mb", i.size_mb, 0, MAX_RESOURCE)
+        c.text("image.location", i.location, None, 4096, required=False)
+        c.text("image.format", i.format, None, 32, required=False)
+        c.done()
+        image = ImageRecord(i.id, i.size_mb, i.location, i.format)
+        return image_to_proto(self.engine.register_image(image))
+
+    def ListImages(self, _req: spb.ListImagesRequest,
+                   _ctx: grpc.ServicerContext) -> spb.ListImagesResponse:
+        return spb.ListImagesResponse(images=[image_to_proto(i) for i in self.engine.images()])
+
+    def GetUtilization(self, _req: spb.GetUtilizationRequest,
+                       _ctx: grpc.ServicerContext) -> spb.Utilization:
+        u = self.engine.utilization()
+        return spb.Utilization(
+            time=_ts(self.engine.to_wall(u.at)), hosts=u.hosts, hosts_in_use=u.hosts_in_use,
+            capacity=resources_to_proto(u.capacity), allocated=resources_to_proto(u.allocated),
+            cpu_fraction=u.allocated.cpu / u.capacity.cpu if u.capacity.cpu else 0.0,
+            memory_fraction=(u.allocated.memory / u.capacity.memory
+                             if u.capacity.memory else 0.0),
+            leases_by_state=dict(u.leases_by_state))
+
+
+# ============================================================================ handlers
+
+def _unary(engine: Engine, method: Callable[..., Any], req_cls: type[Message],
+           resp_cls: type[Message]) -> grpc.RpcMethodHandler[Any, Any]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Malformed):
+            status = _status(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"request does not decode: {request.error}")
+        else:
+            try:
+                result = method(request, context)
+                if not isinstance(result, grpc.Status):
+                    return result
+                status = result
+            except Exception as e:
+                status = _error_status(e, engine)
+        context.abort_with_status(status)
+        raise AssertionError("abort_with_status returned")  # it always raises
+    return grpc.unary_unary_rpc_method_handler(
+        handle, request_deserializer=_safe_deserializer(req_cls),
+        response_serializer=resp_cls.SerializeToString)
+
+
+def _stream(engine: Engine, method: Callable[..., Iterator[Any]], req_cls: type[Message],
+            resp_cls: type[Message]) -> grpc.RpcMethodHandler[Any, Any]:
+    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        if isinstance(request, _Malformed):
+            status = _status(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"request does not decode: {request.error}")
+        else:
+            try:
+                yield from method(request, context)
+                return
+            except Exception as e:
+                status = _error_status(e, engine)
+        context.abort_with_status(status)
+    return grpc.unary_stream_rpc_method_handler(
+        handle, request_deserializer=_safe_deserializer(req_cls),
+        response_serializer=resp_cls.SerializeToString)
+
+
+def generic_handlers(engine: Engine) -> tuple[grpc.GenericRpcHandler, ...]:
+    leases, site = LeaseServicer(engine), SiteServicer(engine)
+    return (
+        grpc.method_handlers_generic_handler(LEASE_SERVICE, {
+            "CreateLease": _unary(engine, leases.CreateLease, lpb.CreateLeaseRequest,
+                                  lpb.CreateLeaseResponse),
+            "GetLease": _unary(engine, leases.GetLease, lpb.GetLeaseRequest, tpb.Lease),
+            "ListLeases": _unary(engine, leases.ListLeases, lpb.ListLeasesRequest,
+                                 lpb.ListLeasesResponse),
+            "CancelLease": _unary(engine, leases.CancelLease, lpb.CancelLeaseRequest,
+                                  tpb.Lease),
+            "ExtendLease": _unary(engine, leases.ExtendLease, lpb.ExtendLeaseRequest,
+                                  tpb.Lease),
+            "WatchLeases": _stream(engine, leases.WatchLeases, lpb.WatchLeasesRequest,
+                                   lpb.LeaseChange),
+        }),
+        grpc.method_handlers_generic_handler(SITE_SERVICE, {
+            "AddHost": _unary(engine, site.AddHost, spb.AddHostRequest, spb.Host),
+            "ListHosts": _unary(engine, site.ListHosts, spb.ListHostsRequest,
+                                spb.ListHostsResponse),
+            "DrainHost": _unary(engine, site.DrainHost, spb.DrainHostRequest, spb.Host),
+            "RemoveHost": _unary(engine, site.RemoveHost, spb.RemoveHostRequest, spb.Host),
+            "RegisterImage": _unary(engine, site.RegisterImage, spb.RegisterImageRequest,
+                                    spb.Image),
+            "ListImages": _unary(engine, site.ListImages, spb.ListImagesRequest,
+                                 spb.ListImagesResponse),
+            "GetUtilization": _unary(engine, site.GetUtilization, spb.GetUtilizationRequest,
+                                     spb.Utilization),
+        }),
+    )
+
+
+# ============================================================================ server
+
+@dataclass(frozen=True)
+class RunningServer:
+    """A started server: ``port`` is the bound port (useful with port 0)."""
+
+    server: grpc.Server
+    port: int
+    engine: Engine
+    health: health.HealthServicer
+
+    def stop(self, grace: float | None = 2.0) -> None:
+        """Stop serving (watch streams end), then stop the engine's timer."""
+        self.health.enter_graceful_shutdown()
+        self.engine.stop()
+        self.server.stop(grace).wait()
+
+
+def start_server(engine: Engine, address: str = "127.0.0.1:50051",
+                 max_workers: int = 32) -> RunningServer:
+    """Serve ``engine`` on ``address`` (``host:0`` picks a free port). Each open
+    WatchLeases stream holds a worker thread, hence the generous pool."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=max_workers,
+                                            thread_name_prefix="wsched-grpc"))
+    server.add_generic_rpc_handlers(generic_handlers(engine))
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (LEASE_SERVICE, SITE_SERVICE)
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                        server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    for name in ("", *names):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", extra={"address": address, "port": port})
+    return RunningServer(server, port, engine, health_servicer)
