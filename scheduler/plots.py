@@ -6,7 +6,9 @@ and writes PNG, SVG or PDF by the file suffix. Drawn elements carry SVG ids
 (``set_gid``) so tests and post-processing can find them:
 
 - Gantt: ``event-<lease>-<kind>-<i>-<node>`` for the i-th (0-based) event of that kind
-  of a lease, on one node; ``label-<lease>-<i>-<node>`` for a run bar's lease id;
+  of a lease, on one node (``events-<lease kind>-<event kind>`` per collection when a
+  chart has too many bars for one patch each); ``label-<lease>-<i>-<node>`` for a run
+  bar's lease id;
 - utilization: ``utilization`` (the step line), ``capacity`` (the site's nodes);
 - completion ratio: ``panel-nu-<nu>`` (or ``panel-nu-<nu>-delta-<delta>``) per axes and
   ``line-<profile>-delta-<delta>-nu-<nu>`` per line;
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from matplotlib.axes import Axes
+from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
@@ -94,7 +97,8 @@ def _labels(ax: Axes, xlabel: str, ylabel: str, suffix: str = "") -> None:
 
 
 def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | None = None,
-                 size: tuple[float, float] | None = None, dpi: int = 100) -> Figure:
+                 size: tuple[float, float] | None = None, dpi: int = 100,
+                 max_patches: int = 5000) -> Figure:
     """Nodes (P1 at the top) x time; each event is a bar on each of its nodes.
 
     Colour = lease kind. Runs are solid; overheads are a lighter shade of the same colour,
@@ -102,6 +106,8 @@ def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | N
     the node's VM slots, and often overlap other leases running there, so they are thin
     strips along the bottom of the row, drawn on top. A run bar shows its lease id when
     the label fits. ``size`` is in inches (default: 10 wide, 0.3 per node high).
+    Beyond ``max_patches`` bars, bars of one style are drawn as one collection (SVG id
+    ``events-<lease kind>-<event kind>``), without per-bar ids: large traces stay fast.
     """
     n = len(site.nodes)
     if size is None:
@@ -119,35 +125,48 @@ def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | N
     fontsize = 7.0
     char_px = 0.6 * fontsize * dpi / 72
 
+    # (lease kind, event kind) -> bars (gid, x, y, width, height); one style per group
+    bars: dict[tuple[LeaseKind, EventKind], list[tuple[str, int, float, int, float]]] = (
+        defaultdict(list))
     for o in outcomes:
-        kind = o.request.kind
-        base = KIND_COLORS[kind]
         seen: dict[EventKind, int] = defaultdict(int)
         for e in o.events:
             i = seen[e.kind]
             seen[e.kind] += 1
-            if e.kind is EventKind.RUN:
-                face: Any = base
-                hatch = None
-                y_off, height, z = -0.4, 0.8, 2.0
-            else:
-                face = _lighter(base)
-                hatch = HATCHES[e.kind]
-                y_off, height, z = (0.12, 0.28, 3.0) if e.kind in _NETWORK else (-0.4, 0.8, 2.0)
+            y_off, height = (0.12, 0.28) if e.kind in _NETWORK else (-0.4, 0.8)
+            label = str(o.request.id)
+            fits = (e.kind is EventKind.RUN
+                    and (e.end - e.start) * px_per_s >= (len(label) + 1) * char_px)
             for node in e.nodes:
                 name = site.nodes[node].name
-                bar = Rectangle((e.start, node + y_off), e.end - e.start, height,
-                                facecolor=face, edgecolor=_darker(base), hatch=hatch,
-                                linewidth=0.5, zorder=z)
-                bar.set_gid(f"event-{o.request.id}-{e.kind}-{i}-{name}")
-                ax.add_patch(bar)
-                label = str(o.request.id)
-                if (e.kind is EventKind.RUN
-                        and (e.end - e.start) * px_per_s >= (len(label) + 1) * char_px):
+                bars[(o.request.kind, e.kind)].append(
+                    (f"event-{o.request.id}-{e.kind}-{i}-{name}", e.start, node + y_off,
+                     e.end - e.start, height))
+                if fits:
                     text = ax.text((e.start + e.end) / 2, node, label, ha="center",
                                    va="center", fontsize=fontsize, color="white", zorder=4,
                                    clip_on=True)
                     text.set_gid(f"label-{o.request.id}-{i}-{name}")
+
+    # One patch per bar gives each its SVG id, but costs ~1 ms per bar to build and
+    # again to render: past max_patches, one collection per style instead.
+    separate = sum(len(b) for b in bars.values()) <= max_patches
+    for (kind, ekind), group in bars.items():
+        base = KIND_COLORS[kind]
+        style: dict[str, Any] = {
+            "facecolor": base if ekind is EventKind.RUN else _lighter(base),
+            "edgecolor": _darker(base), "hatch": HATCHES.get(ekind), "linewidth": 0.5,
+            "zorder": 3.0 if ekind in _NETWORK else 2.0}
+        if separate:
+            for gid, x, y, w, h in group:
+                bar = Rectangle((x, y), w, h, **style)
+                bar.set_gid(gid)
+                ax.add_artist(bar)  # not add_patch: limits are set below, once
+        else:
+            coll = PolyCollection([[(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
+                                   for _, x, y, w, h in group], **style)
+            coll.set_gid(f"events-{kind}-{ekind}")
+            ax.add_collection(coll, autolim=False)
 
     ax.set_xlim(t0 - span * 0.01, t1 + span * 0.01)
     ax.set_ylim(n - 0.5, -0.5)  # P1 at the top
@@ -168,10 +187,12 @@ def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | N
 
 
 def gantt(result: ReplayResult, path: Path | str, *, title: str | None = None,
-          size: tuple[float, float] | None = None, dpi: int = 100) -> None:
+          size: tuple[float, float] | None = None, dpi: int = 100,
+          max_patches: int = 5000) -> None:
     """Write the Gantt chart of a replay (see :func:`gantt_figure`) to ``path``."""
     _check_suffix(Path(path))
-    _save(gantt_figure(result.outcomes, result.site, title=title, size=size, dpi=dpi), path)
+    _save(gantt_figure(result.outcomes, result.site, title=title, size=size, dpi=dpi,
+                       max_patches=max_patches), path)
 
 
 # ------------------------------------------------------------------------- utilization

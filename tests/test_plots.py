@@ -104,6 +104,21 @@ def test_gantt_migrate_bars(tmp_path: Path) -> None:
             "suspend", "resume", "migrate"} <= texts
 
 
+def test_gantt_collections_past_max_patches(tmp_path: Path) -> None:
+    path = tmp_path / "gantt.svg"
+    gantt(migrate_result(), path, max_patches=33)  # 34 bars: one collection per style
+    ids = svg_ids(path)
+    assert prefixed(ids, "event-") == []
+    # ARs: transfer, boot, run, shutdown; best-effort: the 7 kinds
+    assert prefixed(ids, "events-ar-") == [f"events-ar-{k}" for k in
+                                           ("boot", "run", "shutdown", "transfer")]
+    assert len(prefixed(ids, "events-besteffort-")) == 7
+    # one closed 4-corner path per bar: 2 runs x 2 nodes
+    runs = [p.get("d") or "" for p in ids["events-besteffort-run"].iter(f"{SVG}path")]
+    assert [(d.count("M"), d.count("L"), d.count("z")) for d in runs] == [(1, 3, 1)] * 4
+    assert len(prefixed(ids, "label-")) == 8  # labels do not depend on it
+
+
 SITE = Site.uniform(3, Resources(cpu=100, memory=1024))
 
 
