@@ -117,8 +117,12 @@ class Timer(Protocol):
 
 
 class APSchedulerTimer:
-    """APScheduler 3 background scheduler holding one date job (the next wake-up) and a
-    periodic safety net (a clock step or a lost wake-up never stalls the schedule)."""
+    """APScheduler 3 background scheduler: one date job per distinct wake-up time, and a
+    periodic safety net (a clock step never stalls the schedule for long).
+
+    Jobs are never removed or replaced: APScheduler's loop removes a date job by id
+    after submitting it, which would race with a re-arm from the job itself. A stale
+    wake-up only makes the engine poll once more, which is harmless."""
 
     def __init__(self, callback: Callable[[], None], safety_interval: float = 30.0) -> None:
         from apscheduler.schedulers.background import (  # type: ignore[import-untyped]
@@ -130,26 +134,24 @@ class APSchedulerTimer:
         self._sched.add_job(callback, "interval", seconds=safety_interval, id="safety",
                             coalesce=True, max_instances=1)
         self._sched.start()
-        self._at: float | None = None
+        self._pending: set[float] = set()
+        self._ids = itertools.count()
         self._lock = threading.Lock()
 
     def schedule(self, at: float | None) -> None:
+        if at is None:
+            return
         with self._lock:
-            if at == self._at:
+            if at in self._pending:
                 return  # thousands of creates per second must not churn the job store
-            self._at = at
-            if at is None:
-                with contextlib.suppress(Exception):
-                    self._sched.remove_job("tick")
-                return
-            # max_instances > 1: the job may re-arm itself while it runs
-            self._sched.add_job(self._fire, "date", run_date=datetime.fromtimestamp(at, UTC),
-                                id="tick", replace_existing=True, misfire_grace_time=None,
-                                coalesce=True, max_instances=4)
+            self._pending.add(at)
+            self._sched.add_job(self._fire, "date", args=(at,), id=f"wake-{next(self._ids)}",
+                                run_date=datetime.fromtimestamp(at, UTC),
+                                misfire_grace_time=None)
 
-    def _fire(self) -> None:
+    def _fire(self, at: float) -> None:
         with self._lock:
-            self._at = None
+            self._pending.discard(at)
         self._callback()
 
     def stop(self) -> None:
@@ -461,13 +463,13 @@ class Engine:
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
-            if self._timer is not None:
-                self._timer.stop()
-                self._timer = None
+            timer, self._timer = self._timer, None
             for sub in self._subs:
                 with contextlib.suppress(queue.Full):
                     sub.queue.put_nowait(None)
             self._subs.clear()
+        if timer is not None:  # outside the lock: a wake-up may be waiting for it
+            timer.stop()
 
     @property
     def stopped(self) -> bool:
@@ -492,6 +494,9 @@ class Engine:
         for cmd in self.store.commands():
             self.core.advance_to(cmd.at)
             self._apply(cmd)
+        # The projections are as of the last commit: bring the core there silently, so
+        # the catch-up records only what happened after it.
+        self.core.advance_to(self.store.last_time())
         self._revision = self.store.last_revision()
         self._known: dict[int, tuple[str, str, str | None]] = {}
         self._versions: dict[int, tuple[int, LeaseState]] = {}

@@ -431,6 +431,14 @@ class Store:
         with self._session() as s:
             return int(s.scalar(select(func.coalesce(func.max(WatchRow.revision), 0))) or 0)
 
+    def last_time(self) -> int:
+        """The latest core time of any command or lease change: the core had reached at
+        least this time when it last committed."""
+        with self._session() as s:
+            commands = s.scalar(select(func.max(CommandRow.at)))
+            changes = s.scalar(select(func.max(WatchRow.at)))
+            return max(commands or 0, changes or 0)
+
     def hosts(self) -> list[HostRecord]:
         with self._session() as s:
             return [HostRecord(r.index, r.name, r.state, r.cpu, r.memory, r.disk, r.net_in,

@@ -85,5 +85,6 @@ def test_round_trip(db_url: str) -> None:
         assert [r.id for r in store.leases(after_id=1, limit=5)] == [2]
         assert [r.id for r in store.leases(limit=1)] == [1]
         assert store.projections()[2][0] == "cancelled"
+        assert store.last_time() == 20
     finally:
         store.close()
