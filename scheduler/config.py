@@ -37,6 +37,11 @@ class Migration(StrEnum):
     YES_NOTRANSFER = "yes-notransfer"
 
 
+class ImageMix(StrEnum):
+    UNIFORM = "uniform"  # every image equally likely
+    SKEWED = "skewed"  # 7 popular images at 10% each, the rest share 30% (HPDC 2008)
+
+
 class Backfilling(StrEnum):
     OFF = "off"
     AGGRESSIVE = "aggressive"
@@ -73,6 +78,21 @@ class Config:
     # --- site, for traces that do not describe one
     site_nodes: int = 0
     site_node: Resources = field(default_factory=Resources)
+    # --- workload: replace the trace's images with a seeded random mix (0 = keep them)
+    workload_images: int = 0
+    workload_image_size: int = 0  # MB
+    workload_image_mix: ImageMix = ImageMix.UNIFORM
+    workload_image_seed: int = 1
+
+    def image_weights(self) -> tuple[float, ...] | None:
+        """Relative frequency of each workload image (None: uniform)."""
+        if self.workload_image_mix is ImageMix.UNIFORM:
+            return None
+        hot = min(7, self.workload_images)
+        cold = self.workload_images - hot
+        if cold == 0:
+            return None
+        return (0.10,) * hot + ((1 - 0.10 * hot) / cold,) * cold
 
     @property
     def max_future_reservations(self) -> int | None:
@@ -115,6 +135,12 @@ _LAYOUT: dict[str, dict[str, str]] = {
         "exclusion": "suspendresume_exclusion",
         "migration": "migration",
         "migration-bandwidth": "migration_bandwidth",
+    },
+    "workload": {
+        "images": "workload_images",
+        "image-size": "workload_image_size",
+        "image-mix": "workload_image_mix",
+        "image-seed": "workload_image_seed",
     },
     "scheduling": {
         "admission": "admission",

@@ -60,6 +60,7 @@ class Segment:
     closes: EventKind  # SHUTDOWN or SUSPEND
     entry: int  # availability-profile entry holding the VMs' resources
     channels: list[tuple[Timeline, int, int]] = field(default_factory=list)  # (tl, id, start)
+    lost: bool = False  # killed by a preemption with suspension off: its work starts over
 
     def events(self) -> list[Event]:
         # Opening and closing events are listed even when they take no time, so every
@@ -90,17 +91,33 @@ class Lease:
     def id(self) -> int:
         return self.request.id
 
+    @property
+    def live(self) -> list[Segment]:
+        """Its segments since it last (re)started: lost attempts are history only."""
+        lost = [i for i, s in enumerate(self.segments) if s.lost]
+        return self.segments[lost[-1] + 1:] if lost else self.segments
+
     def run_done(self) -> int:
         """Run seconds completed (or committed) in segments closed by a suspension."""
         return sum(s.run_end - s.run_start for s in self.segments
                    if s.closes is EventKind.SUSPEND)
 
     def events(self) -> list[Event]:
-        evs = [Event(EventKind.TRANSFER, t.start, t.end, t.nodes) for t in self.transfers]
-        evs += self.migrations
+        # VM events in their logical order (a migration just before the resume it leads
+        # to), which breaks ties between zero-length events at the same instant.
+        vm: list[Event] = []
+        migrations = list(self.migrations)
         for s in self.segments:
-            evs += s.events()
-        evs.sort(key=lambda e: (e.start, e.end, e.kind != EventKind.TRANSFER))
+            if s.opens is EventKind.RESUME:
+                vm += [m for m in migrations if m.end == s.start]
+                migrations = [m for m in migrations if m.end != s.start]
+            vm += s.events()
+        vm += migrations
+        evs = [Event(EventKind.TRANSFER, t.start, t.end, t.nodes) for t in self.transfers]
+        order = {id(e): i for i, e in enumerate(vm)}
+        evs += vm
+        evs.sort(key=lambda e: (e.start, e.end, e.kind != EventKind.TRANSFER,
+                                order.get(id(e), -1)))
         return evs
 
     def outcome(self) -> LeaseOutcome:
@@ -273,7 +290,7 @@ class Scheduler:
                                         self._queue[i].seq) < key:
             i += 1
         self._queue.insert(i, lease)
-        lease.state = LeaseState.SUSPENDED if lease.segments else LeaseState.PENDING
+        lease.state = LeaseState.SUSPENDED if lease.live else LeaseState.PENDING
 
     def _push(self, lease: Lease) -> None:
         """(Re)register the instants at which ``lease`` changes state."""
@@ -291,7 +308,7 @@ class Scheduler:
         """When the workload ends by itself, if that comes before its plan says: inside
         a run that would go on longer, or exactly when a suspension would begin."""
         done = 0
-        for seg in lease.segments:
+        for seg in lease.live:
             end = seg.run_start + lease.run_real - done
             if end < seg.run_end or (end == seg.run_end and seg.closes is EventKind.SUSPEND
                                      and self._can_shut_down(seg, end)):
@@ -318,6 +335,8 @@ class Scheduler:
         last = max(past, key=lambda e: e.end)
         if lease.cancelled and not planned:
             return LeaseState.CANCELLED
+        if not planned and lease.segments and lease.segments[-1].lost:
+            return LeaseState.PENDING  # killed by a preemption, queued to start over
         if last.kind in (EventKind.SUSPEND, EventKind.MIGRATE):
             return LeaseState.SUSPENDED
         if last.kind is EventKind.SHUTDOWN or (last.kind is EventKind.RUN and not planned):
@@ -355,7 +374,7 @@ class Scheduler:
     # ===================================================== ending and stopping
     def _early_end(self, lease: Lease, t: int) -> None:
         """The workload finished by itself before its planned run end."""
-        seg = next(s for s in lease.segments if s.run_start <= t <= s.run_end)
+        seg = next(s for s in lease.live if s.run_start <= t <= s.run_end)
         if not self._can_shut_down(seg, t):
             return  # its planned suspension is all the time there is: it resumes to end
         self._drop_plans_after(lease, t)
@@ -449,7 +468,7 @@ class Scheduler:
                 used += 1
         for lease, before in held:  # image copies the new plans no longer use
             # nodes of its new plan, and (resuming) those holding its suspended state
-            keep = {n for seg in lease.segments[-2:] for n in seg.nodes}
+            keep = {n for seg in lease.live[-2:] for n in seg.nodes}
             stale = before - keep
             if stale:
                 self.images.release(lease.id, tuple(stale), lease.request.image.id, self.now)
@@ -493,8 +512,8 @@ class Scheduler:
         ready = np.full(n, now, dtype=np.int64)
         has = np.ones(n, dtype=bool)
         tx_start: int | None = None
-        if lease.segments:  # resuming: state is on the last segment's nodes
-            last = lease.segments[-1]
+        if lease.live:  # resuming: state is on the last segment's nodes
+            last = lease.live[-1]
             base = max(now, last.end)
             ready[:] = base
             orig = np.zeros(n, dtype=bool)
@@ -529,7 +548,7 @@ class Scheduler:
         req, ovh = lease.request, self.overheads
         vec = req.resources.as_array()
         k = req.vms
-        resuming = bool(lease.segments)
+        resuming = bool(lease.live)
         opening = ovh.resume(req) if resuming else ovh.boot
         run = lease.run_needed - lease.run_done()
         whole = opening + run + ovh.shutdown
@@ -638,7 +657,7 @@ class Scheduler:
         run_start = start + opening
         if s_start - run_start < min_run:
             return None
-        if lease.segments and not all(tl.is_free(start, run_start)
+        if lease.live and not all(tl.is_free(start, run_start)
                                       for tl in self._channels_for(nodes)):
             return None  # the resumption it opens with needs the exclusion channel
         if s_start + susp - run_start >= lease.run_needed - lease.run_done() + susp:
@@ -652,7 +671,7 @@ class Scheduler:
         return [self._channels[n] for n in nodes]
 
     def _channels_ok(self, lease: Lease, prop: _Proposal) -> bool:
-        if not lease.segments:
+        if not lease.live:
             return True
         return all(tl.is_free(prop.start, prop.run_start)
                    for tl in self._channels_for(prop.nodes))
@@ -660,8 +679,8 @@ class Scheduler:
     def _commit(self, lease: Lease, prop: _Proposal) -> None:
         req, now = lease.request, self.now
         img = req.image.id
-        if lease.segments:  # resume, maybe after migrating
-            orig = lease.segments[-1].nodes
+        if lease.live:  # resume, maybe after migrating
+            orig = lease.live[-1].nodes
             moved_to = [n for n in prop.nodes if n not in orig]
             if moved_to:
                 moved_from = [n for n in orig if n not in prop.nodes]
@@ -686,7 +705,7 @@ class Scheduler:
         entry = self.profile.add(prop.nodes, prop.start, prop.end, req.resources.as_array(),
                                  owner=lease.id, preemptible=req.preemptible)
         seg = Segment(prop.nodes, prop.start, prop.run_start, prop.run_end, prop.end,
-                      EventKind.RESUME if lease.segments else EventKind.BOOT, prop.closes, entry)
+                      EventKind.RESUME if lease.live else EventKind.BOOT, prop.closes, entry)
         if seg.opens is EventKind.RESUME:
             self._book_channels(seg, seg.start, seg.run_start)
         if seg.closes is EventKind.SUSPEND:
@@ -797,7 +816,7 @@ class Scheduler:
             self._release_images(lease)
             return
         for v in victims:
-            self._vacate(v, plan[v.id])
+            self._vacate(v, plan[v.id], start)
         entry = self.profile.add(nodes, start, end, vec, owner=lease.id)
         lease.segments.append(Segment(nodes, start, req.start, req.start + req.duration, end,
                                       EventKind.BOOT, EventKind.SHUTDOWN, entry))
@@ -854,9 +873,16 @@ class Scheduler:
                 if cur is None or cur.end <= by:
                     plan[v.id] = None
                     continue
-                if not self.config.suspension or (cur.closes is EventKind.SUSPEND
-                                                  and cur.run_end <= self.now):
-                    return v  # cannot suspend, or its suspension is already under way
+                if not self.config.suspension:
+                    # No suspension: it is killed (shut down, or destroyed if that
+                    # cannot finish in time) and starts over later.
+                    kill = max(self.now, cur.run_start, by - self.overheads.shutdown)
+                    if cur.run_end <= self.now or kill > by:
+                        return v  # a VM command under way cannot be cut short
+                    plan[v.id] = kill
+                    continue
+                if cur.closes is EventKind.SUSPEND and cur.run_end <= self.now:
+                    return v  # its suspension is already under way
                 s = self._suspend_start(v, cur, by)
                 if s is None:
                     return v
@@ -869,7 +895,7 @@ class Scheduler:
                 tl.remove(tid)
 
     def _current_segment(self, lease: Lease) -> Segment | None:
-        begun = [s for s in lease.segments if s.start <= self.now]
+        begun = [s for s in lease.live if s.start <= self.now]
         return begun[-1] if begun else None
 
     def _suspend_start(self, victim: Lease, seg: Segment, by: int) -> int | None:
@@ -887,20 +913,29 @@ class Scheduler:
             return None
         return s
 
-    def _vacate(self, victim: Lease, suspend_at: int | None) -> None:
-        """Preempt ``victim``: drop what it has not begun, suspend what runs."""
+    def _vacate(self, victim: Lease, suspend_at: int | None, by: int) -> None:
+        """Preempt ``victim`` so that it holds nothing from ``by`` on: drop what it has
+        not begun, suspend what runs (or, with suspension off, kill it at
+        ``suspend_at`` and queue it to start over)."""
         log.info("lease preempted", extra={"lease": victim.id, "suspend_at": suspend_at})
         self._unplan_waiting(victim)
         cur = self._current_segment(victim)
         if cur is None:
             self._release_images(victim)
+        elif suspend_at is not None and not self.config.suspension:
+            self._cut_segment(victim, cur, suspend_at,
+                              graceful=suspend_at + self.overheads.shutdown <= by)
+            cur.lost = True
+            self.images.release(victim.id, tuple(victim.image_nodes),
+                                victim.request.image.id, self.now)
+            victim.image_nodes.clear()
         elif suspend_at is not None:
             self._release_channels(cur, after=cur.run_end)
             cur.run_end, cur.closes = suspend_at, EventKind.SUSPEND
             cur.end = suspend_at + self.overheads.suspend(victim.request)
             self.profile.truncate(cur.entry, cur.end)
             self._book_channels(cur, cur.run_end, cur.end)
-        if cur is None or cur.closes is EventKind.SUSPEND:
+        if cur is None or cur.closes is EventKind.SUSPEND or cur.lost:
             self._enqueue(victim)
         self._replan = True
         self._push(victim)

@@ -20,7 +20,7 @@ Invariants (one small function each):
    one shared multicast/piggybacked transfer);
 6. suspend/resume exclusion (per node or site-wide);
 7. work -- total run time matches the (slowed-down) duration; only preemptible
-   leases are suspended;
+   leases are suspended, or (with suspension off) killed and started over;
 8. states -- terminal at the end of a run, rejected leases have no events, ...;
 
 plus consistency with features the configuration switches off (no transfers when
@@ -180,7 +180,7 @@ _FOLLOWERS: dict[EventKind | None, frozenset[EventKind]] = {
     _K.RUN: frozenset({_K.SHUTDOWN, _K.SUSPEND}),
     _K.SUSPEND: frozenset({_K.MIGRATE, _K.RESUME}),
     _K.MIGRATE: frozenset({_K.RESUME}),
-    _K.SHUTDOWN: frozenset(),
+    _K.SHUTDOWN: frozenset({_K.BOOT}),  # a restart after a kill (see check_work)
 }
 #: Transitions inside one VM segment: contiguous in time and on the same nodes.
 _IN_SEGMENT = {(_K.BOOT, _K.RUN), (_K.RESUME, _K.RUN), (_K.RUN, _K.SHUTDOWN),
@@ -399,7 +399,15 @@ def check_work(site: Site, config: Config, o: LeaseOutcome) -> list[str]:
     """Run time adds up to the slowed-down duration; only preemptible leases suspend."""
     req = o.request
     v: list[str] = []
-    runs = o.runs
+    vm_events = [e for e in o.events if e.kind is not _K.TRANSFER]
+    restarts = [b for a, b in pairwise(vm_events) if (a.kind, b.kind) == (_K.SHUTDOWN, _K.BOOT)]
+    if restarts and (config.suspension or not req.preemptible
+                     or req.kind is not LeaseKind.BESTEFFORT):
+        v.append(f"work: {_lease(o)} boots again at t={restarts[0].start} after a shutdown, "
+                 "but only preemptible best-effort leases are killed and restarted, and only "
+                 "with suspension off")
+    # work done before the last restart was lost: only the last attempt counts
+    runs = tuple(r for r in o.runs if not restarts or r.start >= restarts[-1].start)
     total = sum(r.end - r.start for r in runs)
     where = f"on {_names(site, o.nodes)}, last run ending t={o.end}" if runs else "no runs"
     limit = slowed(req.duration, config.runtime_slowdown)

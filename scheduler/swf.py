@@ -21,10 +21,10 @@ Mapping (fields are 1-based, as in the SWF definition):
 
 Skipped jobs (counted by :class:`SkipReason`, never silently):
 
-- ``cancelled``: status 5 with run time ``-1``, a job cancelled while it waited in the
-  queue, so it never used the machine. A status-5 job *with* a run time was cancelled
-  after it started; it occupied its nodes for that run time and is kept unless
-  ``skip_started_cancelled=True``;
+- ``cancelled``: status 5, or status 5 with run time ``-1``: the issue's definition of
+  a job "cancelled before it started". Some status-5 jobs of the Blue Horizon log have
+  a run time (they were cancelled after starting and held their nodes that long);
+  ``keep_started_cancelled=True`` keeps those;
 - ``unknown-run-time``: run time ``-1`` with another status (nothing to replay);
 - ``no-nodes``: the node field is ``-1`` (unknown) or ``0``. Real archive logs use
   ``-1`` for unknown, so this is a skip rather than an error.
@@ -120,7 +120,7 @@ class SwfTrace:
 def read_swf(path: str | Path, *, nodes_field: int = REQUESTED_PROCS,
              procs_per_node: int = 1, node: Resources | None = None,
              image: DiskImage | None = None, preemptible: bool = True,
-             skip_started_cancelled: bool = False) -> SwfTrace:
+             keep_started_cancelled: bool = False) -> SwfTrace:
     """Read an SWF file as best-effort leases (see the module docstring for the rules).
 
     ``node`` is each VM's resources (default one CPU, 1024 MB: the study's model of Blue
@@ -184,7 +184,7 @@ def read_swf(path: str | Path, *, nodes_field: int = REQUESTED_PROCS,
         run, requested = job.int_field(RUN_TIME), job.int_field(REQUESTED_TIME)
         status, procs = job.int_field(STATUS), job.int_field(nodes_field)
         reason: SkipReason | None = None
-        if status == CANCELLED and (run < 0 or skip_started_cancelled):
+        if status == CANCELLED and (run < 0 or not keep_started_cancelled):
             reason = SkipReason.CANCELLED
         elif run < 0:
             reason = SkipReason.UNKNOWN_RUN_TIME

@@ -316,4 +316,7 @@ def test_entry_point_profiles() -> None:
         pytest.skip("the wsched console script is not installed next to the interpreter")
     proc = subprocess.run([wsched, "profiles"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    assert proc.stdout.splitlines() == ["test-notransfer", "test-transfer", "test-transfer-reuse"]
+    assert proc.stdout.splitlines() == [
+        "batch-conservative", "batch-easy", "novm-nosr", "novm-sr", "test-notransfer",
+        "test-transfer", "test-transfer-reuse", "vm-mult", "vm-predeploy", "vm-reuse-skewed",
+        "vm-reuse-uniform"]
