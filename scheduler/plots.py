@@ -6,8 +6,8 @@ and writes PNG, SVG or PDF by the file suffix. Drawn elements carry SVG ids
 (``set_gid``) so tests and post-processing can find them:
 
 - Gantt: ``event-<lease>-<kind>-<i>-<node>`` for the i-th (0-based) event of that kind
-  of a lease, on one node (``events-<lease kind>-<event kind>`` per collection when a
-  chart has too many bars for one patch each); ``label-<lease>-<i>-<node>`` for a run
+  of a lease, on one node (``events-<lease kind>-<event kind>[-thin]`` per collection
+  when a chart has too many bars for one patch each); ``label-<lease>-<i>-<node>`` for a run
   bar's lease id;
 - utilization: ``utilization`` (the step line), ``capacity`` (the site's nodes);
 - completion ratio: ``panel-nu-<nu>`` (or ``panel-nu-<nu>-delta-<delta>``) per axes and
@@ -107,7 +107,8 @@ def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | N
     strips along the bottom of the row, drawn on top. A run bar shows its lease id when
     the label fits. ``size`` is in inches (default: 10 wide, 0.3 per node high).
     Beyond ``max_patches`` bars, bars of one style are drawn as one collection (SVG id
-    ``events-<lease kind>-<event kind>``), without per-bar ids: large traces stay fast.
+    ``events-<lease kind>-<event kind>``, plus ``…-thin`` for the unhatched bars under
+    2 pixels wide), without per-bar ids: large traces stay fast.
     """
     n = len(site.nodes)
     if size is None:
@@ -163,10 +164,17 @@ def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | N
                 bar.set_gid(gid)
                 ax.add_artist(bar)  # not add_patch: limits are set below, once
         else:
-            coll = PolyCollection([[(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
-                                   for _, x, y, w, h in group], **style)
-            coll.set_gid(f"events-{kind}-{ekind}")
-            ax.add_collection(coll, autolim=False)
+            # Agg hatches each path over its whole extent, even sub-pixel ones (minutes
+            # for tens of thousands of bars): bars too thin to show a hatch get none.
+            wide = [g for g in group if g[3] * px_per_s >= 2]
+            thin = [g for g in group if g[3] * px_per_s < 2]
+            for part, hatch, suffix in ((wide, style["hatch"], ""), (thin, None, "-thin")):
+                if not part:
+                    continue
+                coll = PolyCollection([[(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
+                                       for _, x, y, w, h in part], **{**style, "hatch": hatch})
+                coll.set_gid(f"events-{kind}-{ekind}{suffix}")
+                ax.add_collection(coll, autolim=False)
 
     ax.set_xlim(t0 - span * 0.01, t1 + span * 0.01)
     ax.set_ylim(n - 0.5, -0.5)  # P1 at the top
