@@ -1,0 +1,362 @@
+"""Command-line commands of the service: ``wsched serve``, ``lease``, ``host``, ``image``.
+
+``add_commands(subparsers)`` adds them to ``wsched``'s argument parser and returns the
+handler of each top-level command; a handler takes the parsed arguments and returns
+the exit status (0 success, 1 the server refused or failed, 2 bad local input).
+Results go to stdout as a table or as JSON (``--output json``), errors to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .client import DEFAULT_SERVER, KINDS, STATES, WschedClient, WschedError, to_dict
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+_DURATION = re.compile(r"(\d+)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> int:
+    """``90``, ``90s``, ``15m``, ``2h`` or ``1d`` -> seconds."""
+    m = _DURATION.fullmatch(text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 600, 10m, 2h, 1d)")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def instant(text: str) -> int:
+    """``+10m`` (from now), seconds since the epoch, or ISO 8601 -> epoch seconds."""
+    text = text.strip()
+    if text.startswith("+"):
+        return int(datetime.now(UTC).timestamp()) + duration(text[1:])
+    if text.isdigit():
+        return int(text)
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (e.g. +10m, 2030-01-01T12:00:00Z, 1893456000)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp())
+
+
+def label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"a label is KEY=VALUE (got {text!r})")
+    return key, value
+
+
+# ============================================================================ parsers
+
+def _common(p: argparse.ArgumentParser, client: bool = True) -> None:
+    if client:
+        p.add_argument("--server", default=os.environ.get("WSCHED_SERVER", DEFAULT_SERVER),
+                       metavar="HOST:PORT",
+                       help=f"the service (default: $WSCHED_SERVER or {DEFAULT_SERVER})")
+        p.add_argument("--output", choices=("table", "json"), default="table",
+                       help="table (default) or json")
+        p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="per-call deadline (default 10)")
+    # the same logging options as every wsched command: main() reads them
+    p.add_argument("--log-level", default="WARNING", type=str.upper, choices=LEVELS,
+                   metavar="LEVEL", help=f"one of {', '.join(LEVELS)} (default: WARNING)")
+    p.add_argument("--log-json", action="store_true",
+                   help="log one JSON object per line on stderr")
+
+
+def add_commands(subparsers: Any) -> dict[str, Handler]:
+    """Add ``serve``, ``lease``, ``host`` and ``image`` to ``subparsers`` (from
+    ``ArgumentParser.add_subparsers``); return {command name: handler}."""
+    sp = subparsers.add_parser(
+        "serve", help="run the gRPC service",
+        description="Run the lease service: state in a database (SQLite file or "
+        "PostgreSQL URL), the site from a TOML file, simulated enactment.")
+    sp.add_argument("--db", default="wsched.db", metavar="PATH|URL",
+                    help="SQLite file, or an SQLAlchemy URL such as "
+                    "postgresql+psycopg://host/db (default: wsched.db)")
+    sp.add_argument("--site", type=Path, metavar="FILE.toml",
+                    help="site file: hosts, images, scheduler settings (default: the "
+                    "bundled 8-host demo site)")
+    sp.add_argument("--listen", default=DEFAULT_SERVER, metavar="HOST:PORT",
+                    help=f"address to listen on (default {DEFAULT_SERVER})")
+    sp.add_argument("--driver", default="simulated", choices=("simulated",),
+                    help="enactment driver (default simulated)")
+    _common(sp, client=False)
+
+    lp = subparsers.add_parser("lease", help="create, inspect, cancel, extend, watch leases")
+    lsub = lp.add_subparsers(dest="lease_command", required=True, metavar="ACTION")
+    c = lsub.add_parser("create", help="request a lease")
+    c.add_argument("--kind", choices=sorted(KINDS), default="besteffort")
+    c.add_argument("--vms", type=int, default=1)
+    c.add_argument("--cpu", type=int, default=100, help="per VM, percent of a CPU")
+    c.add_argument("--memory", type=int, default=1024, help="per VM, MB")
+    c.add_argument("--disk", type=int, default=0, help="per VM, MB")
+    c.add_argument("--image", required=True, help="a registered image id")
+    c.add_argument("--duration", type=duration, required=True, help="e.g. 3600, 30m, 2h")
+    c.add_argument("--start", type=instant, help="AR start: +10m, ISO 8601 or epoch seconds")
+    c.add_argument("--start-latest", type=instant, help="AR: latest start of a window")
+    c.add_argument("--preemptible", action="store_true")
+    c.add_argument("--label", type=label, action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--request-id", help="idempotency key (default: a fresh UUID)")
+    g = lsub.add_parser("get", help="show one lease and its schedule")
+    g.add_argument("id", type=int)
+    li = lsub.add_parser("list", help="list leases")
+    li.add_argument("--state", action="append", default=[], choices=sorted(STATES))
+    li.add_argument("--kind", action="append", default=[], choices=sorted(KINDS))
+    li.add_argument("--label", type=label, action="append", default=[], metavar="KEY=VALUE")
+    li.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+    ca = lsub.add_parser("cancel", help="cancel a lease")
+    ca.add_argument("id", type=int)
+    ex = lsub.add_parser("extend", help="ask for more run time")
+    ex.add_argument("id", type=int)
+    ex.add_argument("--by", type=duration, required=True, help="extra time, e.g. 30m")
+    w = lsub.add_parser("watch", help="stream lease state changes")
+    w.add_argument("--after", type=int, default=0, metavar="REVISION",
+                   help="changes after this revision (default 0: all)")
+    w.add_argument("--lease", type=int, default=0, metavar="ID", help="only this lease")
+    w.add_argument("--count", type=int, default=0, help="stop after this many changes")
+    w.add_argument("--for", type=float, default=None, dest="watch_for", metavar="SECONDS",
+                   help="stop after this long")
+    for p in (c, g, li, ca, ex, w):
+        _common(p)
+
+    hp = subparsers.add_parser("host", help="manage the site's hosts")
+    hsub = hp.add_subparsers(dest="host_command", required=True, metavar="ACTION")
+    ha = hsub.add_parser("add", help="add a host")
+    ha.add_argument("name")
+    ha.add_argument("--cpu", type=int, default=0)
+    ha.add_argument("--memory", type=int, default=0, help="MB")
+    ha.add_argument("--disk", type=int, default=0, help="MB")
+    ha.add_argument("--net-in", type=int, default=0, help="Mbit/s")
+    ha.add_argument("--net-out", type=int, default=0, help="Mbit/s")
+    hl = hsub.add_parser("list", help="list hosts")
+    hd = hsub.add_parser("drain", help="no new placements on a host")
+    hd.add_argument("name")
+    hr = hsub.add_parser("remove", help="remove a host")
+    hr.add_argument("name")
+    for p in (ha, hl, hd, hr):
+        _common(p)
+
+    ip = subparsers.add_parser("image", help="manage disk images")
+    isub = ip.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    ia = isub.add_parser("add", help="register an image")
+    ia.add_argument("id")
+    ia.add_argument("--size", type=int, required=True, help="MB")
+    ia.add_argument("--location", default="")
+    ia.add_argument("--format", default="")
+    il = isub.add_parser("list", help="list images")
+    for p in (ia, il):
+        _common(p)
+    return {"serve": cmd_serve, "lease": cmd_lease, "host": cmd_host, "image": cmd_image}
+
+
+# ============================================================================ output
+
+def _time(ts: Any) -> str:
+    if not ts.seconds:
+        return "-"
+    return datetime.fromtimestamp(ts.seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _name(enum_value: int, enum: Any, prefix: str) -> str:
+    return str(enum.Name(enum_value)).removeprefix(prefix).lower()
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
+
+
+def _json(data: Any) -> None:
+    print(json.dumps(data, indent=1))
+
+
+def _lease_rows(leases: Sequence[Any]) -> list[list[str]]:
+    from .api.wsched.v1 import types_pb2 as tpb
+
+    return [[str(x.id), _name(x.spec.kind, tpb.LeaseKind, "LEASE_KIND_"),
+             _name(x.state, tpb.LeaseState, "LEASE_STATE_"), str(x.spec.vm_count),
+             _time(x.start), _time(x.end), ",".join(x.hosts) or "-",
+             ",".join(f"{k}={v}" for k, v in sorted(x.spec.labels.items())) or "-"]
+            for x in leases]
+
+
+_LEASE_HEADER = ["ID", "KIND", "STATE", "VMS", "START", "END", "HOSTS", "LABELS"]
+
+
+def _show_lease(lease: Any, output: str) -> None:
+    from .api.wsched.v1 import types_pb2 as tpb
+
+    if output == "json":
+        _json(to_dict(lease))
+        return
+    _table(_lease_rows([lease]), _LEASE_HEADER)
+    if lease.reason:
+        print(f"reason: {lease.reason}")
+    if lease.events:
+        print()
+        _table([[_name(e.kind, tpb.EventKind, "EVENT_KIND_"), _time(e.start), _time(e.end),
+                 ",".join(e.hosts)] for e in lease.events], ["EVENT", "START", "END", "HOSTS"])
+
+
+def _fail(e: WschedError) -> int:
+    print(f"wsched: error: {e}", file=sys.stderr)
+    if e.earliest_start is not None:
+        print(f"wsched: counter-offer: the earliest start that fits is "
+              f"{e.earliest_start.isoformat()} (resubmit with --start "
+              f"{int(e.earliest_start.timestamp())})", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+# ============================================================================ handlers
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .enactment import make_driver
+    from .engine import Engine, SystemClock, demo_site, load_site
+    from .service import start_server
+    from .store import Store, StoreError, sqlite_url
+
+    url = args.db if "://" in args.db else sqlite_url(str(Path(args.db).resolve()))
+    site = load_site(args.site) if args.site is not None else demo_site()
+    try:
+        store = Store(url)
+    except StoreError as e:
+        print(f"wsched: error: {args.db}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    engine = Engine(store, site, make_driver(args.driver), SystemClock())
+    engine.start()
+    try:
+        running = start_server(engine, args.listen)
+    except (OSError, RuntimeError):
+        engine.stop()
+        store.close()
+        raise OSError(f"cannot listen on {args.listen}") from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"wsched: serving on {args.listen.rsplit(':', 1)[0]}:{running.port} "
+          f"({len(engine.hosts())} hosts, database {args.db}); Ctrl-C stops", flush=True)
+    stop.wait()
+    running.stop(grace=2.0)
+    store.close()
+    return 0
+
+
+def _client(args: argparse.Namespace) -> WschedClient:
+    return WschedClient(args.server, timeout=args.timeout)
+
+
+def cmd_lease(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            return _lease(args, client)
+        except WschedError as e:
+            return _fail(e)
+
+
+def _lease(args: argparse.Namespace, client: WschedClient) -> int:
+    action = args.lease_command
+    if action == "create":
+        lease = client.create_lease(
+            kind=args.kind, vms=args.vms, cpu=args.cpu, memory_mb=args.memory,
+            disk_mb=args.disk, image_id=args.image, duration=args.duration, start=args.start,
+            start_latest=args.start_latest, preemptible=args.preemptible,
+            labels=dict(args.label), request_id=args.request_id)
+        _show_lease(lease, args.output)
+    elif action == "get":
+        _show_lease(client.get_lease(args.id), args.output)
+    elif action == "list":
+        leases = []
+        for lease in client.list_leases(states=args.state, kinds=args.kind,
+                                        labels=dict(args.label)):
+            leases.append(lease)
+            if args.limit and len(leases) >= args.limit:
+                break
+        if args.output == "json":
+            _json([to_dict(x) for x in leases])
+        else:
+            _table(_lease_rows(leases), _LEASE_HEADER)
+    elif action == "cancel":
+        _show_lease(client.cancel_lease(args.id), args.output)
+    elif action == "extend":
+        _show_lease(client.extend_lease(args.id, args.by), args.output)
+    elif action == "watch":
+        from .api.wsched.v1 import types_pb2 as tpb
+
+        for n, change in enumerate(client.watch(after_revision=args.after, lease_id=args.lease,
+                                   timeout=args.watch_for), 1):
+            if args.output == "json":
+                print(json.dumps(to_dict(change)), flush=True)
+            else:
+                reason = f"  {change.reason}" if change.reason else ""
+                print(f"{change.revision:>6}  {_time(change.time)}  lease {change.lease_id:<6} "
+                      f"{_name(change.state, tpb.LeaseState, 'LEASE_STATE_')}{reason}",
+                      flush=True)
+            if args.count and n >= args.count:
+                break
+    return 0
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    from .api.wsched.v1 import site_service_pb2 as spb
+
+    with _client(args) as client:
+        try:
+            action = args.host_command
+            if action == "add":
+                hosts = [client.add_host(args.name, cpu=args.cpu, memory_mb=args.memory,
+                                         disk_mb=args.disk, net_in_mbps=args.net_in,
+                                         net_out_mbps=args.net_out)]
+            elif action == "drain":
+                hosts = [client.drain_host(args.name)]
+            elif action == "remove":
+                hosts = [client.remove_host(args.name)]
+            else:
+                hosts = client.list_hosts()
+        except WschedError as e:
+            return _fail(e)
+    if args.output == "json":
+        _json([to_dict(h) for h in hosts])
+    else:
+        _table([[h.name, _name(h.state, spb.HostState, "HOST_STATE_"), str(h.capacity.cpu),
+                 str(h.capacity.memory_mb), str(h.capacity.disk_mb)] for h in hosts],
+               ["NAME", "STATE", "CPU", "MEMORY_MB", "DISK_MB"])
+    return 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            if args.image_command == "add":
+                images = [client.register_image(args.id, args.size, location=args.location,
+                                                format=args.format)]
+            else:
+                images = client.list_images()
+        except WschedError as e:
+            return _fail(e)
+    if args.output == "json":
+        _json([to_dict(i) for i in images])
+    else:
+        _table([[i.id, str(i.size_mb), i.format or "-", i.location or "-"] for i in images],
+               ["ID", "SIZE_MB", "FORMAT", "LOCATION"])
+    return 0
