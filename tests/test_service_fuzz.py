@@ -63,7 +63,8 @@ def call(method: Callable[..., Any], request: Any, timeout: float = 10) -> None:
 
 @st.composite
 def lease_specs(draw: st.DrawFn) -> tpb.LeaseSpec:
-    spec = tpb.LeaseSpec(kind=tpb.LeaseKind.ValueType(draw(ENUM)), vm_count=draw(INT64), image_id=draw(TEXT),
+    spec = tpb.LeaseSpec(kind=tpb.LeaseKind.ValueType(draw(ENUM)), vm_count=draw(INT64),
+                         image_id=draw(TEXT),
                          preemptible=draw(st.booleans()),
                          labels=draw(st.dictionaries(TEXT, TEXT, max_size=4)))
     if draw(st.booleans()):
