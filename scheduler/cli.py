@@ -1,4 +1,5 @@
-"""Command-line interface: ``wsched replay`` and ``wsched profiles``.
+"""Command-line interface: ``wsched replay``, ``sweep``, ``plot``, ``generate-ars``
+and ``profiles``.
 
 This is the only module that configures logging or writes to the terminal: the
 replay summary and the profile list go to stdout; logs, the progress bar and
@@ -20,9 +21,11 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from . import experiments, generator, metrics, plots
 from .config import Config, ConfigError, load_config, load_profile, profile_names
-from .lwf import TraceError, read_lwf
+from .lwf import TraceError
 from .replay import ReplayResult, replay, write_json
+from .swf import read_swf, write_swf
 
 #: Traces with more requests than this get a progress bar (on a terminal).
 PROGRESS_THRESHOLD = 1000
@@ -90,12 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     rp = sub.add_parser(
-        "replay", help="replay an LWF trace in simulated time",
-        description="Replay an LWF trace and write every lease's schedule as JSON. "
-        "The configuration starts from the built-in defaults, or from --profile, "
-        "and --config overrides it key by key. The site comes from the trace's "
-        "<site>, or else from the [site] table of the configuration.")
-    rp.add_argument("trace", type=Path, metavar="TRACE.lwf", help="the lease trace")
+        "replay", help="replay an LWF or SWF trace in simulated time",
+        description="Replay a trace (LWF, or SWF by its .swf suffix, each job a "
+        "best-effort lease), optionally with advance reservations injected, and write "
+        "every lease's schedule as JSON. The configuration starts from the built-in "
+        "defaults, or from --profile, and --config overrides it key by key. The site "
+        "comes from the trace's <site>, or else from the [site] table of the "
+        "configuration.")
+    rp.add_argument("trace", type=Path, metavar="TRACE", help="the lease trace (.lwf or .swf)")
+    rp.add_argument("--ars", type=Path, metavar="FILE",
+                    help="advance reservations to inject: an LWF file or the plain-text "
+                    "injection format (one AR per line)")
     rp.add_argument("--profile", metavar="NAME",
                     help="built-in profile to start from (one of: "
                     f"{', '.join(profile_names())}; default: built-in defaults)")
@@ -103,9 +111,70 @@ def build_parser() -> argparse.ArgumentParser:
                     help="TOML file whose settings override the profile's")
     rp.add_argument("--json", type=Path, required=True, metavar="OUT.json", dest="json_out",
                     help="where to write the schedule")
+    rp.add_argument("--metrics", type=Path, metavar="OUT.json",
+                    help="write the workload metrics (summary, per lease, utilization)")
+    rp.add_argument("--leases-csv", type=Path, metavar="OUT.csv",
+                    help="write per-lease metrics (wait, response, bounded slowdown, ...)")
+    rp.add_argument("--swf-out", type=Path, metavar="OUT.swf",
+                    help="SWF traces only: write the trace back with the wait field filled in")
+    rp.add_argument("--gantt", type=Path, metavar="OUT.png|svg",
+                    help="draw a Gantt chart of the schedule")
+    rp.add_argument("--utilization-plot", type=Path, metavar="OUT.png|svg",
+                    help="draw utilization over time")
     rp.add_argument("--quiet", action="store_true",
                     help="print no summary and no progress bar")
     _logging_options(rp)
+
+    sw = sub.add_parser(
+        "sweep", help="run a grid of traces x injections x profiles in parallel",
+        description="Replay every combination of the traces, AR injection files and "
+        "profiles on all cores, plus each trace and profile without injections (the "
+        "baseline of the completion-time ratio). Each finished run is kept in "
+        "OUT/runs/; running the same command again skips them (resumable). The table "
+        "of all runs is written to OUT/results.csv.")
+    sw.add_argument("--trace", type=Path, action="append", required=True, dest="traces",
+                    metavar="TRACE", help="a best-effort trace (repeatable)")
+    sw.add_argument("--ars", type=Path, nargs="*", default=[], metavar="FILE",
+                    help="AR injection files (each one run per trace and profile)")
+    sw.add_argument("--profiles", required=True, metavar="P1,P2,...",
+                    help="comma-separated profile names")
+    sw.add_argument("--out", type=Path, required=True, metavar="DIR",
+                    help="directory for the runs and results.csv")
+    sw.add_argument("--jobs", type=int, default=None, metavar="N",
+                    help="parallel processes (default: all cores)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    _logging_options(sw)
+
+    pl = sub.add_parser(
+        "plot", help="the completion-time ratio figure of a sweep",
+        description="Draw the completion-time ratio of the best-effort leases against "
+        "rho, one panel per node range (nu), one line per profile and delta, from a "
+        "sweep's results.csv.")
+    pl.add_argument("results", type=Path, metavar="RESULTS.csv")
+    pl.add_argument("--out", type=Path, required=True, metavar="OUT.png|svg")
+    pl.add_argument("--delta-panels", action="store_true",
+                    help="one row of panels per delta instead of one line per delta")
+    _logging_options(pl)
+
+    ga = sub.add_parser(
+        "generate-ars", help="generate an AR workload for a trace (HPDC 2008 method)",
+        description="Generate advance reservations whose node-seconds are rho times the "
+        "site's capacity over the trace (the accounting of the shared injection files), "
+        "durations delta +- 30 min, node counts in the nu range, each requested "
+        "--notice hours before it starts. The same seed gives the same file.")
+    ga.add_argument("trace", type=Path, metavar="TRACE.swf",
+                    help="the best-effort trace the ARs are for")
+    ga.add_argument("--rho", type=float, required=True, help="AR share, e.g. 0.1 for 10%%")
+    ga.add_argument("--delta", type=float, required=True, metavar="HOURS",
+                    help="mean AR duration in hours")
+    ga.add_argument("--nu", required=True, choices=sorted(generator.NODE_RANGES),
+                    help="nodes per AR: small 1-24, medium 25-48, large 49-72")
+    ga.add_argument("--notice", type=float, default=24, metavar="HOURS",
+                    help="advance notice (default 24)")
+    ga.add_argument("--nodes", type=int, default=144, help="site nodes (default 144)")
+    ga.add_argument("--seed", type=int, default=1)
+    ga.add_argument("--out", type=Path, required=True, metavar="OUT.lwf")
+    _logging_options(ga)
 
     pp = sub.add_parser("profiles", help="list the built-in configuration profiles")
     _logging_options(pp)
@@ -126,13 +195,23 @@ def resolve_config(profile: str | None, config_file: Path | None) -> Config:
     return config
 
 
+def _writable(*paths: Path | None) -> None:
+    for out in paths:
+        if out is not None and not out.parent.is_dir():  # fail before a long replay
+            raise OSError(f"{out}: cannot write: no directory {str(out.parent)!r}")
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     config = resolve_config(args.profile, args.config)
     out: Path = args.json_out
-    if not out.parent.is_dir():  # fail before a long replay, not after
-        raise OSError(f"{out}: cannot write: no directory {str(out.parent)!r}")
-    workload = read_lwf(args.trace, default_site=config.default_site())
-    assert workload.site is not None  # read_lwf raises when there is none
+    _writable(out, args.metrics, args.leases_csv, args.swf_out, args.gantt,
+              args.utilization_plot)
+    for plot in (args.gantt, args.utilization_plot):
+        if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+            raise ValueError(f"{plot}: a plot is written as .png, .svg or .pdf")
+    if args.swf_out is not None and args.trace.suffix.lower() != ".swf":
+        raise ValueError("--swf-out needs an SWF trace")
+    workload = experiments.load_workload(args.trace, args.ars, config)
     n = len(workload.requests)
     log.info("trace loaded", extra={"trace": str(args.trace), "requests": n,
                                     "nodes": len(workload.site.nodes)})
@@ -148,8 +227,75 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     write_json(result, out)
     log.info("schedule written", extra={"path": str(out)})
+    figures = metrics.compute(result)
+    if args.metrics is not None:
+        metrics.write_metrics_json(args.metrics, figures)
+    if args.leases_csv is not None:
+        metrics.write_leases_csv(args.leases_csv, figures.leases)
+    if args.swf_out is not None:
+        jobs = read_swf(args.trace).jobs
+        write_swf(args.swf_out, jobs, {o.request.id: o.start for o in result.outcomes},
+                  notes=(f"replayed by wsched with profile {args.profile or 'default'}",))
+    if args.gantt is not None:
+        plots.gantt(result, args.gantt)
+    if args.utilization_plot is not None:
+        plots.utilization_plot(result, args.utilization_plot)
     if not args.quiet:
-        print_summary(workload.name, result, out)
+        print_summary(args.trace.stem, result, out)
+        s = figures.summary
+        if s.besteffort_wait_mean_all is not None:
+            print(f"  best-effort  mean wait {s.besteffort_wait_mean_all:.0f} s, mean bounded "
+                  f"slowdown {s.besteffort_bsld_mean_all:.2f} (all {s.besteffort_leases})")
+        if s.ar_accepted or s.ar_rejected:
+            print(f"  ARs          {s.ar_accepted} accepted, {s.ar_rejected} rejected")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    for p in profiles:
+        load_profile(p)
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1 (got {args.jobs})")
+    for path in [*args.traces, *args.ars]:
+        if not path.is_file():
+            raise OSError(f"{path}: no such file")
+    specs = experiments.sweep_specs(args.traces, args.ars, profiles)
+    show = not args.quiet and sys.stderr.isatty()
+    with tqdm(total=len(specs), desc="sweep", unit="run", file=sys.stderr,
+              disable=not show) as bar, (logging_redirect_tqdm() if show else nullcontext()):
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        table = experiments.sweep(specs, args.out, jobs=args.jobs, progress=progress)
+    if not args.quiet:
+        print(f"{len(specs)} runs; results in {table}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    import csv
+
+    _writable(args.out)
+    with args.results.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("ars") != experiments.NO_ARS
+                and r.get("completion_ratio") and r.get("nu")]
+    if not rows:
+        raise ValueError(f"{args.results}: no runs with AR injections and a completion ratio")
+    plots.completion_ratio_figure(rows, args.out, delta_panels=args.delta_panels)
+    return 0
+
+
+def cmd_generate_ars(args: argparse.Namespace) -> int:
+    _writable(args.out)
+    trace = read_swf(args.trace)
+    span = generator.trace_span(trace.requests)
+    params = generator.ARParameters(rho=args.rho, delta_hours=args.delta,
+                                    nodes=generator.NODE_RANGES[args.nu],
+                                    notice_hours=args.notice)
+    generator.write_ar_workload(
+        args.out, params, span=span, seed=args.seed, first_id=trace.max_id + 1,
+        basis_node_seconds=generator.capacity_node_seconds(args.nodes, span))
     return 0
 
 
@@ -183,7 +329,8 @@ def _message(e: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_json)
-    commands = {"replay": cmd_replay, "profiles": cmd_profiles}
+    commands = {"replay": cmd_replay, "profiles": cmd_profiles, "sweep": cmd_sweep,
+                "plot": cmd_plot, "generate-ars": cmd_generate_ars}
     try:
         return commands[args.command](args)
     except (TraceError, ConfigError, OSError, ValueError) as e:

@@ -1,0 +1,224 @@
+"""Trace-replay experiments: one run (a trace, optional AR injections, a profile) and
+sweeps over a grid of them.
+
+A *run* reads a best-effort trace (SWF, or LWF), adds advance reservations (the plain
+text injection format of ``../shared/traces/ar-injections-30days`` or an LWF file),
+gives the leases the profile's image mix, replays them and computes the metrics.
+A *sweep* runs a grid of traces x injections x profiles on all cores, one process per
+run, writing each finished run to its own JSON file (so an interrupted sweep resumes
+where it stopped) and all of them to one results table. Each (trace, profile) is also
+run without injections: that is the baseline of the completion-time ratio.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config, load_profile
+from .generator import assign_images
+from .injections import read_ar_injections
+from .leases import LeaseRequest, Site
+from .lwf import TraceError, read_lwf
+from .metrics import Metrics, compute
+from .replay import ReplayResult, replay
+from .swf import read_swf
+
+log = logging.getLogger(__name__)
+
+#: ``work_10-dur_2h-size_2medium``: rho (%), mean duration (h), node range
+_INJECTION_NAME = re.compile(r"work_(\d+)-dur_(\d+)h-size_\d*(small|medium|large)")
+NO_ARS = "none"
+
+
+@dataclass(frozen=True)
+class Workload:
+    site: Site
+    requests: tuple[LeaseRequest, ...]  # sorted by submit time, then id
+
+
+def read_trace(path: Path, config: Config) -> tuple[Site, tuple[LeaseRequest, ...]]:
+    """The best-effort trace: SWF by its suffix, LWF otherwise. The site is the LWF
+    file's, or the configuration's ``[site]``."""
+    if path.suffix.lower() == ".swf":
+        site = config.default_site()
+        if site is None:
+            raise TraceError(str(path), "an SWF trace describes no site: give the "
+                             "configuration a [site] table (every experiment profile has one)")
+        return site, read_swf(path).requests
+    workload = read_lwf(path, default_site=config.default_site())
+    assert workload.site is not None  # read_lwf raises when there is none
+    return workload.site, workload.requests
+
+
+def read_ars(path: Path, first_id: int) -> tuple[LeaseRequest, ...]:
+    """AR injections: an LWF file (XML) or the plain-text injection format."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(64).lstrip()
+    except OSError as e:
+        raise TraceError(str(path), f"cannot read: {e.strerror}") from e
+    if head.startswith(b"<"):
+        return read_lwf(path).requests
+    return read_ar_injections(path, first_id=first_id)
+
+
+def load_workload(trace: Path, ars: Path | None, config: Config) -> Workload:
+    site, requests = read_trace(trace, config)
+    merged = list(requests)
+    if ars is not None:
+        first_id = max((r.id for r in requests), default=0) + 1
+        injected = read_ars(ars, first_id)
+        clash = {r.id for r in requests} & {r.id for r in injected}
+        if clash:
+            raise TraceError(str(ars), f"lease ids also used by {trace}: "
+                             f"{', '.join(map(str, sorted(clash)[:5]))}")
+        merged += injected
+    merged.sort(key=lambda r: (r.submit, r.id))
+    if config.workload_images:
+        merged = list(assign_images(merged, images=config.workload_images,
+                                    size_mb=config.workload_image_size,
+                                    weights=config.image_weights(),
+                                    seed=config.workload_image_seed))
+    return Workload(site, tuple(merged))
+
+
+def injection_parameters(ars: Path | None) -> dict[str, Any]:
+    """rho (%), delta (hours) and nu (node range) from an injection file's name."""
+    if ars is None:
+        return {"rho": 0, "delta": None, "nu": None}
+    m = _INJECTION_NAME.search(ars.stem)
+    if m is None:
+        return {"rho": None, "delta": None, "nu": None}
+    return {"rho": int(m[1]), "delta": int(m[2]), "nu": m[3]}
+
+
+# ------------------------------------------------------------------------ one run
+
+@dataclass(frozen=True)
+class RunSpec:
+    trace: Path
+    ars: Path | None
+    profile: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.trace.stem}__{self.ars.stem if self.ars else NO_ARS}__{self.profile}"
+
+    def baseline(self) -> RunSpec:
+        return RunSpec(self.trace, None, self.profile)
+
+
+def run_experiment(spec: RunSpec) -> tuple[ReplayResult, Metrics]:
+    config = load_profile(spec.profile)
+    workload = load_workload(spec.trace, spec.ars, config)
+    result = replay(workload.site, config, workload.requests)
+    return result, compute(result)
+
+
+def _row(spec: RunSpec, metrics: Metrics) -> dict[str, Any]:
+    row: dict[str, Any] = {"run": spec.name, "trace": spec.trace.name,
+                           "ars": spec.ars.name if spec.ars else NO_ARS,
+                           "profile": spec.profile, **injection_parameters(spec.ars)}
+    summary = metrics.summary.to_dict()
+    for key in ("baseline_completion", "completion_ratio"):  # filled in by the sweep
+        summary.pop(key)
+    row.update(summary)
+    return row
+
+
+def _run_one(spec: RunSpec, out: Path) -> Path:
+    """Run ``spec`` (in a worker process) and write its row; returns the file."""
+    _, metrics = run_experiment(spec)
+    path = out / f"{spec.name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_row(spec, metrics), indent=1) + "\n")
+    tmp.replace(path)  # atomic: a killed sweep never leaves half a result
+    return path
+
+
+# -------------------------------------------------------------------------- sweep
+
+def sweep_specs(traces: Sequence[Path], ars: Sequence[Path | None],
+                profiles: Sequence[str]) -> list[RunSpec]:
+    """The grid, plus every (trace, profile) baseline without injections."""
+    specs: dict[str, RunSpec] = {}
+    for trace in traces:
+        for profile in profiles:
+            base = RunSpec(trace, None, profile)
+            specs.setdefault(base.name, base)
+            for a in ars:
+                spec = RunSpec(trace, a, profile)
+                specs.setdefault(spec.name, spec)
+    return list(specs.values())
+
+
+def sweep(specs: Iterable[RunSpec], out: Path, *, jobs: int | None = None,
+          progress: Callable[[int, int], None] | None = None) -> Path:
+    """Run every spec not finished yet in ``out/runs`` on ``jobs`` processes (default:
+    all cores) and write ``out/results.csv``; returns its path. A failed run is logged
+    and re-raised once the others are done (finished runs are kept)."""
+    specs = list(specs)
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for p in profiles_in(specs):
+        load_profile(p)  # fail before starting anything
+    todo = [s for s in specs if not (runs / f"{s.name}.json").exists()]
+    done = len(specs) - len(todo)
+    log.info("sweep", extra={"runs": len(specs), "to_do": len(todo), "done": done})
+    if progress is not None:
+        progress(done, len(specs))
+    errors: list[tuple[RunSpec, BaseException]] = []
+    if todo:
+        with ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+            futures = {pool.submit(_run_one, s, runs): s for s in todo}
+            for fut in as_completed(futures):
+                spec = futures[fut]
+                error = fut.exception()
+                if error is not None:
+                    log.error("run failed", extra={"run": spec.name, "error": str(error)})
+                    errors.append((spec, error))
+                else:
+                    log.info("run finished", extra={"run": spec.name})
+                done += 1
+                if progress is not None:
+                    progress(done, len(specs))
+    if errors:
+        spec, error = errors[0]
+        raise RuntimeError(f"{len(errors)} run(s) failed, e.g. {spec.name}: {error}") from error
+    return write_results(specs, runs, out / "results.csv")
+
+
+def profiles_in(specs: Iterable[RunSpec]) -> list[str]:
+    return sorted({s.profile for s in specs})
+
+
+def write_results(specs: Sequence[RunSpec], runs: Path, path: Path) -> Path:
+    """One row per run, with the completion-time ratio to its baseline run."""
+    rows = {s.name: json.loads((runs / f"{s.name}.json").read_text()) for s in specs}
+    table: list[dict[str, Any]] = []
+    for s in specs:
+        row = dict(rows[s.name])
+        base = rows.get(s.baseline().name)
+        completion, base_completion = row["besteffort_completion"], (
+            base["besteffort_completion"] if base else None)
+        row["baseline_completion"] = base_completion
+        row["completion_ratio"] = (completion / base_completion
+                                   if completion is not None and base_completion else None)
+        table.append(row)
+    columns = list(table[0]) if table else []
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in table)
+    tmp.replace(path)
+    return path
