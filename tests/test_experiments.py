@@ -1,0 +1,266 @@
+"""Trace-replay experiments: profiles, kill-and-requeue preemption, loading traces with
+injections, ``wsched replay`` outputs, ``wsched sweep`` (resumable) and ``plot``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scheduler import cli, experiments
+from scheduler.config import ImageMix, load_profile
+from scheduler.invariants import assert_valid
+from scheduler.leases import DiskImage, LeaseKind, LeaseRequest, Resources, Site
+from scheduler.lwf import TraceError, read_lwf
+from scheduler.replay import replay
+from scheduler.swf import read_swf
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
+SWF150 = SHARED / "swf" / "150requests.swf"
+INJ = SHARED / "ar-injections-30days" / "work_05-dur_1h-size_1small.lwf"
+NODE = Resources(cpu=100, memory=1024)
+PAPER = ["novm-nosr", "novm-sr", "vm-predeploy", "vm-mult", "vm-reuse-uniform",
+         "vm-reuse-skewed"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    yield
+    if cli._handler is not None:
+        root.removeHandler(cli._handler)
+        cli._handler = None
+    root.setLevel(level)
+
+
+# ------------------------------------------------------------------ profiles
+
+def test_experiment_profiles() -> None:
+    for name in ["batch-easy", "batch-conservative", *PAPER]:
+        c = load_profile(name)
+        assert (c.site_nodes, c.site_node) == (144, NODE), name
+    easy, cons = load_profile("batch-easy"), load_profile("batch-conservative")
+    assert (easy.max_future_reservations, cons.max_future_reservations) == (1, None)
+    for c in (easy, cons):
+        assert (c.preemption, c.suspension, c.image_transfer, c.enactment_overhead,
+                c.boot_time, c.shutdown_time, c.runtime_slowdown) == \
+            ("none", False, False, 0, 0, 0, 0.0)
+    assert load_profile("novm-nosr").suspension is False
+    sr = load_profile("novm-sr")
+    assert sr.suspension and sr.suspend_rate == sr.resume_rate == float("inf")
+    pre = load_profile("vm-predeploy")
+    assert (pre.runtime_slowdown, pre.boot_time, pre.shutdown_time, pre.suspend_rate,
+            pre.image_transfer) == (5.0, 20, 20, 50.0, False)
+    mult = load_profile("vm-mult")
+    assert (mult.image_transfer, mult.repository_bandwidth, mult.image_cache_mb,
+            mult.piggybacking, mult.workload_images, mult.workload_image_size) == \
+        (True, 80.0, 0, False, 37, 4096)
+    uni, skew = load_profile("vm-reuse-uniform"), load_profile("vm-reuse-skewed")
+    assert (uni.image_cache_mb, uni.workload_image_mix, uni.image_weights()) == \
+        (20480, ImageMix.UNIFORM, None)
+    weights = skew.image_weights()
+    assert weights is not None and len(weights) == 37
+    assert weights[:7] == (0.10,) * 7 and all(w == pytest.approx(0.01) for w in weights[7:])
+
+
+# ---------------------------------------------------- kill-and-requeue preemption
+
+def test_preempted_lease_is_killed_and_requeued_without_suspension() -> None:
+    """preemption.lwf (test-notransfer: 2 s per VM command) with suspension off.
+
+    Lease 1 (best-effort, 1 VM, 3600 s) boots at 0 ([0,2)) and runs from 2. The AR
+    (4 VMs from 1800) boots at [1798,1800), so lease 1 must be off P1 by 1798: it is
+    shut down at 1798 - 2 = 1796 and its 1794 s of work are lost. It starts over after
+    the AR's shutdown [3600,3602): boot [3602,3604), run [3604,7204), shutdown."""
+    workload = read_lwf(SHARED / "lwf" / "preemption.lwf")
+    assert workload.site is not None
+    config = replace(load_profile("test-notransfer"), suspension=False)
+    result = replay(workload.site, config, workload.requests)
+    assert_valid(result.site, config, result.outcomes)
+    be, ar = result.outcomes
+    assert [(e.kind.value, e.start, e.end, e.nodes) for e in be.events] == [
+        ("boot", 0, 2, (0,)), ("run", 2, 1796, (0,)), ("shutdown", 1796, 1798, (0,)),
+        ("boot", 3602, 3604, (0,)), ("run", 3604, 7204, (0,)),
+        ("shutdown", 7204, 7206, (0,))]
+    assert (be.state.value, ar.start, ar.end) == ("done", 1800, 3600)
+
+
+def test_requeued_lease_keeps_its_fcfs_place() -> None:
+    """Two best-effort leases on one node: A runs, B waits. An AR kills A; when the AR
+    is over A (submitted first) starts again before B."""
+    site = Site.uniform(1, NODE)
+    config = replace(load_profile("novm-nosr"), site_nodes=0)
+
+    def lease(i: int, kind: LeaseKind, submit: int, duration: int,
+              start: int | None = None) -> LeaseRequest:
+        return LeaseRequest(i, kind, 1, NODE, DiskImage("x", 0), duration, submit,
+                            start=start, preemptible=kind is LeaseKind.BESTEFFORT)
+
+    reqs = [lease(1, LeaseKind.BESTEFFORT, 0, 100), lease(2, LeaseKind.BESTEFFORT, 1, 10),
+            lease(3, LeaseKind.AR, 2, 20, start=50)]
+    result = replay(site, config, reqs)
+    assert_valid(site, config, result.outcomes)
+    runs = {o.request.id: [(e.start, e.end) for e in o.runs] for o in result.outcomes}
+    # A runs [0,50), is killed for the AR [50,70), runs again whole [70,170); B after it
+    assert runs == {1: [(0, 50), (70, 170)], 2: [(170, 180)], 3: [(50, 70)]}
+
+
+def test_zero_cost_suspension_keeps_event_order() -> None:
+    """novm-sr suspends, migrates and resumes in zero time: the zero-length events at one
+    instant are listed in their logical order (suspend, migrate, resume)."""
+    workload = read_lwf(SHARED / "lwf" / "migrate.lwf")
+    assert workload.site is not None
+    config = replace(load_profile("novm-sr"), site_nodes=0)
+    result = replay(workload.site, config, workload.requests)
+    assert_valid(result.site, config, result.outcomes)
+    kinds = [e.kind.value for e in result.outcomes[2].events]
+    assert kinds == ["boot", "run", "suspend", "migrate", "resume", "run", "shutdown"]
+
+
+# ----------------------------------------------------------------- workloads
+
+def test_load_workload_merges_injections_and_assigns_images() -> None:
+    config = load_profile("vm-reuse-skewed")
+    workload = experiments.load_workload(SWF150, INJ, config)
+    swf = read_swf(SWF150)
+    ars = [r for r in workload.requests if r.kind is LeaseKind.AR]
+    assert len(workload.requests) == len(swf.requests) + len(ars)
+    assert min(r.id for r in ars) == swf.max_id + 1  # ids never clash
+    assert [(r.submit, r.id) for r in workload.requests] == \
+        sorted((r.submit, r.id) for r in workload.requests)
+    assert {r.image.size_mb for r in workload.requests} == {4096}
+    assert {r.image.id for r in workload.requests} <= {f"img{i:02d}" for i in range(1, 38)}
+    again = experiments.load_workload(SWF150, INJ, config)
+    assert again == workload  # seeded: the same images every time
+
+
+def test_swf_needs_a_site() -> None:
+    with pytest.raises(TraceError, match="describes no site"):
+        experiments.load_workload(SWF150, None, load_profile("test-notransfer"))
+
+
+def test_injection_parameters() -> None:
+    assert experiments.injection_parameters(INJ) == {"rho": 5, "delta": 1, "nu": "small"}
+    assert experiments.injection_parameters(None) == {"rho": 0, "delta": None, "nu": None}
+
+
+# ------------------------------------------------------------------------ CLI
+
+def test_replay_swf_with_ars_writes_every_output(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "s.json"
+    code = cli.main(["replay", str(SWF150), "--ars", str(INJ), "--profile", "batch-easy",
+                     "--json", str(out), "--metrics", str(tmp_path / "m.json"),
+                     "--leases-csv", str(tmp_path / "l.csv"), "--swf-out",
+                     str(tmp_path / "w.swf"), "--gantt", str(tmp_path / "g.svg"),
+                     "--utilization-plot", str(tmp_path / "u.png")])
+    printed = capsys.readouterr().out
+    assert code == 0
+    leases = {lease["id"]: lease for lease in json.loads(out.read_text())["leases"]}
+    summary = json.loads((tmp_path / "m.json").read_text())["summary"]
+    ars = [x for x in leases.values() if x["kind"] == "ar"]
+    assert summary["ar_accepted"] + summary["ar_rejected"] == len(ars) > 0
+    assert summary["ar_rejected"] == sum(x["state"] == "rejected" for x in ars)
+    assert f"ARs          {summary['ar_accepted']} accepted" in printed
+    # the SWF written back: field 3 is each job's wait, start - submit, from the schedule
+    swf = read_swf(SWF150)
+    waits = {}
+    for line in (tmp_path / "w.swf").read_text().splitlines():
+        if line.strip() and not line.startswith(";"):
+            fields = line.split()
+            waits[int(fields[0])] = int(fields[2])
+    kept = {r.id for r in swf.requests}
+    for job_id, wait in waits.items():
+        if job_id in kept:
+            assert wait == leases[job_id]["start"] - leases[job_id]["submit"]
+        else:
+            assert wait == -1  # skipped jobs were not scheduled
+    with (tmp_path / "l.csv").open() as f:
+        rows = {int(r["id"]): r for r in csv.DictReader(f)}
+    assert set(rows) == set(leases)
+    some = swf.requests[0].id
+    assert int(rows[some]["wait"]) == leases[some]["start"] - leases[some]["submit"]
+    assert (tmp_path / "g.svg").read_text().startswith("<?xml")
+    assert (tmp_path / "u.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_replay_rejects_swf_out_for_lwf(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["replay", str(SHARED / "lwf" / "wait.lwf"), "--json",
+                     str(tmp_path / "o.json"), "--swf-out", str(tmp_path / "o.swf")])
+    assert (code, capsys.readouterr().err) == (
+        2, "wsched: error: --swf-out needs an SWF trace\n")
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    with path.open(newline="") as f:
+        return {r["run"]: r for r in csv.DictReader(f)}
+
+
+def test_sweep_is_parallel_resumable_and_ratios_use_the_baseline(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep"
+    args = ["sweep", "--trace", str(SWF150), "--ars", str(INJ), "--profiles",
+            "batch-easy,novm-sr", "--out", str(out), "--jobs", "2"]
+    assert cli.main(args) == 0
+    assert "4 runs; results in" in capsys.readouterr().out
+    rows = read_results(out / "results.csv")
+    assert sorted(rows) == [
+        "150requests__none__batch-easy", "150requests__none__novm-sr",
+        "150requests__work_05-dur_1h-size_1small__batch-easy",
+        "150requests__work_05-dur_1h-size_1small__novm-sr"]
+    for profile in ("batch-easy", "novm-sr"):
+        base = rows[f"150requests__none__{profile}"]
+        row = rows[f"150requests__work_05-dur_1h-size_1small__{profile}"]
+        assert (row["rho"], row["delta"], row["nu"], row["profile"]) == \
+            ("5", "1", "small", profile)
+        assert float(row["completion_ratio"]) == pytest.approx(
+            int(row["besteffort_completion"]) / int(base["besteffort_completion"]))
+        assert float(base["completion_ratio"]) == 1.0
+    # each run equals a replay of its own
+    _, figures = experiments.run_experiment(
+        experiments.RunSpec(SWF150, INJ, "batch-easy"))
+    row = rows["150requests__work_05-dur_1h-size_1small__batch-easy"]
+    assert int(row["besteffort_completion"]) == figures.summary.besteffort_completion
+    assert int(row["ar_accepted"]) == figures.summary.ar_accepted
+
+    # resumable: finished runs are not run again; a deleted one is
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    (out / "runs" / "150requests__none__novm-sr.json").unlink()
+    assert cli.main(args) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    assert set(after) == set(stamps)
+    changed = {n for n in after if after[n] != stamps.get(n)}
+    assert changed == {"150requests__none__novm-sr.json"}
+    assert read_results(out / "results.csv") == rows
+
+    # the paper-style figure from the table
+    assert cli.main(["plot", str(out / "results.csv"), "--out", str(tmp_path / "f.svg")]) == 0
+    assert "line-novm-sr-delta-1-nu-small" in (tmp_path / "f.svg").read_text()
+
+
+def test_sweep_bad_profile_runs_nothing(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["sweep", "--trace", str(SWF150), "--profiles", "batch-easy,nope",
+                     "--out", str(tmp_path / "s")])
+    assert code == 2
+    assert "unknown profile 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_generate_ars_is_deterministic(tmp_path: Path) -> None:
+    paths = [tmp_path / f"{i}.lwf" for i in range(3)]
+    for path, seed in zip(paths, (7, 7, 8), strict=True):
+        assert cli.main(["generate-ars", str(SWF150), "--rho", "0.1", "--delta", "2",
+                         "--nu", "medium", "--seed", str(seed), "--out", str(path)]) == 0
+    assert paths[0].read_bytes() == paths[1].read_bytes() != paths[2].read_bytes()
+    ars = read_lwf(paths[0], default_site=Site.uniform(144, NODE)).requests
+    assert ars and all(r.kind is LeaseKind.AR and 25 <= r.vms <= 48 for r in ars)
+    assert all(r.start is not None and r.start - r.submit <= 24 * 3600 for r in ars)
