@@ -515,6 +515,8 @@ class Engine:
         for lease_id in self._live:
             self._queue_actions(lease_id, self.core.leases[lease_id].events())
         self._next_id = max(self.core.leases, default=0) + 1
+        self._resync = True  # compare every live lease with its projection once
+        self._images: dict[str, ImageRecord] = {}
         log.info("core rebuilt", extra={"leases": len(self.core.leases),
                                         "live": len(self._live), "time": self.core.now})
 
@@ -586,9 +588,11 @@ class Engine:
             self.core.advance_to(t)
             self._sync(t, step)
             self._enact_due(step)
-        self.core.advance_to(now)
-        self._sync(now, step)
-        self._enact_due(step)
+        self.core.advance_to(now)  # nothing is due: no lease changes state
+        if self._resync:
+            self._resync = False
+            self._sync(now, step)
+            self._enact_due(step)
 
     def _next_due(self) -> int | None:
         times = [t for t in (self.core.next_event_time(),
@@ -752,7 +756,7 @@ class Engine:
         if spec.start_latest is not None and not _supports_windows():
             raise Unsupported("flexible AR start windows (start_latest) are not supported by "
                               "this scheduler core yet")
-        image = self.store.image(spec.image_id)
+        image = self._image(spec.image_id)
         if image is None:
             raise InvalidField("spec.image_id", f"no registered image {spec.image_id!r}")
         digest = spec_hash(spec)
@@ -902,6 +906,15 @@ class Engine:
             step.hosts.append(record)
             self._sync(self.core.now, step)
         return record
+
+    def _image(self, image_id: str) -> ImageRecord | None:
+        # images are immutable once registered: cache them (a create must not query)
+        image = self._images.get(image_id)
+        if image is None:
+            image = self.store.image(image_id)
+            if image is not None:
+                self._images[image_id] = image
+        return image
 
     def register_image(self, image: ImageRecord) -> ImageRecord:
         if self.store.add_image(image):
