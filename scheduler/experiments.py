@@ -59,15 +59,16 @@ def read_trace(path: Path, config: Config) -> tuple[Site, tuple[LeaseRequest, ..
     return workload.site, workload.requests
 
 
-def read_ars(path: Path, first_id: int) -> tuple[LeaseRequest, ...]:
-    """AR injections: an LWF file (XML) or the plain-text injection format."""
+def read_ars(path: Path, first_id: int, site: Site) -> tuple[LeaseRequest, ...]:
+    """AR injections: an LWF file (XML; its leases are checked against ``site`` when it
+    describes none) or the plain-text injection format."""
     try:
         with path.open("rb") as f:
             head = f.read(64).lstrip()
     except OSError as e:
         raise TraceError(str(path), f"cannot read: {e.strerror}") from e
     if head.startswith(b"<"):
-        return read_lwf(path).requests
+        return read_lwf(path, default_site=site).requests
     return read_ar_injections(path, first_id=first_id)
 
 
@@ -76,7 +77,7 @@ def load_workload(trace: Path, ars: Path | None, config: Config) -> Workload:
     merged = list(requests)
     if ars is not None:
         first_id = max((r.id for r in requests), default=0) + 1
-        injected = read_ars(ars, first_id)
+        injected = read_ars(ars, first_id, site)
         clash = {r.id for r in requests} & {r.id for r in injected}
         if clash:
             raise TraceError(str(ars), f"lease ids also used by {trace}: "
