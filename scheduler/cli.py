@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import experiments, generator, metrics, plots
+from . import experiments, generator, metrics, plots, service_cli
 from .config import Config, ConfigError, load_config, load_profile, profile_names
 from .lwf import TraceError
 from .replay import ReplayResult, replay, write_json
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pp = sub.add_parser("profiles", help="list the built-in configuration profiles")
     _logging_options(pp)
+    parser.set_defaults(service_handlers=service_cli.add_commands(sub))
     return parser
 
 
@@ -329,8 +331,9 @@ def _message(e: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_json)
-    commands = {"replay": cmd_replay, "profiles": cmd_profiles, "sweep": cmd_sweep,
-                "plot": cmd_plot, "generate-ars": cmd_generate_ars}
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "replay": cmd_replay, "profiles": cmd_profiles, "sweep": cmd_sweep, "plot": cmd_plot,
+        "generate-ars": cmd_generate_ars, **args.service_handlers}
     try:
         return commands[args.command](args)
     except (TraceError, ConfigError, OSError, ValueError) as e:
