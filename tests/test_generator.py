@@ -60,13 +60,14 @@ def test_basis_helpers() -> None:
     assert max(r.submit for r in trace.requests) == 2_587_918
     assert trace_span(trace.requests) == SPAN
     assert trace_span(trace.requests[:1]) == DAY  # the first job arrives at 0
-    # independently: sum of nodes x min(run, requested) over jobs that ran (run time >= 0)
+    # independently: sum of nodes x min(run, requested) over the jobs kept (not status 5,
+    # run time known)
     expected = 0
     for line in SWF_30DAYS.read_text().splitlines():
         f = line.split()
-        if f[3] != "-1":
+        if f[3] != "-1" and f[10] != "5":
             expected += int(f[7]) * max(1, min(int(f[3]), int(f[8])))
-    assert trace_node_seconds(trace.requests) == expected == 262_365_147
+    assert trace_node_seconds(trace.requests) == expected == 166_321_775
 
 
 def test_parameters() -> None:
@@ -132,7 +133,7 @@ def test_notice_and_trace_basis() -> None:
     params = ARParameters(rho=0.1, delta_hours=2, nodes=(3, 9), notice_hours=2)
     leases = generate_ars(params, span=SPAN, basis_node_seconds=trace_basis, seed=7,
                           first_id=9000)
-    assert abs(node_seconds(leases) / (0.1 * 262_365_147) - 1) < 0.01
+    assert abs(node_seconds(leases) / (0.1 * 166_321_775) - 1) < 0.01
     assert all(r.start is not None and r.submit == max(0, r.start - 7200) for r in leases)
     assert leases[0].id == 9000
 
