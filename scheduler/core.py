@@ -22,10 +22,11 @@ waiting reservations are dropped and rebuilt, so they can move earlier.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -47,6 +48,7 @@ from .slottable import INF, AvailabilityProfile, Timeline, earliest_common_gap, 
 log = logging.getLogger(__name__)
 
 _EARLY_END, _TICK = 0, 1  # heap event kinds; early ends first at the same instant
+_WINDOW_TRIES = 50  # candidate starts examined for a flexible AR or a counter-offer
 
 
 @dataclass(eq=False)
@@ -84,6 +86,7 @@ class Lease:
     image_nodes: set[int] = field(default_factory=set)  # nodes where it holds an image copy
     future: bool = False  # holds a best-effort reservation that waits for resources
     cancelled: bool = False
+    failed: bool = False
     finished: bool = False
     version: int = 0
 
@@ -205,6 +208,77 @@ class Scheduler:
         self._replan = True
         self._schedule_queue()
         return lease
+
+    def fail(self, lease_id: int, reason: str) -> Lease:
+        """Enactment failed: the lease's VMs are destroyed now (a VM command under way
+        completes first), its reservations released, and it ends FAILED with ``reason``."""
+        lease = self._get(lease_id)
+        if lease.state.terminal:
+            raise SchedulingError(f"lease {lease_id} is already {lease.state}")
+        lease.failed, lease.cancelled, lease.reason = True, True, reason
+        log.info("lease failed", extra={"lease": lease_id, "reason": reason})
+        self._stop(lease, self.now, destroy=True)
+        if not lease.finished and all(e.end <= self.now for e in lease.events()):
+            self._finish(lease, LeaseState.FAILED)
+        self._replan = True
+        self._schedule_queue()
+        return lease
+
+    def extend(self, lease_id: int, extra: int) -> Lease:
+        """Give a lease ``extra`` seconds more, if that breaks no other commitment:
+        a running (or booked) run is prolonged in place only if its nodes are free for
+        the extra time; a queued or suspended lease just needs more work done; a
+        best-effort reservation not begun yet is re-planned. Refusals change nothing."""
+        lease = self._get(lease_id)
+        if extra <= 0:
+            raise SchedulingError(f"an extension must be positive (got {extra} s)")
+        if lease.state.terminal or lease.cancelled:
+            raise SchedulingError(f"lease {lease_id} is already {lease.state}")
+        req, ovh = lease.request, self.overheads
+        live = lease.live
+        seg = live[-1] if live else None
+        in_place = seg is not None and seg.closes is EventKind.SHUTDOWN and (
+            seg.start <= self.now or req.kind is not LeaseKind.BESTEFFORT)
+        if in_place:
+            assert seg is not None
+            if seg.run_end <= self.now:
+                raise SchedulingError(f"lease {lease_id} is already shutting down")
+            added = extra if req.kind is LeaseKind.AR else ovh.run_time(req.duration + extra) \
+                - lease.run_needed
+            vec = req.resources.as_array()
+            free = self.profile.fits_window(seg.end, seg.end + added, vec)
+            if not free[list(seg.nodes)].all():
+                busy = [self.site.nodes[n].name for n in seg.nodes if not free[n]]
+                raise SchedulingError(
+                    f"cannot extend lease {lease_id} by {extra} s: {', '.join(busy)} "
+                    f"{'is' if len(busy) == 1 else 'are'} booked from {seg.end} s to "
+                    f"{seg.end + added} s")
+            self.profile.remove(seg.entry)
+            seg.entry = self.profile.add(seg.nodes, seg.start, seg.end + added, vec,
+                                         owner=lease.id, preemptible=req.preemptible)
+            seg.run_end += added
+            seg.end += added
+        self._lengthen(lease, extra)
+        if not in_place and seg is not None and seg.start > self.now:
+            self._unplan_waiting(lease)  # its planned (re)start needs more time: re-plan
+            self._enqueue(lease)
+            self._replan = True
+        self._push(lease)
+        if self._replan or self._retry:
+            self._schedule_queue()
+        log.info("lease extended", extra={"lease": lease_id, "extra": extra})
+        return lease
+
+    def _lengthen(self, lease: Lease, extra: int) -> None:
+        req = lease.request
+        real = None if req.real_duration is None else req.real_duration + extra
+        lease.request = replace(req, duration=req.duration + extra, real_duration=real)
+        if req.kind is LeaseKind.AR:
+            lease.run_needed = lease.request.duration
+            lease.run_real = lease.request.effective_real_duration
+        else:
+            lease.run_needed = self.overheads.run_time(lease.request.duration)
+            lease.run_real = self.overheads.run_time(lease.request.effective_real_duration)
 
     def advance_to(self, t: int) -> None:
         """Apply everything that happens up to and including instant ``t``."""
@@ -334,13 +408,15 @@ class Scheduler:
             return LeaseState.SCHEDULED if planned else LeaseState.PENDING
         last = max(past, key=lambda e: e.end)
         if lease.cancelled and not planned:
-            return LeaseState.CANCELLED
+            return LeaseState.FAILED if lease.failed else LeaseState.CANCELLED
         if not planned and lease.segments and lease.segments[-1].lost:
             return LeaseState.PENDING  # killed by a preemption, queued to start over
         if last.kind in (EventKind.SUSPEND, EventKind.MIGRATE):
             return LeaseState.SUSPENDED
         if last.kind is EventKind.SHUTDOWN or (last.kind is EventKind.RUN and not planned):
-            return LeaseState.CANCELLED if lease.cancelled else LeaseState.DONE
+            if lease.cancelled:
+                return LeaseState.FAILED if lease.failed else LeaseState.CANCELLED
+            return LeaseState.DONE
         return LeaseState.READY if planned else LeaseState.PENDING
 
     def _tick(self, lease: Lease, t: int) -> None:
@@ -352,7 +428,7 @@ class Scheduler:
         if lease in self._waiting and lease.segments and lease.segments[-1].start <= t:
             self._waiting.remove(lease)
         state = self._state_at(lease, t)
-        if state in (LeaseState.DONE, LeaseState.CANCELLED) and \
+        if state in (LeaseState.DONE, LeaseState.CANCELLED, LeaseState.FAILED) and \
                 all(e.end <= t for e in lease.events()) and lease not in self._queue:
             self._finish(lease, state)
         else:
@@ -384,8 +460,9 @@ class Scheduler:
         self._replan = True
         self._push(lease)
 
-    def _stop(self, lease: Lease, t: int) -> None:
-        """Cancel: drop what has not begun; a running segment shuts down now."""
+    def _stop(self, lease: Lease, t: int, destroy: bool = False) -> None:
+        """Cancel: drop what has not begun; a running segment shuts down now (or its
+        VMs are destroyed, with no shutdown)."""
         if lease in self._queue:
             self._queue.remove(lease)
         self._drop_plans_after(lease, t)
@@ -398,7 +475,8 @@ class Scheduler:
             cut = max(t, seg.run_start)  # a VM command in progress completes first
             if seg.closes is EventKind.SHUTDOWN or seg.run_end > t:
                 # no time for a clean shutdown before what is booked next: destroy the VMs
-                self._cut_segment(lease, seg, cut, graceful=self._can_shut_down(seg, cut))
+                self._cut_segment(lease, seg, cut,
+                                  graceful=not destroy and self._can_shut_down(seg, cut))
         self._push(lease)
 
     def _can_shut_down(self, seg: Segment, t: int) -> bool:
@@ -773,6 +851,59 @@ class Scheduler:
 
     # ======================================================= advance reservations
     def _schedule_ar(self, lease: Lease) -> None:
+        """Place an AR at its start or, with a start window, at the earliest start in
+        the window where it fits; else reject it with the reason its start failed."""
+        req = lease.request
+        reason = self._try_ar(lease)
+        if reason is None:
+            return
+        if req.start is not None and req.start_latest is not None:
+            t: int | None = req.start
+            for _ in range(_WINDOW_TRIES):
+                assert t is not None
+                t = self._next_ar_start(req, t + 1)
+                if t is None or t > req.start_latest:
+                    break
+                lease.request = replace(req, start=t)
+                if self._try_ar(lease) is None:
+                    return
+            lease.request = req
+            reason += f"; nor at any start up to its latest start {req.start_latest} s"
+        self._reject(lease, reason)
+
+    def _next_ar_start(self, req: LeaseRequest, t: int) -> int | None:
+        """The earliest start >= ``t`` at which enough nodes have room for the AR's VMs
+        (preemptible leases counted as movable): a candidate for ``_try_ar``."""
+        ovh = self.overheads
+        t = max(t, self.now + ovh.boot)
+        if self.config.image_transfer:  # an image the nodes lack takes this long at least
+            t = max(t, self.now + self._transfer_length(req, req.vms) + ovh.boot)
+        fit = self.profile.earliest_fit(t - ovh.boot, req.vms, req.resources.as_array(),
+                                        ovh.boot + req.duration + ovh.shutdown,
+                                        ignore_preemptible=True)
+        return None if fit is None else fit[0] + ovh.boot
+
+    def earliest_ar_start(self, request: LeaseRequest) -> int | None:
+        """The earliest start (at or after ``request.start``) at which this AR would be
+        accepted now: a counter-offer for a rejected one. Tried on a scratch copy of
+        the scheduler, so nothing here changes."""
+        if request.kind is not LeaseKind.AR or request.start is None:
+            return None
+        t = self._next_ar_start(request, request.start)
+        for _ in range(_WINDOW_TRIES):
+            if t is None:
+                return None
+            scratch = copy.deepcopy(self)
+            probe = Lease(replace(request, start=t, start_latest=None), -1,
+                          request.duration, request.effective_real_duration)
+            scratch.leases.pop(request.id, None)
+            if scratch._try_ar(probe) is None:
+                return t
+            t = self._next_ar_start(request, t + 1)
+        return None
+
+    def _try_ar(self, lease: Lease) -> str | None:
+        """Book the AR at ``lease.request.start``; the reason it cannot be, or None."""
         req, ovh, now = lease.request, self.overheads, self.now
         assert req.start is not None
         vec = req.resources.as_array()
@@ -780,9 +911,8 @@ class Scheduler:
         start = req.start - ovh.boot
         end = req.start + req.duration + ovh.shutdown
         if start < now:
-            self._reject(lease, f"starts at {req.start} s but booting its VMs takes "
-                         f"{ovh.boot} s and it is already {now} s")
-            return
+            return (f"starts at {req.start} s but booting its VMs takes "
+                    f"{ovh.boot} s and it is already {now} s")
         free = self.profile.free_until(start, vec) >= end
         may_preempt = self.policies.preemption.may_preempt
         pre = np.zeros_like(free)
@@ -802,8 +932,7 @@ class Scheduler:
                                    np.zeros(len(nodes_idx), dtype=bool), since, until)
             nodes = self.policies.host_selection.choose(k, cands)
             if nodes is None:
-                self._reject(lease, self._ar_shortage(req, start, end, int(usable.sum())))
-                return
+                return self._ar_shortage(req, start, end, int(usable.sum()))
             victims = self._victims(lease, [n for n in nodes if not free[n]], start, end)
             plan = self._preemption_plan(req, victims, start)
             if isinstance(plan, Lease):  # it cannot make way in time: avoid its nodes
@@ -812,15 +941,15 @@ class Scheduler:
             break
         if self.config.image_transfer and not self._deploy_images(lease, nodes, now,
                                                                   deadline=start):
-            self._reject(lease, self._transfer_shortage(req, start))
             self._release_images(lease)
-            return
+            return self._transfer_shortage(req, start)
         for v in victims:
             self._vacate(v, plan[v.id], start)
         entry = self.profile.add(nodes, start, end, vec, owner=lease.id)
         lease.segments.append(Segment(nodes, start, req.start, req.start + req.duration, end,
                                       EventKind.BOOT, EventKind.SHUTDOWN, entry))
         self._push(lease)
+        return None
 
     def _image_ready(self, node: int, image: str, by: int) -> bool:
         copy = self.images.usable(node, image)

@@ -137,6 +137,7 @@ class LeaseRequest:
     real_duration: int | None = None
     preemptible: bool = False
     labels: tuple[tuple[str, str], ...] = field(default=())
+    start_latest: int | None = None  # flexible AR: any start in [start, start_latest]
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -167,6 +168,12 @@ class LeaseRequest:
                          f"< submit {self.submit} s)")
         elif self.start is not None:
             p.append(f"only advance reservations have a start time ({self.kind} has one)")
+        if self.start_latest is not None:
+            if self.kind is not LeaseKind.AR:
+                p.append(f"only advance reservations have a start window ({self.kind} has one)")
+            elif self.start is not None and self.start_latest < self.start:
+                p.append(f"the start window ends before it begins (latest start "
+                         f"{self.start_latest} s < start {self.start} s)")
         return p
 
     @property

@@ -1,0 +1,135 @@
+"""The core's calls for the service: extend, flexible AR windows, counter-offers, fail.
+
+Site: 2 nodes of 1 CPU; every VM takes a whole node. Profile ``test-notransfer``: each
+VM command costs 2 s (boot [s, s+2), shutdown [e, e+2)); no image transfers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from scheduler.config import load_profile
+from scheduler.core import Scheduler, SchedulingError
+from scheduler.invariants import assert_valid
+from scheduler.leases import DiskImage, LeaseKind, LeaseRequest, LeaseState, Resources, Site
+
+NODE = Resources(cpu=100, memory=1024)
+SITE = Site.uniform(2, NODE)
+CONFIG = load_profile("test-notransfer")
+
+
+def req(i: int, kind: LeaseKind, vms: int, duration: int, submit: int = 0,
+        start: int | None = None, start_latest: int | None = None) -> LeaseRequest:
+    return LeaseRequest(i, kind, vms, NODE, DiskImage("img", 0), duration, submit,
+                        start=start, start_latest=start_latest,
+                        preemptible=kind is LeaseKind.BESTEFFORT)
+
+
+def events(s: Scheduler, lease_id: int) -> list[tuple[str, int, int, tuple[int, ...]]]:
+    return [(e.kind.value, e.start, e.end, e.nodes) for e in s.leases[lease_id].events()]
+
+
+def finish(s: Scheduler) -> None:
+    s.run()
+    assert_valid(SITE, CONFIG, s.outcomes())
+
+
+def test_extend_running_lease_in_place() -> None:
+    s = Scheduler(SITE, CONFIG)
+    s.submit(req(1, LeaseKind.BESTEFFORT, 1, 100))  # boot [0,2), run [2,102)
+    s.advance_to(50)
+    s.extend(1, 60)
+    assert s.leases[1].request.duration == 160
+    assert events(s, 1) == [("boot", 0, 2, (0,)), ("run", 2, 162, (0,)),
+                            ("shutdown", 162, 164, (0,))]
+    finish(s)
+    assert s.leases[1].state is LeaseState.DONE
+
+
+def test_extend_refused_when_an_ar_follows_changes_nothing() -> None:
+    s = Scheduler(SITE, CONFIG)
+    s.submit(req(1, LeaseKind.AR, 2, 100, start=10))  # boot [8,10), run [10,110)
+    s.submit(req(2, LeaseKind.AR, 2, 100, start=200))  # boot [198,200)
+    before = events(s, 1)
+    with pytest.raises(SchedulingError, match=r"P1, P2 are booked from 112 s to 212 s"):
+        s.extend(1, 100)
+    assert events(s, 1) == before and s.leases[1].request.duration == 100
+    s.extend(1, 86)  # [112, 198): exactly the room left before AR 2's boot
+    assert events(s, 1)[1:] == [("run", 10, 196, (0, 1)), ("shutdown", 196, 198, (0, 1))]
+    finish(s)
+
+
+def test_extend_queued_and_planned_best_effort() -> None:
+    s = Scheduler(SITE, CONFIG)
+    s.submit(req(1, LeaseKind.BESTEFFORT, 2, 100))  # [0, 104) on both nodes
+    s.submit(req(2, LeaseKind.BESTEFFORT, 2, 50))  # waits: boot [104,106), run [106,156)
+    assert events(s, 2)[1] == ("run", 106, 156, (0, 1))
+    s.extend(2, 30)  # not begun: re-planned with 80 s of run
+    assert events(s, 2) == [("boot", 104, 106, (0, 1)), ("run", 106, 186, (0, 1)),
+                            ("shutdown", 186, 188, (0, 1))]
+    finish(s)
+
+
+def test_flexible_ar_takes_the_earliest_start_in_its_window() -> None:
+    s = Scheduler(SITE, CONFIG)
+    s.submit(req(1, LeaseKind.AR, 2, 100, start=10))  # holds both nodes [8, 112)
+    # asks for 50 s from 20, or as late as 500: the nodes are free from 112, so the
+    # boot can begin at 112 and the run at 114
+    lease = s.submit(req(2, LeaseKind.AR, 1, 50, start=20, start_latest=500))
+    assert lease.request.start == 114 and lease.request.start_latest == 500
+    assert events(s, 2) == [("boot", 112, 114, (0,)), ("run", 114, 164, (0,)),
+                            ("shutdown", 164, 166, (0,))]
+    finish(s)
+
+
+def test_flexible_ar_rejected_when_its_window_is_too_early() -> None:
+    s = Scheduler(SITE, CONFIG)
+    s.submit(req(1, LeaseKind.AR, 2, 100, start=10))
+    lease = s.submit(req(2, LeaseKind.AR, 1, 50, start=20, start_latest=100))
+    assert lease.state is LeaseState.REJECTED
+    assert lease.reason is not None and lease.reason.endswith(
+        "; nor at any start up to its latest start 100 s")
+    assert lease.request.start == 20  # the request is reported as asked
+
+
+def test_counter_offer_is_accepted_when_resubmitted_and_changes_nothing() -> None:
+    s = Scheduler(SITE, CONFIG)
+    s.submit(req(1, LeaseKind.AR, 2, 100, start=10))
+    s.submit(req(2, LeaseKind.BESTEFFORT, 1, 30))  # queued: [112, 146) on P1
+    rejected = s.submit(req(3, LeaseKind.AR, 2, 40, start=50))
+    assert rejected.state is LeaseState.REJECTED
+    before = [(o.request.id, o.state, o.events) for o in s.outcomes()]
+    # both nodes are free again from 112 (lease 2 is preemptible and may move): boot at
+    # 112, start 114
+    offer = s.earliest_ar_start(rejected.request)
+    assert offer == 114
+    assert [(o.request.id, o.state, o.events) for o in s.outcomes()] == before
+    accepted = s.submit(replace(rejected.request, id=4, start=offer))
+    assert accepted.state is LeaseState.SCHEDULED
+    assert events(s, 4)[1] == ("run", 114, 154, (0, 1))
+    finish(s)
+
+
+def test_fail_destroys_vms_and_frees_the_nodes() -> None:
+    s = Scheduler(SITE, CONFIG)
+    s.submit(req(1, LeaseKind.BESTEFFORT, 2, 100))
+    s.submit(req(2, LeaseKind.BESTEFFORT, 2, 10))  # waits for lease 1: boot at 104
+    s.advance_to(40)
+    s.fail(1, "hypervisor lost the domain")
+    lease = s.leases[1]
+    assert (lease.state, lease.reason) == (LeaseState.FAILED, "hypervisor lost the domain")
+    # destroyed at 40 (no shutdown); lease 2 boots at once
+    assert events(s, 1)[1:] == [("run", 2, 40, (0, 1)), ("shutdown", 40, 40, (0, 1))]
+    assert events(s, 2)[0] == ("boot", 40, 42, (0, 1))
+    with pytest.raises(SchedulingError, match="already failed"):
+        s.fail(1, "again")
+    finish(s)
+    assert s.leases[1].state is LeaseState.FAILED
+
+
+def test_window_only_for_ars() -> None:
+    with pytest.raises(ValueError, match="only advance reservations have a start window"):
+        req(1, LeaseKind.BESTEFFORT, 1, 10, start_latest=5)
+    with pytest.raises(ValueError, match="the start window ends before it begins"):
+        req(1, LeaseKind.AR, 1, 10, start=50, start_latest=40)
