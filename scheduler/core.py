@@ -39,6 +39,7 @@ from .leases import (
     LeaseOutcome,
     LeaseRequest,
     LeaseState,
+    Node,
     Site,
 )
 from .overheads import Overheads
@@ -157,6 +158,7 @@ class Scheduler:
         self.images = ImageStore(len(site.nodes), config.image_cache_mb, config.piggybacking)
         n_channels = len(site.nodes) if config.suspendresume_exclusion is Exclusion.LOCAL else 1
         self._channels = [Timeline() for _ in range(n_channels)]
+        self._closed = np.zeros(len(site.nodes), dtype=bool)  # drained or removed nodes
         self.now = 0
         self.leases: dict[int, Lease] = {}
         self._queue: list[Lease] = []  # FCFS: (submit, seq)
@@ -223,6 +225,56 @@ class Scheduler:
         self._replan = True
         self._schedule_queue()
         return lease
+
+    def add_node(self, node: Node) -> None:
+        """A new host joins the site (its index must be the next one)."""
+        if node.index != len(self.site.nodes):
+            raise SchedulingError(f"a new node must have index {len(self.site.nodes)} "
+                                  f"(got {node.index})")
+        if any(n.name == node.name for n in self.site.nodes):
+            raise SchedulingError(f"a node named {node.name!r} exists already")
+        self.site = Site((*self.site.nodes, node))
+        self._capacity = self.site.capacity_matrix()
+        self.profile.add_node(node.capacity.as_array())
+        self.images.add_node()
+        self._closed = np.append(self._closed, False)
+        if self.config.suspendresume_exclusion is Exclusion.LOCAL:
+            self._channels.append(Timeline())
+        log.info("node added", extra={"node": node.name})
+        self._replan = True  # new capacity: waiting leases may move earlier
+        self._schedule_queue()
+
+    def drain_node(self, index: int) -> None:
+        """No new placements on the node; what runs or is booked there for an advance
+        reservation stays. Best-effort plans that have not begun there are re-planned."""
+        self._node(index)
+        self._closed[index] = True
+        for lease in list(self._waiting):
+            seg = lease.segments[-1] if lease.segments else None
+            if seg is not None and seg.start > self.now and index in seg.nodes \
+                    and not self._migrating(lease):
+                self._unplan_waiting(lease)
+                self._enqueue(lease)
+                self._push(lease)
+        log.info("node drained", extra={"node": self.site.nodes[index].name})
+        self._replan = True
+        self._schedule_queue()
+
+    def remove_node(self, index: int) -> None:
+        """Take a node out of the site for good: only once nothing is on it or booked."""
+        node = self._node(index)
+        holders = self.profile.owners_overlapping([index], self.now, INF)
+        if holders:
+            raise SchedulingError(
+                f"node {node.name} still holds or has booked lease(s) "
+                f"{', '.join(map(str, sorted(holders)[:10]))}: drain it and wait for them")
+        self._closed[index] = True
+        log.info("node removed", extra={"node": node.name})
+
+    def _node(self, index: int) -> Node:
+        if not 0 <= index < len(self.site.nodes):
+            raise SchedulingError(f"no node with index {index}")
+        return self.site.nodes[index]
 
     def extend(self, lease_id: int, extra: int) -> Lease:
         """Give a lease ``extra`` seconds more, if that breaks no other commitment:
@@ -584,7 +636,15 @@ class Scheduler:
 
     def _readiness(self, lease: Lease) -> tuple[np.ndarray, np.ndarray, int | None]:
         """Per node: earliest instant the lease's next segment could open there, and
-        whether the image is already there; plus the start of a new transfer."""
+        whether the image is already there; plus the start of a new transfer. Drained
+        nodes take no new placements (a suspended lease may still resume in place)."""
+        ready, has, tx_start = self._preparation(lease)
+        if self._closed.any():
+            keep = has if lease.live else np.zeros_like(has)
+            ready = np.where(self._closed & ~keep, INF, ready)
+        return ready, has, tx_start
+
+    def _preparation(self, lease: Lease) -> tuple[np.ndarray, np.ndarray, int | None]:
         now, req = self.now, lease.request
         n = len(self.site.nodes)
         ready = np.full(n, now, dtype=np.int64)
@@ -922,7 +982,7 @@ class Scheduler:
             pre = (self.profile.free_until(start, vec, ignore_preemptible=True) >= end) & ~free
         excluded = np.zeros_like(free)
         while True:
-            usable = (free | pre) & ~excluded
+            usable = (free | pre) & ~excluded & ~self._closed
             nodes_idx = np.flatnonzero(usable)
             has = np.array([not self.config.image_transfer
                             or self._image_ready(int(n), req.image.id, start)
@@ -1054,10 +1114,7 @@ class Scheduler:
         elif suspend_at is not None and not self.config.suspension:
             self._cut_segment(victim, cur, suspend_at,
                               graceful=suspend_at + self.overheads.shutdown <= by)
-            cur.lost = True
-            self.images.release(victim.id, tuple(victim.image_nodes),
-                                victim.request.image.id, self.now)
-            victim.image_nodes.clear()
+            cur.lost = True  # (its image copies stay: a restart in place needs no transfer)
         elif suspend_at is not None:
             self._release_channels(cur, after=cur.run_end)
             cur.run_end, cur.closes = suspend_at, EventKind.SUSPEND

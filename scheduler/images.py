@@ -49,6 +49,10 @@ class ImageStore:
         self._by_image: dict[str, dict[int, Copy]] = {}  # the same copies, by image
         self._nodes = nodes
 
+    def add_node(self) -> None:
+        self._copies.append({})
+        self._nodes += 1
+
     def usable(self, node: int, image: str, lease: int | None = None) -> Copy | None:
         """A copy ``lease`` may boot from: its own, a cached one, or (piggybacking)
         one brought for other leases."""

@@ -305,14 +305,18 @@ def check_advance_reservation(site: Site, o: LeaseOutcome) -> list[str]:
 # ------------------------------------------------------------ 4. dependencies
 
 def check_dependencies(site: Site, o: LeaseOutcome) -> list[str]:
-    """Transfers end before the first boot; suspend < migrate < resume in time."""
+    """Transfers end before the first boot (of the attempt they serve, when a killed
+    lease starts over); suspend < migrate < resume in time."""
     v: list[str] = []
-    boots = [e for e in o.events if e.kind is _K.BOOT]
-    if boots:
-        first_boot = min(boots, key=lambda e: e.start)
-        for t in (e for e in o.events if e.kind is _K.TRANSFER and e.end > first_boot.start):
+    boots = sorted((e for e in o.events if e.kind is _K.BOOT), key=lambda e: e.start)
+    vm = [e for e in o.events if e.kind is not _K.TRANSFER]
+    restarts = [b.start for a, b in pairwise(vm) if (a.kind, b.kind) == (_K.SHUTDOWN, _K.BOOT)]
+    for t in (e for e in o.events if e.kind is _K.TRANSFER):
+        attempt = max((r for r in restarts if r <= t.start), default=None)
+        first = next((b for b in boots if attempt is None or b.start >= attempt), None)
+        if first is not None and t.end > first.start:
             v.append(f"dependency: {_lease(o)}: {_ev(site, t)} ends after "
-                     f"{_ev(site, first_boot)} starts (t={first_boot.start})")
+                     f"{_ev(site, first)} starts (t={first.start})")
     vm_events = [e for e in o.events if e.kind is not _K.TRANSFER]
     for a, b in pairwise(vm_events):
         ordered = ((a.kind is _K.SUSPEND and b.kind in (_K.MIGRATE, _K.RESUME))

@@ -49,6 +49,15 @@ class AvailabilityProfile:
         self._memo: dict[tuple[int, int, bool, bytes], np.ndarray] = {}
         self._memo_version = 0
 
+    def add_node(self, capacity: np.ndarray) -> None:
+        """A new node, free at all times."""
+        self.capacity = np.vstack([self.capacity, capacity.astype(np.int64)])
+        d, rows, _ = self._used.shape
+        self._used = np.concatenate([self._used, np.zeros((d, rows, 1), np.int64)], axis=2)
+        self._pre = np.concatenate([self._pre, np.zeros((d, rows, 1), np.int64)], axis=2)
+        self._by_node.append(set())
+        self.version += 1
+
     @property
     def node_count(self) -> int:
         return int(self.capacity.shape[0])

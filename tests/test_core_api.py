@@ -12,7 +12,15 @@ import pytest
 from scheduler.config import load_profile
 from scheduler.core import Scheduler, SchedulingError
 from scheduler.invariants import assert_valid
-from scheduler.leases import DiskImage, LeaseKind, LeaseRequest, LeaseState, Resources, Site
+from scheduler.leases import (
+    DiskImage,
+    LeaseKind,
+    LeaseRequest,
+    LeaseState,
+    Node,
+    Resources,
+    Site,
+)
 
 NODE = Resources(cpu=100, memory=1024)
 SITE = Site.uniform(2, NODE)
@@ -133,3 +141,38 @@ def test_window_only_for_ars() -> None:
         req(1, LeaseKind.BESTEFFORT, 1, 10, start_latest=5)
     with pytest.raises(ValueError, match="the start window ends before it begins"):
         req(1, LeaseKind.AR, 1, 10, start=50, start_latest=40)
+
+
+def test_add_node_starts_waiting_work_there() -> None:
+    s = Scheduler(SITE, CONFIG)
+    s.submit(req(1, LeaseKind.BESTEFFORT, 2, 100))  # both nodes [0, 104)
+    s.submit(req(2, LeaseKind.BESTEFFORT, 1, 10))  # waits: boot at 104
+    s.advance_to(20)
+    s.add_node(Node(2, "P3", NODE))
+    assert events(s, 2)[0] == ("boot", 20, 22, (2,))  # at once, on the new node
+    with pytest.raises(SchedulingError, match="must have index 3"):
+        s.add_node(Node(5, "P9", NODE))
+    with pytest.raises(SchedulingError, match="named 'P3' exists already"):
+        s.add_node(Node(3, "P3", NODE))
+    s.run()
+    assert_valid(s.site, CONFIG, s.outcomes())
+
+
+def test_drain_moves_plans_but_keeps_running_work_and_remove_waits() -> None:
+    s = Scheduler(SITE, CONFIG)
+    s.submit(req(1, LeaseKind.BESTEFFORT, 1, 100))  # P1: [0, 104)
+    s.submit(req(2, LeaseKind.BESTEFFORT, 1, 300))  # P2: [0, 304)
+    s.submit(req(3, LeaseKind.BESTEFFORT, 1, 10))  # waits for P1: boot at 104
+    assert events(s, 3)[0] == ("boot", 104, 106, (0,))
+    s.advance_to(10)
+    s.drain_node(0)  # lease 1 keeps running on P1; lease 3 must go to P2, free at 304
+    assert events(s, 1)[1] == ("run", 2, 102, (0,))
+    assert events(s, 3)[0] == ("boot", 304, 306, (1,))
+    with pytest.raises(SchedulingError, match=r"node P1 still holds or has booked lease\(s\) 1"):
+        s.remove_node(0)
+    s.advance_to(104)  # lease 1 is done
+    s.remove_node(0)
+    late = s.submit(req(4, LeaseKind.IMMEDIATE, 1, 5, submit=104))
+    assert late.state is LeaseState.REJECTED  # P1 is gone, P2 is busy
+    s.run()
+    assert_valid(SITE, CONFIG, s.outcomes())
