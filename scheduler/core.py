@@ -940,7 +940,7 @@ class Scheduler:
             t = max(t, self.now + self._transfer_length(req, req.vms) + ovh.boot)
         fit = self.profile.earliest_fit(t - ovh.boot, req.vms, req.resources.as_array(),
                                         ovh.boot + req.duration + ovh.shutdown,
-                                        ignore_preemptible=True)
+                                        eligible=~self._closed, ignore_preemptible=True)
         return None if fit is None else fit[0] + ovh.boot
 
     def earliest_ar_start(self, request: LeaseRequest) -> int | None:
@@ -1034,7 +1034,8 @@ class Scheduler:
         vec = req.resources.as_array()
         msg = (f"not enough resources: only {usable} of the {req.vms} nodes it needs can host "
                f"a VM ({self._describe(req)}) from {start} s to {end} s")
-        fit = self.profile.earliest_fit(start, req.vms, vec, end - start)
+        fit = self.profile.earliest_fit(start, req.vms, vec, end - start,
+                                        eligible=~self._closed)
         if fit is not None:
             msg += f"; the earliest start that fits is {fit[0] + self.overheads.boot} s"
         return msg
