@@ -139,4 +139,7 @@ def test_undecodable_bytes(stubs: tuple[Any, Any, grpc.Channel], data: bytes) ->
 
 
 def test_server_still_serves(stubs: tuple[Any, Any, grpc.Channel]) -> None:
-    assert len(stubs[1].ListHosts(spb.ListHostsRequest(), timeout=10).hosts) == 8
+    # the fuzzed site calls may have added, drained or removed hosts; the 8 demo hosts
+    # are still listed, in order, whatever their state
+    hosts = stubs[1].ListHosts(spb.ListHostsRequest(), timeout=10).hosts
+    assert [h.name for h in hosts[:8]] == [f"P{i}" for i in range(1, 9)]
