@@ -21,6 +21,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from .leases import Resources
@@ -34,12 +35,14 @@ class EnactmentError(RuntimeError):
 
 @dataclass(frozen=True)
 class VM:
-    """One VM of a lease: VM ``index`` (0-based) of lease ``lease_id``."""
+    """One VM of a lease: VM ``index`` (0-based) of lease ``lease_id``; ``seed`` is its
+    context seed ISO, attached as a CD-ROM, if it has one."""
 
     lease_id: int
     index: int
     image_id: str
     resources: Resources
+    seed: Path | None = None
 
     @property
     def name(self) -> str:
