@@ -16,12 +16,16 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import DEFAULT_SERVER, KINDS, STATES, WschedClient, WschedError, to_dict
+
+if TYPE_CHECKING:
+    from .enactment import Driver
+    from .store import ImageRecord
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +93,7 @@ def add_commands(subparsers: Any) -> dict[str, Handler]:
     sp = subparsers.add_parser(
         "serve", help="run the gRPC service",
         description="Run the lease service: state in a database (SQLite file or "
-        "PostgreSQL URL), the site from a TOML file, simulated enactment.")
+        "PostgreSQL URL), the site from a TOML file, simulated or libvirt enactment.")
     sp.add_argument("--db", default="wsched.db", metavar="PATH|URL",
                     help="SQLite file, or an SQLAlchemy URL such as "
                     "postgresql+psycopg://host/db (default: wsched.db)")
@@ -98,8 +102,14 @@ def add_commands(subparsers: Any) -> dict[str, Handler]:
                     "bundled 8-host demo site)")
     sp.add_argument("--listen", default=DEFAULT_SERVER, metavar="HOST:PORT",
                     help=f"address to listen on (default {DEFAULT_SERVER})")
-    sp.add_argument("--driver", default="simulated", choices=("simulated",),
+    sp.add_argument("--driver", default="simulated", choices=("simulated", "libvirt"),
                     help="enactment driver (default simulated)")
+    sp.add_argument("--libvirt-uri", action="append", default=[], metavar="[HOST=]URI",
+                    help="libvirt driver: the URI of HOST, or of every other host ({host} "
+                    "is replaced by the host name); repeatable (default qemu:///system)")
+    sp.add_argument("--libvirt-pool", default="default", metavar="NAME",
+                    help="libvirt driver: storage pool of images and VM disks (default: "
+                    "default)")
     _common(sp, client=False)
 
     lp = subparsers.add_parser("lease", help="create, inspect, cancel, extend, watch leases")
@@ -230,6 +240,22 @@ def _fail(e: WschedError) -> int:
 
 # ============================================================================ handlers
 
+def _libvirt_driver(args: argparse.Namespace, images: Iterable[ImageRecord]) -> Driver:
+    from .libvirt_driver import LibvirtDriver
+
+    uris, default = {}, None
+    for value in args.libvirt_uri:
+        host, sep, uri = value.partition("=")
+        if sep and host and not set(":/?") & set(host):  # HOST=URI, not a URI with a query
+            uris[host] = uri
+        else:
+            default = value
+    if default is None and not uris:
+        default = "qemu:///system"
+    return LibvirtDriver(uris, default_uri=default, pool=args.libvirt_pool,
+                         images={i.id: i for i in images})
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .enactment import make_driver
     from .engine import Engine, SystemClock, demo_site, load_site
@@ -243,7 +269,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StoreError as e:
         print(f"wsched: error: {args.db}: {e}", file=sys.stderr)
         return EXIT_USAGE
-    engine = Engine(store, site, make_driver(args.driver), SystemClock())
+    driver = _libvirt_driver(args, site.images) if args.driver == "libvirt" \
+        else make_driver(args.driver)
+    engine = Engine(store, site, driver, SystemClock())
     engine.start()
     try:
         running = start_server(engine, args.listen)
@@ -259,6 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop.wait()
     running.stop(grace=2.0)
     store.close()
+    driver.close()
     return 0
 
 
