@@ -144,7 +144,8 @@ class SimulatedDriver:
 
 
 def make_driver(name: str) -> Driver:
-    """A driver by name (``simulated``; ``libvirt`` is not written yet)."""
+    """A driver by name: ``simulated`` (``libvirt_driver.LibvirtDriver`` needs its host URIs:
+    ``service_cli`` builds it)."""
     if name == "simulated":
         return SimulatedDriver()
     raise ValueError(f"unknown enactment driver {name!r} (known: simulated)")
