@@ -26,6 +26,7 @@ import copy
 import heapq
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -696,9 +697,9 @@ class Scheduler:
 
         def pick(mask: np.ndarray, start: int) -> tuple[int, ...] | None:
             nodes = np.flatnonzero(mask)
-            since, until = self._time_fit(nodes, k, start, vec)
+            since, soonest = self._time_fit(nodes, k, start, vec)
             cands = HostCandidates(nodes, np.zeros(len(nodes), dtype=bool),
-                                   has[nodes], holds[nodes], since, until)
+                                   has[nodes], holds[nodes], since, soonest)
             return self.policies.host_selection.choose(k, cands)
 
         def full(start: int, mask: np.ndarray) -> _Proposal | None:
@@ -766,15 +767,27 @@ class Scheduler:
             return None
         return full(best[0], best[1])
 
-    def _time_fit(self, nodes: np.ndarray, k: int, start: int,
-                  vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Since and until when each candidate is free around ``start`` (for the host
-        selection's tie-break; only worth computing when there is a choice)."""
-        if len(nodes) <= k:
-            zero = np.zeros(len(nodes), dtype=np.int64)
-            return zero, zero
-        since = np.maximum(self.profile.free_since(start, vec)[nodes], self.now)
-        return since, self.profile.free_until(start, vec)[nodes]
+    def _time_fit(self, nodes: np.ndarray, k: int, start: int, vec: np.ndarray
+                  ) -> tuple[np.ndarray, Callable[[np.ndarray, int], np.ndarray]]:
+        """For the host selection's tie-break: since when each candidate is free before
+        ``start``, and a query for which of some are booked again soonest after it.
+
+        Both cost scans of the profile, and they matter for VMs that fill a node (as in
+        batch workloads, where they make aggressive backfilling exactly EASY): for VMs
+        that can share a node, every candidate looks alike and index order decides."""
+        exclusive = len(nodes) > k and bool(
+            (2 * vec > self._capacity[nodes]).any(axis=1).all())
+
+        def soonest(positions: np.ndarray, r: int) -> np.ndarray:
+            if not exclusive or len(positions) <= r:
+                return positions[:r]  # lowest indices
+            chosen: np.ndarray = positions[
+                self.profile.soonest_ends(start, vec, nodes[positions], r)]
+            return chosen
+
+        if not exclusive:
+            return np.zeros(len(nodes), dtype=np.int64), soonest
+        return np.maximum(self.profile.free_since(start, vec)[nodes], self.now), soonest
 
     def _partial(self, lease: Lease, start: int, eligible: np.ndarray, until: np.ndarray,
                  opening: int, pick: object, ready: np.ndarray) -> _Proposal | None:
@@ -987,9 +1000,9 @@ class Scheduler:
             has = np.array([not self.config.image_transfer
                             or self._image_ready(int(n), req.image.id, start)
                             for n in nodes_idx], dtype=bool)
-            since, until = self._time_fit(nodes_idx, k, start, vec)
+            since, soonest = self._time_fit(nodes_idx, k, start, vec)
             cands = HostCandidates(nodes_idx, pre[nodes_idx], has,
-                                   np.zeros(len(nodes_idx), dtype=bool), since, until)
+                                   np.zeros(len(nodes_idx), dtype=bool), since, soonest)
             nodes = self.policies.host_selection.choose(k, cands)
             if nodes is None:
                 return self._ar_shortage(req, start, end, int(usable.sum()))

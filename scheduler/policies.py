@@ -6,6 +6,7 @@ small class behind a Protocol; ``make_policies`` builds the set a Config names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -34,10 +35,12 @@ class HostCandidates:
     needs_preemption: np.ndarray  # bool per candidate
     has_image: np.ndarray  # image already there (or on its way): no new transfer
     holds_state: np.ndarray  # the lease's suspended state is there: no migration
-    # Since when / until when each node is free around the placement's window (the
-    # present stands for "already free"): tight fits leave long gaps to others.
+    # Since when each node is free before the placement's window (the present stands
+    # for "already free"), and which of some candidates are booked again soonest after
+    # it (computed on demand: it is the costly question). Tight fits leave long idle
+    # stretches whole for others.
     free_since: np.ndarray
-    free_until: np.ndarray
+    booked_soonest: Callable[[np.ndarray, int], np.ndarray]  # (positions, r) -> r of them
 
 
 class HostSelectionPolicy(Protocol):
@@ -89,9 +92,19 @@ class Greedy:
         c = candidates
         if len(c.nodes) < k:
             return None
-        order = np.lexsort((c.nodes, c.free_until, -c.free_since, ~c.has_image,
-                            ~c.holds_state, c.needs_preemption))
-        return tuple(sorted(int(n) for n in candidates.nodes[order[:k]]))
+        if len(c.nodes) == k:
+            return tuple(sorted(int(n) for n in c.nodes))
+        keys = (-c.free_since, ~c.has_image, ~c.holds_state, c.needs_preemption)
+        order = np.lexsort((c.nodes, *keys))
+        # Only among the candidates tied with the k-th on every other key does the fit
+        # after the window decide.
+        kth = order[k - 1]
+        tied = np.ones(len(c.nodes), dtype=bool)
+        for key in keys:
+            tied &= key == key[kth]
+        sure = [int(p) for p in order[:k] if not tied[p]]
+        rest = c.booked_soonest(np.flatnonzero(tied), k - len(sure))
+        return tuple(sorted(int(c.nodes[p]) for p in [*sure, *rest.tolist()]))
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ class AvailabilityProfile:
         self._spare = list(range(63, 0, -1))
         self._entries: dict[int, _Entry] = {}
         self._by_node: list[set[int]] = [set() for _ in range(n)]
+        # per node, the end of its last entry: past it the node is free for good
+        self._last_end = np.full(n, -INF, dtype=np.int64)
         self._expiry: list[tuple[int, int]] = []  # (end when added, entry id), a heap
         self._next_id = 1
         self.version = 0  # changes whenever any commitment does
@@ -56,6 +58,7 @@ class AvailabilityProfile:
         self._used = np.concatenate([self._used, np.zeros((d, rows, 1), np.int64)], axis=2)
         self._pre = np.concatenate([self._pre, np.zeros((d, rows, 1), np.int64)], axis=2)
         self._by_node.append(set())
+        self._last_end = np.append(self._last_end, -INF)
         self.version += 1
 
     @property
@@ -72,6 +75,7 @@ class AvailabilityProfile:
         self._entries[eid] = entry
         for n in nodes:
             self._by_node[n].add(eid)
+        self._last_end[entry.nodes] = np.maximum(self._last_end[entry.nodes], end)
         heapq.heappush(self._expiry, (end, eid))
         self._apply(entry, start, end, +1)
         return eid
@@ -81,6 +85,7 @@ class AvailabilityProfile:
         for n in entry.nodes:
             self._by_node[n].discard(eid)
         self._apply(entry, entry.start, entry.end, -1)
+        self._recompute_last_end(entry)
 
     def truncate(self, eid: int, end: int) -> None:
         """Release the part of an entry after ``end``."""
@@ -90,6 +95,12 @@ class AvailabilityProfile:
         elif end < entry.end:
             self._apply(entry, end, entry.end, -1)
             entry.end = end
+            self._recompute_last_end(entry)
+
+    def _recompute_last_end(self, entry: _Entry) -> None:
+        for n in entry.nodes.tolist():
+            self._last_end[n] = max((self._entries[e].end for e in self._by_node[n]),
+                                    default=-INF)
 
     def owners_overlapping(self, nodes: np.ndarray | list[int], start: int, end: int,
                            *, preemptible_only: bool = False) -> set[int]:
@@ -166,15 +177,23 @@ class AvailabilityProfile:
             del self._rows[:i]
 
     # ---------------------------------------------------------------- queries
-    def _fits(self, i: int, j: int, vec: np.ndarray, ignore_preemptible: bool) -> np.ndarray:
-        """(slots i..j-1, nodes) booleans: can the node host ``vec`` in that slot?"""
+    def _fits(self, i: int, j: int, vec: np.ndarray, ignore_preemptible: bool,
+              cols: np.ndarray | None = None) -> np.ndarray:
+        """(slots i..j-1, nodes) booleans: can the node host ``vec`` in that slot?
+        (Only the nodes ``cols``, in that order, if given.)"""
         rows = np.array(self._rows[i:j], dtype=np.intp)
         ok: np.ndarray | None = None
         for d in np.flatnonzero(vec):
-            used = self._used[d].take(rows, axis=0)
+            if cols is None:
+                used = self._used[d].take(rows, axis=0)
+                cap = self.capacity[:, d]
+            else:
+                used = self._used[d][np.ix_(rows, cols)]
+                cap = self.capacity[cols, d]
             if ignore_preemptible:
-                used -= self._pre[d].take(rows, axis=0)
-            fits = used <= self.capacity[:, d] - vec[d]
+                used -= (self._pre[d].take(rows, axis=0) if cols is None
+                         else self._pre[d][np.ix_(rows, cols)])
+            fits = used <= cap - vec[d]
             ok = fits if ok is None else ok & fits
         assert ok is not None
         return ok
@@ -225,6 +244,32 @@ class AvailabilityProfile:
             open_ &= ~hit
             j, end, block = i, self._times[i], block * 4
         return self._remember(key, since)
+
+    def soonest_ends(self, t: int, vec: np.ndarray, nodes: np.ndarray, r: int) -> np.ndarray:
+        """Positions in ``nodes`` (ascending node indices, all able to host ``vec`` at
+        ``t``) of the ``r`` whose free stretch from ``t`` ends soonest (ties: lower
+        index). Scans only as far as it must: once ``r`` have ended, the others end
+        later."""
+        m = len(nodes)
+        until = np.full(m, INF, dtype=np.int64)
+        busy_later = self._last_end[nodes] > t  # the others are free for good from t
+        if vec.any() and busy_later.any():
+            open_ = busy_later
+            horizon = int(self._last_end[nodes[busy_later]].max())
+            last = bisect.bisect_left(self._times, horizon)  # no slot from here changes
+            i = bisect.bisect_right(self._times, t) - 1
+            found, block = 0, 8
+            while i < last and found < r:
+                j = min(last, i + block)
+                bad = ~self._fits(i, j, vec, False, nodes) & open_
+                hit = bad.any(axis=0)
+                first = np.argmax(bad, axis=0)
+                starts = np.array(self._times[i:j], dtype=np.int64)
+                until[hit] = np.maximum(starts[first[hit]], t)
+                open_ &= ~hit
+                found += int(hit.sum())
+                i, block = j, block * 4
+        return np.lexsort((np.arange(m), until))[:r]
 
     def fits_window(self, start: int, end: int, vec: np.ndarray) -> np.ndarray:
         """For each node, whether it can host ``vec`` throughout [start, end)."""
