@@ -7,7 +7,9 @@ re-applying the log in order at the same times rebuilds it exactly. Next to the 
 projections answer queries without the core: one row per lease (state, schedule,
 reason, revision), its labels, the idempotency keys, the watch log (one row per lease
 change, numbered by a global revision), the hosts and the registered images, and the
-enactment actions already carried out.
+enactment actions already carried out. Contextualization keeps its own state here too
+(one row per deployed VM: address, credential expiry, deadline, reported identity,
+state; and the broker's signing key), outside the command log: it is not replayed.
 
 SQLite (WAL, synchronous=NORMAL) by default, PostgreSQL by URL. The schema is owned by
 the Alembic environment in ``scheduler/migrations``; opening a store upgrades it to
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import secrets
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -149,6 +152,30 @@ class EnactmentRow(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+class ContextVmRow(Base):
+    """Contextualization state of one deployed VM (times are wall-clock seconds)."""
+
+    __tablename__ = PREFIX + "context_vms"
+    lease_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    instance_id: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16))  # pending, reported, ready, failed
+    deadline: Mapped[int] = mapped_column(BigInteger)
+    expires: Mapped[int] = mapped_column(BigInteger)  # of the VM's broker credential
+    reported_at: Mapped[int | None] = mapped_column(BigInteger)
+    identity: Mapped[str | None] = mapped_column(Text)  # JSON: what the VM reported
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ContextKeyRow(Base):
+    """Secrets of the context broker (its HMAC signing key)."""
+
+    __tablename__ = PREFIX + "context_keys"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+
+
 # Core tables, for the hot paths (typed as Table, which ``Model.__table__`` is not)
 _COMMANDS = Base.metadata.tables[CommandRow.__tablename__]
 _LEASES = Base.metadata.tables[LeaseRow.__tablename__]
@@ -232,6 +259,22 @@ class Enactment:
     start: int
     status: str
     detail: str | None = None
+
+
+@dataclass(frozen=True)
+class ContextVm:
+    """Contextualization state of one VM (see ``ContextVmRow``)."""
+
+    lease_id: int
+    index: int
+    instance_id: str
+    address: str
+    state: str
+    deadline: int
+    expires: int
+    reported_at: int | None = None
+    identity: Mapping[str, Any] | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -482,6 +525,59 @@ class Store:
             return [Enactment(r.lease_id, r.kind, r.start, r.status, r.detail)
                     for r in s.scalars(select(EnactmentRow))]
 
+    # ---------------------------------------------------------------- contextualization
+    def context_key(self, name: str) -> str:
+        """The secret called ``name``, created (random, 256 bits) on first use."""
+        with self._session.begin() as s:
+            row = s.get(ContextKeyRow, name)
+            if row is None:
+                row = ContextKeyRow(name=name, value=secrets.token_hex(32))
+                s.add(row)
+            return row.value
+
+    def allocate_context(self, lease_id: int, count: int, pool: Iterable[str],
+                         make: Callable[[int, str], ContextVm], terminal: Collection[str]
+                         ) -> list[ContextVm]:
+        """The lease's VM rows; on first call, create ``count`` of them with ``make(index,
+        address)``, taking the first addresses of ``pool`` that no VM of a lease outside
+        the ``terminal`` states holds. Idempotent (a repeated deploy gets the same)."""
+        with self._session.begin() as s:
+            rows = list(s.scalars(select(ContextVmRow).where(ContextVmRow.lease_id == lease_id)
+                                  .order_by(ContextVmRow.index)))
+            if rows:
+                return [_context_record(r) for r in rows]
+            held = set(s.scalars(select(ContextVmRow.address).join(
+                LeaseRow, LeaseRow.id == ContextVmRow.lease_id).where(
+                LeaseRow.state.not_in(list(terminal)))))
+            free = (a for a in pool if a not in held)
+            records = []
+            for index in range(count):
+                address = next(free, None)
+                if address is None:
+                    raise StoreError(f"the address pool is exhausted ({len(held)} in use)")
+                records.append(make(index, address))
+            for r in records:
+                s.add(ContextVmRow(**_context_values(r)))
+            return records
+
+    def context_vms(self, lease_id: int) -> list[ContextVm]:
+        with self._session() as s:
+            return [_context_record(r) for r in s.scalars(
+                select(ContextVmRow).where(ContextVmRow.lease_id == lease_id)
+                .order_by(ContextVmRow.index))]
+
+    def context_due(self, now: int) -> list[int]:
+        """Leases with a VM still pending or reported at its deadline."""
+        with self._session() as s:
+            return list(s.scalars(select(ContextVmRow.lease_id).distinct().where(
+                ContextVmRow.state.in_(["pending", "reported"]),
+                ContextVmRow.deadline <= now)))
+
+    def update_context(self, vms: Iterable[ContextVm]) -> None:
+        with self._session.begin() as s:
+            for r in vms:
+                s.merge(ContextVmRow(**_context_values(r)))
+
     # ---------------------------------------------------------------- maintenance
     def drop_all(self) -> None:
         """Remove every wsched table (tests on a shared database)."""
@@ -503,3 +599,16 @@ class Store:
         return LeaseRecord(row.id, row.request_id, row.kind, row.state, row.reason,
                            row.revision, row.submit, row.start, row.end, json.loads(row.spec),
                            json.loads(row.events), labels)
+
+
+def _context_values(r: ContextVm) -> dict[str, Any]:
+    return {**{f: getattr(r, f) for f in ("lease_id", "index", "instance_id", "address",
+                                          "state", "deadline", "expires", "reported_at",
+                                          "reason")},
+            "identity": None if r.identity is None else json.dumps(r.identity, sort_keys=True)}
+
+
+def _context_record(r: ContextVmRow) -> ContextVm:
+    return ContextVm(r.lease_id, r.index, r.instance_id, r.address, r.state, r.deadline,
+                     r.expires, r.reported_at,
+                     None if r.identity is None else json.loads(r.identity), r.reason)
