@@ -986,13 +986,14 @@ class Scheduler:
         if start < now:
             return (f"starts at {req.start} s but booting its VMs takes "
                     f"{ovh.boot} s and it is already {now} s")
-        free = self.profile.free_until(start, vec) >= end
+        free = self.profile.fits_window(start, end, vec)
         may_preempt = self.policies.preemption.may_preempt
         pre = np.zeros_like(free)
-        if any(may_preempt(req, self.leases[o].request)
-               for o in self.profile.owners_overlapping(list(range(len(free))), start, end,
-                                                        preemptible_only=True)):
-            pre = (self.profile.free_until(start, vec, ignore_preemptible=True) >= end) & ~free
+        could = self.profile.fits_window(start, end, vec, ignore_preemptible=True) & ~free
+        if could.any() and any(
+                may_preempt(req, self.leases[o].request) for o in self.profile.owners_overlapping(
+                    np.flatnonzero(could), start, end, preemptible_only=True)):
+            pre = could
         excluded = np.zeros_like(free)
         while True:
             usable = (free | pre) & ~excluded & ~self._closed

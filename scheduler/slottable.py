@@ -271,16 +271,18 @@ class AvailabilityProfile:
                 i, block = j, block * 4
         return np.lexsort((np.arange(m), until))[:r]
 
-    def fits_window(self, start: int, end: int, vec: np.ndarray) -> np.ndarray:
+    def fits_window(self, start: int, end: int, vec: np.ndarray, *,
+                    ignore_preemptible: bool = False) -> np.ndarray:
         """For each node, whether it can host ``vec`` throughout [start, end)."""
         if not vec.any():
             return np.ones(self.node_count, dtype=bool)
-        key = (start, end, False, vec.tobytes())
+        key = (start, end, ignore_preemptible, vec.tobytes())
         if (hit := self._recall(key)) is not None:
             return hit
         i = bisect.bisect_right(self._times, start) - 1
         j = max(bisect.bisect_left(self._times, end), i + 1)
-        return self._remember(key, np.asarray(self._fits(i, j, vec, False).all(axis=0)))
+        fits = self._fits(i, j, vec, ignore_preemptible).all(axis=0)
+        return self._remember(key, np.asarray(fits))
 
     # Queue passes ask the same questions for many leases between two changes.
     def _recall(self, key: tuple[int, int, bool, bytes]) -> np.ndarray | None:
