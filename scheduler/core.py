@@ -162,6 +162,7 @@ class Scheduler:
         self._closed = np.zeros(len(site.nodes), dtype=bool)  # drained or removed nodes
         self.now = 0
         self.leases: dict[int, Lease] = {}
+        self._changed: set[int] = set()  # leases whose state or schedule changed
         self._queue: list[Lease] = []  # FCFS: (submit, seq)
         self._waiting: list[Lease] = []  # planned best-effort leases whose segment has not begun
         self._heap: list[tuple[int, int, int, int, int]] = []
@@ -367,6 +368,12 @@ class Scheduler:
         while (t := self.next_event_time()) is not None:
             self.advance_to(t)
 
+    def take_changed(self) -> set[int]:
+        """Ids of the leases whose state or schedule changed since the last call (for a
+        caller that mirrors them, e.g. the service's database projection)."""
+        changed, self._changed = self._changed, set()
+        return changed
+
     def outcomes(self) -> list[LeaseOutcome]:
         return [lease.outcome() for lease in self.leases.values()]
 
@@ -418,10 +425,12 @@ class Scheduler:
             i += 1
         self._queue.insert(i, lease)
         lease.state = LeaseState.SUSPENDED if lease.live else LeaseState.PENDING
+        self._changed.add(lease.id)
 
     def _push(self, lease: Lease) -> None:
         """(Re)register the instants at which ``lease`` changes state."""
         lease.version += 1
+        self._changed.add(lease.id)
         times = {t for e in lease.events() for t in (e.start, e.end) if t > self.now}
         for t in sorted(times):
             heapq.heappush(self._heap, (t, _TICK, next(self._seq), lease.id, lease.version))
@@ -484,13 +493,15 @@ class Scheduler:
         if state in (LeaseState.DONE, LeaseState.CANCELLED, LeaseState.FAILED) and \
                 all(e.end <= t for e in lease.events()) and lease not in self._queue:
             self._finish(lease, state)
-        else:
+        elif state is not lease.state:
             lease.state = state
+            self._changed.add(lease.id)
 
     def _finish(self, lease: Lease, state: LeaseState) -> None:
         lease.state = state
         lease.finished = True
         lease.version += 1
+        self._changed.add(lease.id)
         if lease.image_nodes:
             self.images.release(lease.id, tuple(lease.image_nodes), lease.request.image.id,
                                 self.now)

@@ -176,3 +176,20 @@ def test_drain_moves_plans_but_keeps_running_work_and_remove_waits() -> None:
     assert late.state is LeaseState.REJECTED  # P1 is gone, P2 is busy
     s.run()
     assert_valid(SITE, CONFIG, s.outcomes())
+
+
+def test_take_changed_reports_every_lease_whose_state_or_schedule_changed() -> None:
+    s = Scheduler(SITE, CONFIG)
+    s.submit(req(1, LeaseKind.BESTEFFORT, 2, 100))
+    s.submit(req(2, LeaseKind.BESTEFFORT, 2, 10))
+    assert s.take_changed() == {1, 2}
+    assert s.take_changed() == set()
+    seen = {lease_id: lease.state for lease_id, lease in s.leases.items()}
+    while (t := s.next_event_time()) is not None:
+        s.advance_to(t)
+        changed = s.take_changed()
+        now = {lease_id: lease.state for lease_id, lease in s.leases.items()}
+        # a state that moved is always reported (the converse need not hold)
+        assert {i for i in now if now[i] != seen[i]} <= changed
+        seen = now
+    assert {lease.state for lease in s.leases.values()} == {LeaseState.DONE}
