@@ -12,6 +12,7 @@ from pathlib import Path
 from scheduler.client import WschedClient, WschedError
 from scheduler.enactment import SimulatedDriver
 from scheduler.engine import Engine, SystemClock, demo_site
+from scheduler.invariants import assert_valid
 from scheduler.store import Store
 
 SERVER = """
@@ -75,5 +76,9 @@ def test_kill_9_loses_and_duplicates_nothing(tmp_path: Path) -> None:
         assert sorted(engine.core.leases) == [r.id for r in records]
         for r in records:  # projections agree with the rebuilt core
             assert str(engine.core.leases[r.id].state) == r.state
+        # and the recovered schedule, run to its end, keeps the core's invariants
+        core = engine.core
+        core.run()
+        assert_valid(core.site, core.config, core.outcomes())
     finally:
         store.close()
