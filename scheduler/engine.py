@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -57,12 +57,14 @@ from .store import (
     Batch,
     Change,
     Command,
+    ContextVm,
     Enactment,
     HostRecord,
     ImageRecord,
     LeaseRecord,
     LeaseUpdate,
     Store,
+    StoreError,
 )
 
 log = logging.getLogger(__name__)
@@ -206,9 +208,12 @@ class SiteDefinition:
     config: Config
     nodes: tuple[Node, ...]
     images: tuple[ImageRecord, ...] = ()
+    #: The ``[contextualization]`` table (address pool, broker; see
+    #: ``contextualization.model.SiteContext``), if the site contextualizes its VMs.
+    context: Mapping[str, Any] | None = None
 
 
-_SITE_EXTRA_KEYS = {"profile", "hosts", "disk-images"}
+_SITE_EXTRA_KEYS = {"profile", "hosts", "disk-images", "contextualization"}
 
 
 def parse_site(text: str, source: str) -> SiteDefinition:
@@ -249,7 +254,10 @@ def parse_site(text: str, source: str) -> SiteDefinition:
             raise ConfigError(f"{where}: size-mb must be a non-negative integer")
         images.append(ImageRecord(image_id, size, str(img.get("location", "")),
                                   str(img.get("format", ""))))
-    return SiteDefinition(config, tuple(nodes), tuple(images))
+    context = data.get("contextualization")
+    if context is not None and not isinstance(context, dict):
+        raise ConfigError(f"{source}: contextualization must be a table")
+    return SiteDefinition(config, tuple(nodes), tuple(images), context)
 
 
 def _tables(value: object, name: str, source: str) -> list[dict[str, Any]]:
@@ -330,19 +338,24 @@ class LeaseSpec:
     start_latest: int | None = None
     preemptible: bool = False
     labels: tuple[tuple[str, str], ...] = ()
+    #: The validated contextualization request (JSON form), if any.
+    context: Mapping[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": str(self.kind), "vms": self.vms,
-                "resources": dataclasses.asdict(self.resources), "image_id": self.image_id,
-                "duration": self.duration, "start": self.start,
-                "start_latest": self.start_latest, "preemptible": self.preemptible,
-                "labels": dict(self.labels)}
+        out = {"kind": str(self.kind), "vms": self.vms,
+               "resources": dataclasses.asdict(self.resources), "image_id": self.image_id,
+               "duration": self.duration, "start": self.start,
+               "start_latest": self.start_latest, "preemptible": self.preemptible,
+               "labels": dict(self.labels)}
+        if self.context is not None:  # absent otherwise: older specs keep their hash
+            out["context"] = dict(self.context)
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> LeaseSpec:
         return cls(LeaseKind(d["kind"]), d["vms"], Resources(**d["resources"]), d["image_id"],
                    d["duration"], d.get("start"), d.get("start_latest"), d["preemptible"],
-                   tuple(sorted(d["labels"].items())))
+                   tuple(sorted(d["labels"].items())), d.get("context"))
 
 
 def spec_hash(spec: LeaseSpec) -> str:
@@ -421,14 +434,29 @@ _VM_EVENTS = {EventKind.BOOT, EventKind.RUN, EventKind.SHUTDOWN, EventKind.SUSPE
               EventKind.RESUME}
 
 
+# ============================================================================ contextualization
+
+class ContextHook(Protocol):
+    """Contextualization as the engine sees it (``contextualization.manager`` and
+    ``.broker``): seeds built at deploy, per-VM context state for the API."""
+
+    def prepare(self, lease_id: int, context: Mapping[str, Any] | None, vm_count: int,
+                now: int) -> Sequence[Path]:
+        """Write each VM's seed (once; ``now`` in wall seconds); the seed paths."""
+
+    def states(self, lease_id: int) -> Sequence[ContextVm]: ...
+
+
 # ============================================================================ the engine
 
 class Engine:
     """Owns one core; thread-safe. ``start()`` arms the wake-up timer (the service);
     without it (tests), call ``poll()`` after moving the clock."""
 
-    def __init__(self, store: Store, site: SiteDefinition, driver: Driver, clock: Clock) -> None:
+    def __init__(self, store: Store, site: SiteDefinition, driver: Driver, clock: Clock,
+                 context: ContextHook | None = None) -> None:
         self.store = store
+        self.context = context
         self.driver = driver
         self.clock = clock
         self._lock = threading.RLock()
@@ -689,7 +717,9 @@ class Engine:
         req = self.core.leases[lease_id].request
         names = [n.name for n in self.core.site.nodes]
         hosts = [names[n] for n in event.nodes]
-        vms = [VM(lease_id, i, req.image.id, req.resources) for i in range(req.vms)]
+        seeds = self._seeds(lease_id, req.vms) if event.kind is not EventKind.TRANSFER else []
+        vms = [VM(lease_id, i, req.image.id, req.resources, seeds[i] if seeds else None)
+               for i in range(req.vms)]
         d = self.driver
         match event.kind:
             case EventKind.TRANSFER:
@@ -720,6 +750,35 @@ class Engine:
                     if event.end > event.start:  # zero time: destroyed without shutdown
                         d.shutdown(vm, h)
                     d.destroy(vm, h)
+
+    def _seeds(self, lease_id: int, vm_count: int) -> Sequence[Path]:
+        """Each VM's context seed (built at the first deploy), if contextualizing."""
+        if self.context is None:
+            return []
+        record = self.store.lease(lease_id)
+        try:
+            return self.context.prepare(lease_id, record.spec.get("context") if record else None,
+                                        vm_count, self.to_wall(self.core.now))
+        except (ValueError, OSError, StoreError) as e:  # pool exhausted, disk full, ...
+            raise EnactmentError(f"contextualization: {e}") from e
+
+    def context_states(self, lease_id: int) -> Sequence[ContextVm]:
+        return self.context.states(lease_id) if self.context is not None else []
+
+    def context_changed(self, lease_id: int, note: str) -> None:
+        """Record a change of a lease's context state in its watch log (and revision)."""
+        with self._step() as step:
+            update = step.updates.get(lease_id)
+            if update is None:
+                record = self.store.lease(lease_id)
+                if record is None:
+                    return
+                update = LeaseUpdate(lease_id, record.state, record.reason, 0, record.start,
+                                     record.end, record.events)
+            self._revision += 1
+            step.updates[lease_id] = dataclasses.replace(update, revision=self._revision)
+            step.changes.append(Change(self._revision, lease_id, update.state,
+                                       self.core.now, note))
 
     # ------------------------------------------------------------ watchers
     def subscribe(self, lease_id: int = 0) -> tuple[Subscription, int]:

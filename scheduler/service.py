@@ -37,6 +37,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from contextualization.model import (
+    AnsibleHandoff,
+    Bcfg2Handoff,
+    ContextError,
+    ContextSpec,
+    Handoff,
+    PuppetHandoff,
+    RoleGroup,
+    SaltHandoff,
+    ScriptHandoff,
+)
+
 from .api.wsched.v1 import lease_service_pb2 as lpb
 from .api.wsched.v1 import site_service_pb2 as spb
 from .api.wsched.v1 import types_pb2 as tpb
@@ -54,7 +66,7 @@ from .engine import (
     Unsupported,
 )
 from .leases import DIMENSIONS, LeaseKind, LeaseState, Resources
-from .store import Change, HostRecord, ImageRecord, LeaseRecord
+from .store import Change, ContextVm, HostRecord, ImageRecord, LeaseRecord
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +100,46 @@ def resources_to_proto(r: Resources | Mapping[str, int]) -> tpb.Resources:
                                                           strict=True)})
 
 
-def lease_to_proto(r: LeaseRecord, origin: int) -> tpb.Lease:
+_CONTEXT_STATE_PB = {"pending": tpb.CONTEXT_STATE_PENDING,
+                     "reported": tpb.CONTEXT_STATE_REPORTED,
+                     "ready": tpb.CONTEXT_STATE_READY, "failed": tpb.CONTEXT_STATE_FAILED}
+
+
+def context_spec_to_proto(d: Mapping[str, Any]) -> tpb.ContextSpec:
+    spec = ContextSpec.from_json(d)
+    out = tpb.ContextSpec(ssh_keys=list(spec.ssh_keys), user_data=spec.user_data,
+                          groups=[tpb.RoleGroup(vms=list(g.vms), provides=list(g.provides),
+                                                requires=list(g.requires))
+                                  for g in spec.groups])
+    if spec.deadline:
+        out.deadline.CopyFrom(duration_pb2.Duration(seconds=spec.deadline))
+    h = spec.handoff
+    if isinstance(h, AnsibleHandoff):
+        out.handoff.ansible.CopyFrom(tpb.AnsibleHandoff(url=h.url, playbook=h.playbook,
+                                                        branch=h.branch))
+    elif isinstance(h, PuppetHandoff):
+        out.handoff.puppet.server = h.server
+    elif isinstance(h, SaltHandoff):
+        out.handoff.salt.master = h.master
+    elif isinstance(h, Bcfg2Handoff):
+        out.handoff.bcfg2.CopyFrom(tpb.Bcfg2Handoff(server=h.server, profile=h.profile))
+    elif isinstance(h, ScriptHandoff):
+        out.handoff.script.script = h.script
+    return out
+
+
+def vm_context_to_proto(v: ContextVm) -> tpb.VmContext:
+    out = tpb.VmContext(index=v.index, instance_id=v.instance_id, address=v.address,
+                        state=_CONTEXT_STATE_PB.get(v.state, tpb.CONTEXT_STATE_UNSPECIFIED),
+                        reason=v.reason or "", deadline=_ts(v.deadline),
+                        hostname=str((v.identity or {}).get("hostname", "")))
+    if v.reported_at is not None:
+        out.reported.CopyFrom(_ts(v.reported_at))
+    return out
+
+
+def lease_to_proto(r: LeaseRecord, origin: int,
+                   contexts: Sequence[ContextVm] = ()) -> tpb.Lease:
     s = r.spec
     spec = tpb.LeaseSpec(kind=_KIND_PB[LeaseKind(s["kind"])], vm_count=s["vms"],
                          resources=resources_to_proto(s["resources"]),
@@ -99,6 +150,8 @@ def lease_to_proto(r: LeaseRecord, origin: int) -> tpb.Lease:
         spec.start.CopyFrom(_ts(origin + s["start"]))
     if s.get("start_latest") is not None:
         spec.start_latest.CopyFrom(_ts(origin + s["start_latest"]))
+    if s.get("context") is not None:
+        spec.context.CopyFrom(context_spec_to_proto(s["context"]))
     out = tpb.Lease(id=r.id, spec=spec, state=_STATE_PB[r.state], reason=r.reason or "",
                     revision=r.revision, submitted=_ts(origin + r.submit),
                     request_id=r.request_id or "")
@@ -110,6 +163,7 @@ def lease_to_proto(r: LeaseRecord, origin: int) -> tpb.Lease:
         if e["kind"] == "run":
             hosts += [h for h in e["nodes"] if h not in hosts]
     out.hosts.extend(hosts)
+    out.contexts.extend(vm_context_to_proto(v) for v in contexts)
     if r.start is not None:
         out.start.CopyFrom(_ts(origin + r.start))
     if r.end is not None:
@@ -225,10 +279,49 @@ def _spec_from_proto(req: lpb.CreateLeaseRequest, engine: Engine) -> LeaseSpec:
         for name in ("start", "start_latest"):
             if s.HasField(name):
                 c.add(f"spec.{name}", "only advance reservations have a start")
+    context = _context_from_proto(c, s.context, s.vm_count) if s.HasField("context") else None
     c.done()
     assert kind is not None
     return LeaseSpec(kind, s.vm_count, resources, s.image_id, duration, start, start_latest,
-                     s.preemptible, tuple(sorted(s.labels.items())))
+                     s.preemptible, tuple(sorted(s.labels.items())), context)
+
+
+def _context_from_proto(c: _Checker, ctx: tpb.ContextSpec, vm_count: int
+                        ) -> dict[str, Any] | None:
+    """The validated context request in its JSON form (None after a violation)."""
+    handoff: Handoff | None = None
+    h = ctx.handoff
+    try:
+        match h.WhichOneof("kind") if ctx.HasField("handoff") else None:
+            case "ansible":
+                handoff = AnsibleHandoff(h.ansible.url, h.ansible.playbook or "site.yml",
+                                         h.ansible.branch)
+            case "puppet":
+                handoff = PuppetHandoff(h.puppet.server)
+            case "salt":
+                handoff = SaltHandoff(h.salt.master)
+            case "bcfg2":
+                handoff = Bcfg2Handoff(h.bcfg2.server, h.bcfg2.profile)
+            case "script":
+                handoff = ScriptHandoff(h.script.script)
+            case None if ctx.HasField("handoff"):
+                c.add("spec.context.handoff", "must set one of ansible, puppet, salt, bcfg2, "
+                      "script")
+    except ContextError as e:
+        c.add(f"spec.context.{e.field}", e.description)
+        return None
+    deadline = 0
+    if ctx.HasField("deadline"):
+        deadline = c.whole_duration("spec.context.deadline", ctx.deadline, 1)
+    spec = ContextSpec(tuple(ctx.ssh_keys),
+                       tuple(RoleGroup(tuple(g.vms), tuple(g.provides), tuple(g.requires))
+                             for g in ctx.groups), ctx.user_data, handoff, deadline)
+    try:
+        spec.validate(max(vm_count, 0))
+    except ContextError as e:
+        c.add(f"spec.{e.field}", e.description)
+        return None
+    return spec.as_json()
 
 
 def _core_time(c: _Checker, field: str, ts: timestamp_pb2.Timestamp, engine: Engine,
@@ -378,7 +471,8 @@ class LeaseServicer:
         c = _Checker()
         _lease_id(c, req.id)
         c.done()
-        return lease_to_proto(self.engine.get_lease(req.id), self.engine.origin)
+        return lease_to_proto(self.engine.get_lease(req.id), self.engine.origin,
+                              self.engine.context_states(req.id))
 
     def ListLeases(self, req: lpb.ListLeasesRequest,
                    _ctx: grpc.ServicerContext) -> lpb.ListLeasesResponse:
@@ -416,7 +510,8 @@ class LeaseServicer:
         c = _Checker()
         _lease_id(c, req.id)
         c.done()
-        return lease_to_proto(self.engine.cancel_lease(req.id), self.engine.origin)
+        return lease_to_proto(self.engine.cancel_lease(req.id), self.engine.origin,
+                              self.engine.context_states(req.id))
 
     def ExtendLease(self, req: lpb.ExtendLeaseRequest, _ctx: grpc.ServicerContext) -> tpb.Lease:
         c = _Checker()
@@ -427,7 +522,8 @@ class LeaseServicer:
         else:
             extra = c.whole_duration("extra", req.extra, 1)
         c.done()
-        return lease_to_proto(self.engine.extend_lease(req.id, extra), self.engine.origin)
+        return lease_to_proto(self.engine.extend_lease(req.id, extra), self.engine.origin,
+                              self.engine.context_states(req.id))
 
     def WatchLeases(self, req: lpb.WatchLeasesRequest,
                     ctx: grpc.ServicerContext) -> Iterator[lpb.LeaseChange]:

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15wsched/v1/types.proto\x12\twsched.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\tResources\x12\x0b\n\x03\x63pu\x18\x01 \x01(\x03\x12\x11\n\tmemory_mb\x18\x02 \x01(\x03\x12\x0f\n\x07\x64isk_mb\x18\x03 \x01(\x03\x12\x13\n\x0bnet_in_mbps\x18\x04 \x01(\x03\x12\x14\n\x0cnet_out_mbps\x18\x05 \x01(\x03\"\xfc\x02\n\tLeaseSpec\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.wsched.v1.LeaseKind\x12\x10\n\x08vm_count\x18\x02 \x01(\x03\x12\'\n\tresources\x18\x03 \x01(\x0b\x32\x14.wsched.v1.Resources\x12\x10\n\x08image_id\x18\x04 \x01(\t\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x05start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cstart_latest\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bpreemptible\x18\x08 \x01(\x08\x12\x30\n\x06labels\x18\t \x03(\x0b\x32 .wsched.v1.LeaseSpec.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x93\x01\n\nLeaseEvent\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.wsched.v1.EventKind\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05hosts\x18\x04 \x03(\t\"\xcc\x02\n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\x03\x12\"\n\x04spec\x18\x02 \x01(\x0b\x32\x14.wsched.v1.LeaseSpec\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.wsched.v1.LeaseState\x12%\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x15.wsched.v1.LeaseEvent\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12-\n\tsubmitted\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05start\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05hosts\x18\n \x03(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t*o\n\tLeaseKind\x12\x1a\n\x16LEASE_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rLEASE_KIND_AR\x10\x01\x12\x19\n\x15LEASE_KIND_BESTEFFORT\x10\x02\x12\x18\n\x14LEASE_KIND_IMMEDIATE\x10\x03*\xf6\x02\n\nLeaseState\x12\x1b\n\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13LEASE_STATE_PENDING\x10\x01\x12\x18\n\x14LEASE_STATE_REJECTED\x10\x02\x12\x19\n\x15LEASE_STATE_SCHEDULED\x10\x03\x12\x19\n\x15LEASE_STATE_PREPARING\x10\x04\x12\x15\n\x11LEASE_STATE_READY\x10\x05\x12\x16\n\x12LEASE_STATE_ACTIVE\x10\x06\x12\x1a\n\x16LEASE_STATE_SUSPENDING\x10\x07\x12\x19\n\x15LEASE_STATE_SUSPENDED\x10\x08\x12\x18\n\x14LEASE_STATE_RESUMING\x10\t\x12\x19\n\x15LEASE_STATE_MIGRATING\x10\n\x12\x14\n\x10LEASE_STATE_DONE\x10\x0b\x12\x19\n\x15LEASE_STATE_CANCELLED\x10\x0c\x12\x16\n\x12LEASE_STATE_FAILED\x10\r*\xc9\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_KIND_TRANSFER\x10\x01\x12\x13\n\x0f\x45VENT_KIND_BOOT\x10\x02\x12\x12\n\x0e\x45VENT_KIND_RUN\x10\x03\x12\x17\n\x13\x45VENT_KIND_SHUTDOWN\x10\x04\x12\x16\n\x12\x45VENT_KIND_SUSPEND\x10\x05\x12\x15\n\x11\x45VENT_KIND_RESUME\x10\x06\x12\x16\n\x12\x45VENT_KIND_MIGRATE\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15wsched/v1/types.proto\x12\twsched.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"g\n\tResources\x12\x0b\n\x03\x63pu\x18\x01 \x01(\x03\x12\x11\n\tmemory_mb\x18\x02 \x01(\x03\x12\x0f\n\x07\x64isk_mb\x18\x03 \x01(\x03\x12\x13\n\x0bnet_in_mbps\x18\x04 \x01(\x03\x12\x14\n\x0cnet_out_mbps\x18\x05 \x01(\x03\"\xa5\x03\n\tLeaseSpec\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.wsched.v1.LeaseKind\x12\x10\n\x08vm_count\x18\x02 \x01(\x03\x12\'\n\tresources\x18\x03 \x01(\x0b\x32\x14.wsched.v1.Resources\x12\x10\n\x08image_id\x18\x04 \x01(\t\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x05start\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cstart_latest\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bpreemptible\x18\x08 \x01(\x08\x12\x30\n\x06labels\x18\t \x03(\x0b\x32 .wsched.v1.LeaseSpec.LabelsEntry\x12\'\n\x07\x63ontext\x18\n \x01(\x0b\x32\x16.wsched.v1.ContextSpec\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaa\x01\n\x0b\x43ontextSpec\x12\x10\n\x08ssh_keys\x18\x01 \x03(\t\x12$\n\x06groups\x18\x02 \x03(\x0b\x32\x14.wsched.v1.RoleGroup\x12\x11\n\tuser_data\x18\x03 \x01(\t\x12#\n\x07handoff\x18\x04 \x01(\x0b\x32\x12.wsched.v1.Handoff\x12+\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"<\n\tRoleGroup\x12\x0b\n\x03vms\x18\x01 \x03(\x05\x12\x10\n\x08provides\x18\x02 \x03(\t\x12\x10\n\x08requires\x18\x03 \x03(\t\"\xe9\x01\n\x07Handoff\x12,\n\x07\x61nsible\x18\x01 \x01(\x0b\x32\x19.wsched.v1.AnsibleHandoffH\x00\x12*\n\x06puppet\x18\x02 \x01(\x0b\x32\x18.wsched.v1.PuppetHandoffH\x00\x12&\n\x04salt\x18\x03 \x01(\x0b\x32\x16.wsched.v1.SaltHandoffH\x00\x12(\n\x05\x62\x63\x66g2\x18\x04 \x01(\x0b\x32\x17.wsched.v1.Bcfg2HandoffH\x00\x12*\n\x06script\x18\x05 \x01(\x0b\x32\x18.wsched.v1.ScriptHandoffH\x00\x42\x06\n\x04kind\"?\n\x0e\x41nsibleHandoff\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x10\n\x08playbook\x18\x02 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x03 \x01(\t\"\x1f\n\rPuppetHandoff\x12\x0e\n\x06server\x18\x01 \x01(\t\"\x1d\n\x0bSaltHandoff\x12\x0e\n\x06master\x18\x01 \x01(\t\"/\n\x0c\x42\x63\x66g2Handoff\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\"\x1f\n\rScriptHandoff\x12\x0e\n\x06script\x18\x01 \x01(\t\"\xe6\x01\n\tVmContext\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.wsched.v1.ContextState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08reported\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08hostname\x18\x08 \x01(\t\"\x93\x01\n\nLeaseEvent\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.wsched.v1.EventKind\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05hosts\x18\x04 \x03(\t\"\xf4\x02\n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\x03\x12\"\n\x04spec\x18\x02 \x01(\x0b\x32\x14.wsched.v1.LeaseSpec\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.wsched.v1.LeaseState\x12%\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x15.wsched.v1.LeaseEvent\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x10\n\x08revision\x18\x06 \x01(\x03\x12-\n\tsubmitted\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05start\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05hosts\x18\n \x03(\t\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12&\n\x08\x63ontexts\x18\x0c \x03(\x0b\x32\x14.wsched.v1.VmContext*o\n\tLeaseKind\x12\x1a\n\x16LEASE_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rLEASE_KIND_AR\x10\x01\x12\x19\n\x15LEASE_KIND_BESTEFFORT\x10\x02\x12\x18\n\x14LEASE_KIND_IMMEDIATE\x10\x03*\xf6\x02\n\nLeaseState\x12\x1b\n\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13LEASE_STATE_PENDING\x10\x01\x12\x18\n\x14LEASE_STATE_REJECTED\x10\x02\x12\x19\n\x15LEASE_STATE_SCHEDULED\x10\x03\x12\x19\n\x15LEASE_STATE_PREPARING\x10\x04\x12\x15\n\x11LEASE_STATE_READY\x10\x05\x12\x16\n\x12LEASE_STATE_ACTIVE\x10\x06\x12\x1a\n\x16LEASE_STATE_SUSPENDING\x10\x07\x12\x19\n\x15LEASE_STATE_SUSPENDED\x10\x08\x12\x18\n\x14LEASE_STATE_RESUMING\x10\t\x12\x19\n\x15LEASE_STATE_MIGRATING\x10\n\x12\x14\n\x10LEASE_STATE_DONE\x10\x0b\x12\x19\n\x15LEASE_STATE_CANCELLED\x10\x0c\x12\x16\n\x12LEASE_STATE_FAILED\x10\r*\xc9\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_KIND_TRANSFER\x10\x01\x12\x13\n\x0f\x45VENT_KIND_BOOT\x10\x02\x12\x12\n\x0e\x45VENT_KIND_RUN\x10\x03\x12\x17\n\x13\x45VENT_KIND_SHUTDOWN\x10\x04\x12\x16\n\x12\x45VENT_KIND_SUSPEND\x10\x05\x12\x15\n\x11\x45VENT_KIND_RESUME\x10\x06\x12\x16\n\x12\x45VENT_KIND_MIGRATE\x10\x07*\x97\x01\n\x0c\x43ontextState\x12\x1d\n\x19\x43ONTEXT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43ONTEXT_STATE_PENDING\x10\x01\x12\x1a\n\x16\x43ONTEXT_STATE_REPORTED\x10\x02\x12\x17\n\x13\x43ONTEXT_STATE_READY\x10\x03\x12\x18\n\x14\x43ONTEXT_STATE_FAILED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,20 +35,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LEASESPEC_LABELSENTRY']._loaded_options = None
   _globals['_LEASESPEC_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_LEASEKIND']._serialized_start=1074
-  _globals['_LEASEKIND']._serialized_end=1185
-  _globals['_LEASESTATE']._serialized_start=1188
-  _globals['_LEASESTATE']._serialized_end=1562
-  _globals['_EVENTKIND']._serialized_start=1565
-  _globals['_EVENTKIND']._serialized_end=1766
+  _globals['_LEASEKIND']._serialized_start=2070
+  _globals['_LEASEKIND']._serialized_end=2181
+  _globals['_LEASESTATE']._serialized_start=2184
+  _globals['_LEASESTATE']._serialized_end=2558
+  _globals['_EVENTKIND']._serialized_start=2561
+  _globals['_EVENTKIND']._serialized_end=2762
+  _globals['_CONTEXTSTATE']._serialized_start=2765
+  _globals['_CONTEXTSTATE']._serialized_end=2916
   _globals['_RESOURCES']._serialized_start=101
   _globals['_RESOURCES']._serialized_end=204
   _globals['_LEASESPEC']._serialized_start=207
-  _globals['_LEASESPEC']._serialized_end=587
-  _globals['_LEASESPEC_LABELSENTRY']._serialized_start=542
-  _globals['_LEASESPEC_LABELSENTRY']._serialized_end=587
-  _globals['_LEASEEVENT']._serialized_start=590
-  _globals['_LEASEEVENT']._serialized_end=737
-  _globals['_LEASE']._serialized_start=740
-  _globals['_LEASE']._serialized_end=1072
+  _globals['_LEASESPEC']._serialized_end=628
+  _globals['_LEASESPEC_LABELSENTRY']._serialized_start=583
+  _globals['_LEASESPEC_LABELSENTRY']._serialized_end=628
+  _globals['_CONTEXTSPEC']._serialized_start=631
+  _globals['_CONTEXTSPEC']._serialized_end=801
+  _globals['_ROLEGROUP']._serialized_start=803
+  _globals['_ROLEGROUP']._serialized_end=863
+  _globals['_HANDOFF']._serialized_start=866
+  _globals['_HANDOFF']._serialized_end=1099
+  _globals['_ANSIBLEHANDOFF']._serialized_start=1101
+  _globals['_ANSIBLEHANDOFF']._serialized_end=1164
+  _globals['_PUPPETHANDOFF']._serialized_start=1166
+  _globals['_PUPPETHANDOFF']._serialized_end=1197
+  _globals['_SALTHANDOFF']._serialized_start=1199
+  _globals['_SALTHANDOFF']._serialized_end=1228
+  _globals['_BCFG2HANDOFF']._serialized_start=1230
+  _globals['_BCFG2HANDOFF']._serialized_end=1277
+  _globals['_SCRIPTHANDOFF']._serialized_start=1279
+  _globals['_SCRIPTHANDOFF']._serialized_end=1310
+  _globals['_VMCONTEXT']._serialized_start=1313
+  _globals['_VMCONTEXT']._serialized_end=1543
+  _globals['_LEASEEVENT']._serialized_start=1546
+  _globals['_LEASEEVENT']._serialized_end=1693
+  _globals['_LEASE']._serialized_start=1696
+  _globals['_LEASE']._serialized_end=2068
 # @@protoc_insertion_point(module_scope)

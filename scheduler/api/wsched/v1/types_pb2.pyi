@@ -144,6 +144,35 @@ EVENT_KIND_MIGRATE: EventKind.ValueType  # 7
 """suspended state (and image) moved to other hosts"""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
+class _ContextState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ContextStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ContextState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTEXT_STATE_UNSPECIFIED: _ContextState.ValueType  # 0
+    CONTEXT_STATE_PENDING: _ContextState.ValueType  # 1
+    """deployed, not reported yet"""
+    CONTEXT_STATE_REPORTED: _ContextState.ValueType  # 2
+    """reported; waiting for the providers of its required roles"""
+    CONTEXT_STATE_READY: _ContextState.ValueType  # 3
+    """reported, and every required role's providers reported"""
+    CONTEXT_STATE_FAILED: _ContextState.ValueType  # 4
+    """silent past the deadline, or a required role unprovided"""
+
+class ContextState(_ContextState, metaclass=_ContextStateEnumTypeWrapper): ...
+
+CONTEXT_STATE_UNSPECIFIED: ContextState.ValueType  # 0
+CONTEXT_STATE_PENDING: ContextState.ValueType  # 1
+"""deployed, not reported yet"""
+CONTEXT_STATE_REPORTED: ContextState.ValueType  # 2
+"""reported; waiting for the providers of its required roles"""
+CONTEXT_STATE_READY: ContextState.ValueType  # 3
+"""reported, and every required role's providers reported"""
+CONTEXT_STATE_FAILED: ContextState.ValueType  # 4
+"""silent past the deadline, or a required role unprovided"""
+Global___ContextState: _TypeAlias = ContextState  # noqa: Y015
+
 @_typing.final
 class Resources(_message.Message):
     """A resource vector. CPU is in percent of one core (100 = one CPU), memory and disk
@@ -215,6 +244,7 @@ class LeaseSpec(_message.Message):
     START_LATEST_FIELD_NUMBER: _builtins.int
     PREEMPTIBLE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
     kind: Global___LeaseKind.ValueType
     vm_count: _builtins.int
     """Number of VMs; they go on distinct hosts."""
@@ -244,6 +274,10 @@ class LeaseSpec(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels, e.g. {"project": "hep"}; ListLeases filters on them."""
 
+    @_builtins.property
+    def context(self) -> Global___ContextSpec:
+        """Optional: how the VMs configure themselves on first boot (contextualization)."""
+
     def __init__(
         self,
         *,
@@ -256,14 +290,297 @@ class LeaseSpec(_message.Message):
         start_latest: _timestamp_pb2.Timestamp | None = ...,
         preemptible: _builtins.bool = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        context: Global___ContextSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "resources", b"resources", "start", b"start", "start_latest", b"start_latest"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "duration", b"duration", "resources", b"resources", "start", b"start", "start_latest", b"start_latest"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "image_id", b"image_id", "kind", b"kind", "labels", b"labels", "preemptible", b"preemptible", "resources", b"resources", "start", b"start", "start_latest", b"start_latest", "vm_count", b"vm_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "duration", b"duration", "image_id", b"image_id", "kind", b"kind", "labels", b"labels", "preemptible", b"preemptible", "resources", b"resources", "start", b"start", "start_latest", b"start_latest", "vm_count", b"vm_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LeaseSpec: _TypeAlias = LeaseSpec  # noqa: Y015
+
+@_typing.final
+class ContextSpec(_message.Message):
+    """Contextualization: each VM gets a seed (cloud-init NoCloud ISO, and an
+    OpenNebula-style context.sh) with its identity, network, the user's SSH keys, its
+    roles, the user's data and a configuration-management handoff; on boot it reports to
+    the context broker and learns the providers of the roles it requires.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SSH_KEYS_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    USER_DATA_FIELD_NUMBER: _builtins.int
+    HANDOFF_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    user_data: _builtins.str
+    """Passed to cloud-init as another part of the user-data (e.g. #cloud-config or #!)."""
+    @_builtins.property
+    def ssh_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """OpenSSH public key lines, authorized on every VM."""
+
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoleGroup]:
+        """Roles per group of VMs (a VM in no group has none)."""
+
+    @_builtins.property
+    def handoff(self) -> Global___Handoff: ...
+    @_builtins.property
+    def deadline(self) -> _duration_pb2.Duration:
+        """How long after boot begins every VM must have reported (whole seconds; unset:
+        the site's default). VMs silent past it are failed.
+        """
+
+    def __init__(
+        self,
+        *,
+        ssh_keys: _abc.Iterable[_builtins.str] | None = ...,
+        groups: _abc.Iterable[Global___RoleGroup] | None = ...,
+        user_data: _builtins.str = ...,
+        handoff: Global___Handoff | None = ...,
+        deadline: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "handoff", b"handoff"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "groups", b"groups", "handoff", b"handoff", "ssh_keys", b"ssh_keys", "user_data", b"user_data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContextSpec: _TypeAlias = ContextSpec  # noqa: Y015
+
+@_typing.final
+class RoleGroup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VMS_FIELD_NUMBER: _builtins.int
+    PROVIDES_FIELD_NUMBER: _builtins.int
+    REQUIRES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """0-based VM indexes (VM i is instance lease-<id>-vm-<i+1, two digits>)."""
+
+    @_builtins.property
+    def provides(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Roles these VMs provide, e.g. "nfs-server" ([a-z0-9][a-z0-9._-]{0,62})."""
+
+    @_builtins.property
+    def requires(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Roles they require; each must be provided by some VM of the lease."""
+
+    def __init__(
+        self,
+        *,
+        vms: _abc.Iterable[_builtins.int] | None = ...,
+        provides: _abc.Iterable[_builtins.str] | None = ...,
+        requires: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provides", b"provides", "requires", b"requires", "vms", b"vms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoleGroup: _TypeAlias = RoleGroup  # noqa: Y015
+
+@_typing.final
+class Handoff(_message.Message):
+    """Configuration management to hand over to after the first boot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSIBLE_FIELD_NUMBER: _builtins.int
+    PUPPET_FIELD_NUMBER: _builtins.int
+    SALT_FIELD_NUMBER: _builtins.int
+    BCFG2_FIELD_NUMBER: _builtins.int
+    SCRIPT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ansible(self) -> Global___AnsibleHandoff: ...
+    @_builtins.property
+    def puppet(self) -> Global___PuppetHandoff: ...
+    @_builtins.property
+    def salt(self) -> Global___SaltHandoff: ...
+    @_builtins.property
+    def bcfg2(self) -> Global___Bcfg2Handoff: ...
+    @_builtins.property
+    def script(self) -> Global___ScriptHandoff: ...
+    def __init__(
+        self,
+        *,
+        ansible: Global___AnsibleHandoff | None = ...,
+        puppet: Global___PuppetHandoff | None = ...,
+        salt: Global___SaltHandoff | None = ...,
+        bcfg2: Global___Bcfg2Handoff | None = ...,
+        script: Global___ScriptHandoff | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ansible", b"ansible", "bcfg2", b"bcfg2", "kind", b"kind", "puppet", b"puppet", "salt", b"salt", "script", b"script"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ansible", b"ansible", "bcfg2", b"bcfg2", "kind", b"kind", "puppet", b"puppet", "salt", b"salt", "script", b"script"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["ansible", "puppet", "salt", "bcfg2", "script"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___Handoff: _TypeAlias = Handoff  # noqa: Y015
+
+@_typing.final
+class AnsibleHandoff(_message.Message):
+    """ansible-pull of a repository, then the playbook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    PLAYBOOK_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    playbook: _builtins.str
+    """default "site.yml" """
+    branch: _builtins.str
+    """default: the repository's default branch"""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        playbook: _builtins.str = ...,
+        branch: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "playbook", b"playbook", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnsibleHandoff: _TypeAlias = AnsibleHandoff  # noqa: Y015
+
+@_typing.final
+class PuppetHandoff(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_FIELD_NUMBER: _builtins.int
+    server: _builtins.str
+    def __init__(
+        self,
+        *,
+        server: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["server", b"server"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PuppetHandoff: _TypeAlias = PuppetHandoff  # noqa: Y015
+
+@_typing.final
+class SaltHandoff(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASTER_FIELD_NUMBER: _builtins.int
+    master: _builtins.str
+    def __init__(
+        self,
+        *,
+        master: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["master", b"master"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaltHandoff: _TypeAlias = SaltHandoff  # noqa: Y015
+
+@_typing.final
+class Bcfg2Handoff(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    server: _builtins.str
+    profile: _builtins.str
+    def __init__(
+        self,
+        *,
+        server: _builtins.str = ...,
+        profile: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile", "server", b"server"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Bcfg2Handoff: _TypeAlias = Bcfg2Handoff  # noqa: Y015
+
+@_typing.final
+class ScriptHandoff(_message.Message):
+    """A shell script run once on first boot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCRIPT_FIELD_NUMBER: _builtins.int
+    script: _builtins.str
+    def __init__(
+        self,
+        *,
+        script: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["script", b"script"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScriptHandoff: _TypeAlias = ScriptHandoff  # noqa: Y015
+
+@_typing.final
+class VmContext(_message.Message):
+    """Contextualization state of one VM (present once the lease's VMs were deployed)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    REPORTED_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    instance_id: _builtins.str
+    address: _builtins.str
+    """Assigned address (CIDR notation)."""
+    state: Global___ContextState.ValueType
+    reason: _builtins.str
+    hostname: _builtins.str
+    """As the VM reported it."""
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def reported(self) -> _timestamp_pb2.Timestamp:
+        """When it first reported (unset if it has not)."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        instance_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        state: Global___ContextState.ValueType = ...,
+        reason: _builtins.str = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        reported: _timestamp_pb2.Timestamp | None = ...,
+        hostname: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "reported", b"reported"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "deadline", b"deadline", "hostname", b"hostname", "index", b"index", "instance_id", b"instance_id", "reason", b"reason", "reported", b"reported", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VmContext: _TypeAlias = VmContext  # noqa: Y015
 
 @_typing.final
 class LeaseEvent(_message.Message):
@@ -313,6 +630,7 @@ class Lease(_message.Message):
     END_FIELD_NUMBER: _builtins.int
     HOSTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONTEXTS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     state: Global___LeaseState.ValueType
     reason: _builtins.str
@@ -339,6 +657,12 @@ class Lease(_message.Message):
     def hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Hosts it runs (or will run) on."""
 
+    @_builtins.property
+    def contexts(self) -> _containers.RepeatedCompositeFieldContainer[Global___VmContext]:
+        """Per-VM contextualization state (empty before the VMs are deployed, or when the
+        service runs without contextualization).
+        """
+
     def __init__(
         self,
         *,
@@ -353,10 +677,11 @@ class Lease(_message.Message):
         end: _timestamp_pb2.Timestamp | None = ...,
         hosts: _abc.Iterable[_builtins.str] | None = ...,
         request_id: _builtins.str = ...,
+        contexts: _abc.Iterable[Global___VmContext] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "spec", b"spec", "start", b"start", "submitted", b"submitted"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "events", b"events", "hosts", b"hosts", "id", b"id", "reason", b"reason", "request_id", b"request_id", "revision", b"revision", "spec", b"spec", "start", b"start", "state", b"state", "submitted", b"submitted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contexts", b"contexts", "end", b"end", "events", b"events", "hosts", b"hosts", "id", b"id", "reason", b"reason", "request_id", b"request_id", "revision", b"revision", "spec", b"spec", "start", b"start", "state", b"state", "submitted", b"submitted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
