@@ -163,6 +163,8 @@ class Scheduler:
         self.now = 0
         self.leases: dict[int, Lease] = {}
         self._changed: set[int] = set()  # leases whose state or schedule changed
+        self._hosts_now_key: tuple[int, int, bytes] | None = None
+        self._hosts_now_count = 0
         self._queue: list[Lease] = []  # FCFS: (submit, seq)
         self._waiting: list[Lease] = []  # planned best-effort leases whose segment has not begun
         self._heap: list[tuple[int, int, int, int, int]] = []
@@ -699,6 +701,9 @@ class Scheduler:
         vec = req.resources.as_array()
         k = req.vms
         resuming = bool(lease.live)
+        if not future and not resuming and not self.config.image_transfer \
+                and self._hosts_now(vec) < k:
+            return None  # it could only start now, on nodes with room now: too few
         opening = ovh.resume(req) if resuming else ovh.boot
         run = lease.run_needed - lease.run_done()
         whole = opening + run + ovh.shutdown
@@ -777,6 +782,15 @@ class Scheduler:
         if best is None:
             return None
         return full(best[0], best[1])
+
+    def _hosts_now(self, vec: np.ndarray) -> int:
+        """How many open nodes can host a VM of ``vec`` now (cached while nothing
+        changes: a queue pass asks it for every lease)."""
+        key = (self.profile.version, self.now, vec.tobytes())
+        if self._hosts_now_key != key:
+            fit = self.profile.fits_at([self.now], vec)[0] & ~self._closed
+            self._hosts_now_key, self._hosts_now_count = key, int(fit.sum())
+        return self._hosts_now_count
 
     def _time_fit(self, nodes: np.ndarray, k: int, start: int, vec: np.ndarray
                   ) -> tuple[np.ndarray, Callable[[np.ndarray, int], np.ndarray]]:

@@ -45,6 +45,7 @@ class AvailabilityProfile:
         self._by_node: list[set[int]] = [set() for _ in range(n)]
         # per node, the end of its last entry: past it the node is free for good
         self._last_end = np.full(n, -INF, dtype=np.int64)
+        self._stale_last_end: set[int] = set()
         self._expiry: list[tuple[int, int]] = []  # (end when added, entry id), a heap
         self._next_id = 1
         self.version = 0  # changes whenever any commitment does
@@ -85,7 +86,7 @@ class AvailabilityProfile:
         for n in entry.nodes:
             self._by_node[n].discard(eid)
         self._apply(entry, entry.start, entry.end, -1)
-        self._recompute_last_end(entry)
+        self._stale_last_end.update(entry.nodes.tolist())
 
     def truncate(self, eid: int, end: int) -> None:
         """Release the part of an entry after ``end``."""
@@ -95,12 +96,15 @@ class AvailabilityProfile:
         elif end < entry.end:
             self._apply(entry, end, entry.end, -1)
             entry.end = end
-            self._recompute_last_end(entry)
+            self._stale_last_end.update(entry.nodes.tolist())
 
-    def _recompute_last_end(self, entry: _Entry) -> None:
-        for n in entry.nodes.tolist():
+    def _refresh_last_end(self) -> None:
+        """Recompute the last ends that removals and truncations may have lowered
+        (lazily: only queries need them)."""
+        for n in self._stale_last_end:
             self._last_end[n] = max((self._entries[e].end for e in self._by_node[n]),
                                     default=-INF)
+        self._stale_last_end.clear()
 
     def owners_overlapping(self, nodes: np.ndarray | list[int], start: int, end: int,
                            *, preemptible_only: bool = False) -> set[int]:
@@ -252,6 +256,7 @@ class AvailabilityProfile:
         later."""
         m = len(nodes)
         until = np.full(m, INF, dtype=np.int64)
+        self._refresh_last_end()
         busy_later = self._last_end[nodes] > t  # the others are free for good from t
         if vec.any() and busy_later.any():
             open_ = busy_later
