@@ -110,7 +110,29 @@ def add_commands(subparsers: Any) -> dict[str, Handler]:
     sp.add_argument("--libvirt-pool", default="default", metavar="NAME",
                     help="libvirt driver: storage pool of images and VM disks (default: "
                     "default)")
+    sp.add_argument("--context-listen", default="127.0.0.1:8775", metavar="HOST:PORT",
+                    help="context broker's HTTP address, when the site file has a "
+                    "[contextualization] table (default 127.0.0.1:8775)")
+    sp.add_argument("--seed-dir", type=Path, default=Path("wsched-seeds"), metavar="DIR",
+                    help="where VMs' context seeds are written (default wsched-seeds)")
     _common(sp, client=False)
+
+    xp = subparsers.add_parser("context", help="inspect VMs' contextualization")
+    xsub = xp.add_subparsers(dest="context_command", required=True, metavar="ACTION")
+    xr = xsub.add_parser("render", help="write a deployed lease's seeds to a directory",
+                         description="Write each VM's NoCloud seed (cidata.iso and its "
+                         "files) and context.sh (context.iso) to OUT/<instance id>/, from "
+                         "the service's database, for inspection.")
+    xr.add_argument("id", type=int, metavar="LEASE_ID")
+    xr.add_argument("--out", type=Path, required=True, metavar="DIR")
+    xr.add_argument("--db", default="wsched.db", metavar="PATH|URL",
+                    help="the service's database (default: wsched.db)")
+    xr.add_argument("--site", type=Path, metavar="FILE.toml",
+                    help="the site file the service runs with (its [contextualization])")
+    xr.add_argument("--broker-url", default="http://127.0.0.1:8775", metavar="URL",
+                    help="broker URL if the site file does not set broker-url (default "
+                    "http://127.0.0.1:8775)")
+    _common(xr, client=False)
 
     lp = subparsers.add_parser("lease", help="create, inspect, cancel, extend, watch leases")
     lsub = lp.add_subparsers(dest="lease_command", required=True, metavar="ACTION")
@@ -176,7 +198,8 @@ def add_commands(subparsers: Any) -> dict[str, Handler]:
     il = isub.add_parser("list", help="list images")
     for p in (ia, il):
         _common(p)
-    return {"serve": cmd_serve, "lease": cmd_lease, "host": cmd_host, "image": cmd_image}
+    return {"serve": cmd_serve, "lease": cmd_lease, "host": cmd_host, "image": cmd_image,
+            "context": cmd_context}
 
 
 # ============================================================================ output
@@ -271,12 +294,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     driver = _libvirt_driver(args, site.images) if args.driver == "libvirt" \
         else make_driver(args.driver)
-    engine = Engine(store, site, driver, SystemClock())
+    clock = SystemClock()
+    broker_server = None
+    if site.context is not None:
+        from contextualization.broker import start_context
+
+        broker, broker_server = start_context(store, site.context, args.seed_dir.resolve(),
+                                              clock, args.context_listen)
+        engine = Engine(store, site, driver, clock, context=broker)
+        broker.on_change = engine.context_changed
+    else:
+        engine = Engine(store, site, driver, clock)
     engine.start()
     try:
         running = start_server(engine, args.listen)
     except (OSError, RuntimeError):
         engine.stop()
+        if broker_server is not None:
+            broker_server.stop()
         store.close()
         raise OSError(f"cannot listen on {args.listen}") from None
     stop = threading.Event()
@@ -284,8 +319,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     print(f"wsched: serving on {args.listen.rsplit(':', 1)[0]}:{running.port} "
           f"({len(engine.hosts())} hosts, database {args.db}); Ctrl-C stops", flush=True)
+    if broker_server is not None:
+        print(f"wsched: context broker on {broker_server.url}, seeds in {args.seed_dir}",
+              flush=True)
     stop.wait()
     running.stop(grace=2.0)
+    if broker_server is not None:
+        broker_server.stop()
     store.close()
     driver.close()
     return 0
@@ -388,4 +428,58 @@ def cmd_image(args: argparse.Namespace) -> int:
     else:
         _table([[i.id, str(i.size_mb), i.format or "-", i.location or "-"] for i in images],
                ["ID", "SIZE_MB", "FORMAT", "LOCATION"])
+    return 0
+
+
+def cmd_context(args: argparse.Namespace) -> int:
+    """``wsched context render``: a deployed lease's seeds, rebuilt from the database."""
+    import dataclasses
+
+    from contextualization.iso import CONTEXT_LABEL, NOCLOUD_LABEL, write_iso
+    from contextualization.manager import CONTEXT_SEED, NOCLOUD_SEED, Contextualizer
+    from contextualization.model import ContextError, SiteContext
+    from contextualization.render import context_files, nocloud_files
+
+    from .engine import demo_site, load_site
+    from .store import Store, StoreError, sqlite_url
+
+    site = load_site(args.site) if args.site is not None else demo_site()
+    if site.context is None:
+        print("wsched: error: the site has no [contextualization] table", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings = SiteContext.from_mapping(site.context)
+    except ContextError as e:
+        print(f"wsched: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not settings.broker_url:
+        settings = dataclasses.replace(settings, broker_url=args.broker_url)
+    url = args.db if "://" in args.db else sqlite_url(str(Path(args.db).resolve()))
+    try:
+        store = Store(url)
+    except StoreError as e:
+        print(f"wsched: error: {args.db}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        lease = store.lease(args.id)
+        rows = store.context_vms(args.id)
+        if lease is None or not rows:
+            print(f"wsched: error: lease {args.id} "
+                  f"{'does not exist' if lease is None else 'has not been deployed yet'}",
+                  file=sys.stderr)
+            return EXIT_REFUSED
+        ctx = Contextualizer(store, settings, args.out)
+        # the rows exist, so this only reads them: nothing is allocated or changed
+        vms = ctx.contexts(args.id, lease.spec.get("context"), len(rows), rows[0].deadline)
+    finally:
+        store.close()
+    for vm in vms:
+        directory = args.out / vm.instance_id
+        directory.mkdir(parents=True, exist_ok=True)
+        files = nocloud_files(vm)
+        for name, data in {**files, **context_files(vm)}.items():
+            (directory / name).write_bytes(data)
+        write_iso(directory / NOCLOUD_SEED, NOCLOUD_LABEL, files)
+        write_iso(directory / CONTEXT_SEED, CONTEXT_LABEL, context_files(vm))
+        print(f"{directory}: {vm.hostname} {vm.address}", flush=True)
     return 0
