@@ -22,6 +22,7 @@ waiting reservations are dropped and rebuilt, so they can move earlier.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import heapq
 import itertools
@@ -142,6 +143,11 @@ class _Proposal:
 
 # per readiness vector, the (vms, vector, time, opening, partial) of requests that failed
 _Failures = dict[bytes, list[tuple[int, np.ndarray, int, int, bool]]]
+
+
+def _fcfs(lease: Lease) -> tuple[int, int]:
+    """The queue's order: submission time, then arrival order."""
+    return lease.request.submit, lease.seq
 
 
 class SchedulingError(ValueError):
@@ -420,12 +426,7 @@ class Scheduler:
     def _enqueue(self, lease: Lease) -> None:
         if lease in self._queue:
             return
-        key = (lease.request.submit, lease.seq)
-        i = 0
-        while i < len(self._queue) and (self._queue[i].request.submit,
-                                        self._queue[i].seq) < key:
-            i += 1
-        self._queue.insert(i, lease)
+        bisect.insort(self._queue, lease, key=_fcfs)
         lease.state = LeaseState.SUSPENDED if lease.live else LeaseState.PENDING
         self._changed.add(lease.id)
 
