@@ -525,6 +525,7 @@ class Engine:
         # The projections are as of the last commit: bring the core there silently, so
         # the catch-up records only what happened after it.
         self.core.advance_to(self.store.last_time())
+        self.core.take_changed()  # the projections show all of that already
         self._revision = self.store.last_revision()
         self._known: dict[int, tuple[str, str, str | None]] = {}
         self._versions: dict[int, tuple[int, LeaseState]] = {}
@@ -619,7 +620,7 @@ class Engine:
         self.core.advance_to(now)  # nothing is due: no lease changes state
         if self._resync:
             self._resync = False
-            self._sync(now, step)
+            self._sync(now, step, everything=True)
             self._enact_due(step)
 
     def _next_due(self) -> int | None:
@@ -640,10 +641,15 @@ class Engine:
         except Unavailable as e:
             log.warning("poll failed", extra={"error": str(e)})
 
-    def _sync(self, at: int, step: _Step, touched: tuple[int, ...] = ()) -> None:
-        """Record every lease whose state, schedule or reason changed."""
+    def _sync(self, at: int, step: _Step, touched: tuple[int, ...] = (),
+              everything: bool = False) -> None:
+        """Record every lease whose state, schedule or reason changed (those the core
+        names, or with ``everything`` every live lease)."""
         names = [n.name for n in self.core.site.nodes]
-        for lease_id in [*self._live, *touched]:
+        ids = self.core.take_changed() | set(touched)
+        if everything:
+            ids |= self._live
+        for lease_id in sorted(ids):
             lease = self.core.leases[lease_id]
             key = (lease.version, lease.state)
             if self._versions.get(lease_id) == key and lease_id in self._known:
