@@ -34,12 +34,15 @@ class _Entry:
 class AvailabilityProfile:
     def __init__(self, capacity: np.ndarray) -> None:
         self.capacity = capacity.astype(np.int64)
-        n, d = self.capacity.shape
+        n = self.capacity.shape[0]
         self._times: list[int] = [-INF]
         self._rows: list[int] = [0]
-        # (dimension, row, node): a query gathers only the dimensions it needs
-        self._used = np.zeros((d, 64, n), dtype=np.int64)
-        self._pre = np.zeros((d, 64, n), dtype=np.int64)  # usage of preemptible entries
+        # (slab, row, node): one slab per dimension some entry uses (and one per
+        # dimension some preemptible entry uses), allocated on first use -- a site's
+        # requests rarely use every dimension, and each slab is rows x nodes big.
+        self._usage = np.zeros((0, 64, n), dtype=np.int64)
+        self._used_slab: dict[int, int] = {}  # dimension -> slab of all usage
+        self._pre_slab: dict[int, int] = {}  # dimension -> slab of preemptible usage
         self._spare = list(range(63, 0, -1))
         self._entries: dict[int, _Entry] = {}
         self._by_node: list[set[int]] = [set() for _ in range(n)]
@@ -55,9 +58,8 @@ class AvailabilityProfile:
     def add_node(self, capacity: np.ndarray) -> None:
         """A new node, free at all times."""
         self.capacity = np.vstack([self.capacity, capacity.astype(np.int64)])
-        d, rows, _ = self._used.shape
-        self._used = np.concatenate([self._used, np.zeros((d, rows, 1), np.int64)], axis=2)
-        self._pre = np.concatenate([self._pre, np.zeros((d, rows, 1), np.int64)], axis=2)
+        s, rows, _ = self._usage.shape
+        self._usage = np.concatenate([self._usage, np.zeros((s, rows, 1), np.int64)], axis=2)
         self._by_node.append(set())
         self._last_end = np.append(self._last_end, -INF)
         self.version += 1
@@ -127,9 +129,11 @@ class AvailabilityProfile:
         idx = (np.array(self._rows[i:j], dtype=np.intp)[:, None], entry.nodes)
         for d in np.flatnonzero(entry.vec).tolist():  # only the dimensions it uses
             delta = sign * int(entry.vec[d])
-            self._used[d][idx] += delta
+            slabs = [self._slab(self._used_slab, d)]  # (may reallocate self._usage)
             if entry.preemptible:
-                self._pre[d][idx] += delta
+                slabs.append(self._slab(self._pre_slab, d))
+            for slab in slabs:
+                self._usage[slab][idx] += delta
         if sign < 0:  # drop breakpoints that no longer separate different usage
             self._merge(j)
             self._merge(i)
@@ -143,8 +147,7 @@ class AvailabilityProfile:
             self._grow()
         row = self._spare.pop()
         prev = self._rows[i - 1]
-        self._used[:, row] = self._used[:, prev]
-        self._pre[:, row] = self._pre[:, prev]
+        self._usage[:, row] = self._usage[:, prev]
         self._times.insert(i, t)
         self._rows.insert(i, row)
         return i
@@ -152,17 +155,33 @@ class AvailabilityProfile:
     def _merge(self, i: int) -> None:
         if 0 < i < len(self._times):
             a, b = self._rows[i - 1], self._rows[i]
-            if np.array_equal(self._used[:, a], self._used[:, b]) and np.array_equal(
-                    self._pre[:, a], self._pre[:, b]):
+            if np.array_equal(self._usage[:, a], self._usage[:, b]):
                 del self._times[i]
                 del self._rows[i]
                 self._spare.append(b)
 
     def _grow(self) -> None:
-        old = self._used.shape[1]
-        self._used = np.concatenate([self._used, np.zeros_like(self._used)], axis=1)
-        self._pre = np.concatenate([self._pre, np.zeros_like(self._pre)], axis=1)
+        old = self._usage.shape[1]
+        self._usage = np.concatenate([self._usage, np.zeros_like(self._usage)], axis=1)
         self._spare.extend(range(2 * old - 1, old - 1, -1))
+
+    def _slab(self, slabs: dict[int, int], d: int) -> int:
+        """The slab of dimension ``d`` in ``slabs``, allocated (all zero) if new."""
+        if d not in slabs:
+            slabs[d] = self._usage.shape[0]
+            _, rows, n = self._usage.shape
+            self._usage = np.concatenate([self._usage, np.zeros((1, rows, n), np.int64)])
+        return slabs[d]
+
+    def _gather(self, slabs: dict[int, int], d: int, rows: np.ndarray,
+                cols: np.ndarray | None) -> np.ndarray | None:
+        """Usage of dimension ``d`` in ``rows`` (x ``cols``), or None if never used."""
+        slab = slabs.get(d)
+        if slab is None:
+            return None
+        out: np.ndarray = (self._usage[slab].take(rows, axis=0) if cols is None
+                           else self._usage[slab][np.ix_(rows, cols)])
+        return out
 
     def prune(self, now: int) -> None:
         """Forget usage before ``now`` (keeps the breakpoint covering ``now``)."""
@@ -187,17 +206,16 @@ class AvailabilityProfile:
         (Only the nodes ``cols``, in that order, if given.)"""
         rows = np.array(self._rows[i:j], dtype=np.intp)
         ok: np.ndarray | None = None
-        for d in np.flatnonzero(vec):
-            if cols is None:
-                used = self._used[d].take(rows, axis=0)
-                cap = self.capacity[:, d]
+        for d in np.flatnonzero(vec).tolist():
+            cap = self.capacity[:, d] if cols is None else self.capacity[cols, d]
+            used = self._gather(self._used_slab, d, rows, cols)
+            if used is None:  # nothing ever used this dimension
+                fits = np.tile(cap >= vec[d], (len(rows), 1))
             else:
-                used = self._used[d][np.ix_(rows, cols)]
-                cap = self.capacity[cols, d]
-            if ignore_preemptible:
-                used -= (self._pre[d].take(rows, axis=0) if cols is None
-                         else self._pre[d][np.ix_(rows, cols)])
-            fits = used <= cap - vec[d]
+                if ignore_preemptible and (pre := self._gather(
+                        self._pre_slab, d, rows, cols)) is not None:
+                    used = used - pre
+                fits = used <= cap - vec[d]
             ok = fits if ok is None else ok & fits
         assert ok is not None
         return ok
@@ -207,8 +225,9 @@ class AvailabilityProfile:
         rows = np.array([self._rows[bisect.bisect_right(self._times, t) - 1] for t in instants],
                         dtype=np.intp)
         ok = np.ones((len(rows), self.node_count), dtype=bool)
-        for d in np.flatnonzero(vec):
-            ok &= self._used[d].take(rows, axis=0) <= self.capacity[:, d] - vec[d]
+        for d in np.flatnonzero(vec).tolist():
+            used = self._gather(self._used_slab, d, rows, None)
+            ok &= (0 if used is None else used) <= self.capacity[:, d] - vec[d]
         return ok
 
     def free_until(self, t: int, vec: np.ndarray, *,
@@ -363,7 +382,9 @@ class AvailabilityProfile:
         i = bisect.bisect_right(self._times, start) - 1
         j = bisect.bisect_left(self._times, end)
         rows = np.array(self._rows[i:max(j, i + 1)], dtype=np.intp)
-        free: np.ndarray = self.capacity[node] - self._used[:, rows, node].max(axis=1)
+        free: np.ndarray = self.capacity[node].copy()
+        for d, slab in self._used_slab.items():
+            free[d] -= self._usage[slab, rows, node].max()
         return free
 
 
