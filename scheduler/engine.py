@@ -411,6 +411,15 @@ class Subscription:
         self.overflowed = False
 
 
+class _Ticket:
+    """A step waiting for the group commit."""
+
+    def __init__(self, step: _Step) -> None:
+        self.step = step
+        self.done = threading.Event()
+        self.error: Unavailable | None = None
+
+
 @dataclass
 class _Step:
     """What one engine step accumulates before its commit (internal, mutable)."""
@@ -460,6 +469,11 @@ class Engine:
         self.driver = driver
         self.clock = clock
         self._lock = threading.RLock()
+        # Group commit: steps wait in ``_pending`` (in order) until one of their threads,
+        # holding ``_commit_lock``, writes them all in one transaction.
+        self._commit_lock = threading.Lock()
+        self._pending: list[_Ticket] = []
+        self._depth = 0  # nesting of steps in the thread that holds the lock
         self._timer: Timer | None = None
         self._subs: list[Subscription] = []
         self._stopped = False
@@ -544,6 +558,7 @@ class Engine:
         for lease_id in self._live:
             self._queue_actions(lease_id, self.core.leases[lease_id].events())
         self._next_id = max(self.core.leases, default=0) + 1
+        self._request_ids = self.store.request_ids()
         self._resync = True  # compare every live lease with its projection once
         self._images: dict[str, ImageRecord] = {}
         log.info("core rebuilt", extra={"leases": len(self.core.leases),
@@ -581,35 +596,76 @@ class Engine:
     # ------------------------------------------------------------ steps
     @contextlib.contextmanager
     def _step(self) -> Iterator[_Step]:
-        """Hold the lock, catch up to now, and commit what the body adds. A refused
-        request (EngineError) still commits the catch-up; any other error means the
-        core may be half-changed: rebuild it from the database."""
+        """Hold the lock, catch up to now, and have what the body adds committed before
+        returning (so nothing is acknowledged before it is durable). A refused request
+        (EngineError) still commits the catch-up; any other error means the core may
+        be half-changed: rebuild it from the database.
+
+        The commit itself happens after the lock is released, grouped with the steps
+        other threads made meanwhile: one transaction for all of them."""
+        refused: EngineError | None = None
         with self._lock:
             if self._stopped:
                 raise Unavailable("the service is stopping")
             step = _Step()
+            self._depth += 1
             try:
-                self._catch_up(self.now(), step)
-                yield step
-            except EngineError:
-                self._commit(step)
-                raise
-            except Exception:
-                log.exception("engine step failed: rebuilding the core from the database")
-                self._rebuild()
-                raise
-            self._commit(step)
+                try:
+                    self._catch_up(self.now(), step)
+                    yield step
+                except EngineError as e:
+                    refused = e
+                except Exception:
+                    log.exception("engine step failed: rebuilding the core from the database")
+                    self._rebuild()
+                    raise
+                ticket = _Ticket(step)
+                self._pending.append(ticket)
+            finally:
+                self._depth -= 1
+            if self._depth:  # a step inside a step: commit in place, as the outer holds
+                self._flush()  # the lock another committer would wait for
+        self._await(ticket)
+        if refused is not None:
+            raise refused
 
-    def _commit(self, step: _Step) -> None:
-        batch = step.batch()
+    def _await(self, ticket: _Ticket) -> None:
+        """Return once ``ticket``'s step is committed (committing it, and whatever else
+        is pending, if no other thread is doing so)."""
+        while not ticket.done.is_set():
+            with self._commit_lock:
+                if not ticket.done.is_set():
+                    self._flush()
+        if ticket.error is not None:
+            raise ticket.error
+
+    def _flush(self) -> None:
+        """Commit every pending step in one transaction (the caller holds the commit
+        lock, or the engine lock inside a nested step)."""
+        with self._lock:
+            tickets, self._pending = self._pending, []
+        if not tickets:
+            return
         try:
-            self.store.commit(batch)
+            self.store.commit_many([t.step.batch() for t in tickets])
         except Exception as e:
             log.exception("commit failed: rebuilding the core from the database")
-            self._rebuild()
-            raise Unavailable(f"could not commit to the database: {e}") from e
-        self._publish(step.changes)
-        self._rearm()
+            with self._lock:
+                # Later steps built on the lost ones: they are lost too.
+                tickets += self._pending
+                self._pending = []
+                self._rebuild()
+            error = Unavailable(f"could not commit to the database: {e}")
+            for t in tickets:
+                t.error = error
+                t.done.set()
+            return
+        with self._lock:
+            for t in tickets:
+                self._publish(t.step.changes)
+            self._rearm()
+        for t in tickets:
+            t.done.set()
 
     def _catch_up(self, now: int, step: _Step) -> None:
         """Apply, instant by instant, everything due up to ``now``."""
@@ -826,16 +882,18 @@ class Engine:
             raise InvalidField("spec.image_id", f"no registered image {spec.image_id!r}")
         digest = spec_hash(spec)
         with self._step() as step:
-            if request_id:
+            # A new request id (the common case) needs no query: every id is in memory.
+            if request_id and request_id in self._request_ids:
                 seen = self.store.idempotency(request_id)
-                if seen is not None:
-                    lease_id, known = seen
-                    if known != digest:
-                        raise Conflict(f"request id {request_id!r} was used for lease "
-                                       f"{lease_id} with a different spec")
-                    record = self.store.lease(lease_id)
-                    assert record is not None  # written in the same transaction
-                    return CreateResult(record, True)
+                if seen is None:  # its first request is in a group commit under way
+                    raise Unavailable(f"request id {request_id!r} is being committed: retry")
+                lease_id, known = seen
+                if known != digest:
+                    raise Conflict(f"request id {request_id!r} was used for lease "
+                                   f"{lease_id} with a different spec")
+                record = self.store.lease(lease_id)
+                assert record is not None  # written in the same transaction
+                return CreateResult(record, True)
             now = self.core.now
             if spec.start is not None and spec.start < now:
                 raise InvalidField("spec.start", f"starts in the past ({self.to_wall(spec.start)}"
@@ -855,6 +913,7 @@ class Engine:
                                              spec.as_json(), [], dict(spec.labels))
             if request_id:
                 step.idempotency = (request_id, lease_id, digest)
+                self._request_ids.add(request_id)
             self._sync(now, step, (lease_id,))
             self._enact_due(step)
             record = step.new[lease_id]

@@ -30,11 +30,13 @@ from alembic import command as alembic_command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import (
     BigInteger,
+    Connection,
     Engine,
     ForeignKey,
     Index,
     Integer,
     String,
+    Table,
     Text,
     bindparam,
     create_engine,
@@ -182,6 +184,8 @@ _LEASES = Base.metadata.tables[LeaseRow.__tablename__]
 _LABELS = Base.metadata.tables[LabelRow.__tablename__]
 _IDEMPOTENCY = Base.metadata.tables[IdempotencyRow.__tablename__]
 _WATCH = Base.metadata.tables[WatchRow.__tablename__]
+_HOSTS = Base.metadata.tables[HostRow.__tablename__]
+_ENACTMENTS = Base.metadata.tables[EnactmentRow.__tablename__]
 
 
 # ================================================================ records
@@ -386,45 +390,78 @@ class Store:
 
     # ---------------------------------------------------------------- writes
     def commit(self, batch: Batch) -> None:
-        # Core (not ORM) statements: this runs once per acknowledged request, and the
-        # ORM's unit of work costs more than the SQL itself.
-        if batch.empty():
+        self.commit_many([batch])
+
+    def commit_many(self, batches: Sequence[Batch]) -> None:
+        """Write several steps' batches in one transaction (group commit), one
+        statement per table for all of them, rows in step order (a lease inserted by
+        one step and updated by a later one is inserted first)."""
+        merged = Batch(
+            commands=tuple(c for b in batches for c in b.commands),
+            new_leases=tuple(r for b in batches for r in b.new_leases),
+            changed_leases=tuple(u for b in batches for u in b.changed_leases),
+            changes=tuple(c for b in batches for c in b.changes),
+            hosts=tuple(h for b in batches for h in b.hosts),
+            enactments=tuple(e for b in batches for e in b.enactments))
+        keys = [b.idempotency for b in batches if b.idempotency is not None]
+        if merged.empty() and not keys:
             return
         with self.engine.begin() as conn:
-            if batch.commands:
-                conn.execute(insert(_COMMANDS), [
-                    {"at": c.at, "kind": c.kind, "body": json.dumps(c.body, sort_keys=True)}
-                    for c in batch.commands])
-            if batch.new_leases:
-                conn.execute(insert(_LEASES),
-                             [_lease_values(r) for r in batch.new_leases])
-                labels = [{"lease_id": r.id, "key": k, "value": v}
-                          for r in batch.new_leases for k, v in r.labels.items()]
-                if labels:
-                    conn.execute(insert(_LABELS), labels)
-            if batch.changed_leases:
-                t = _LEASES
-                conn.execute(update(t).where(t.c.id == bindparam("_id")).values(
-                    state=bindparam("state"), reason=bindparam("reason"),
-                    revision=bindparam("revision"), start=bindparam("start"),
-                    end=bindparam("end"), events=bindparam("events")), [
-                    {"_id": u.id, "state": u.state, "reason": u.reason, "revision": u.revision,
-                     "start": u.start, "end": u.end, "events": json.dumps(list(u.events))}
-                    for u in batch.changed_leases])
-            if batch.changes:
-                conn.execute(insert(_WATCH), [vars(c) for c in batch.changes])
-            if batch.idempotency is not None:
-                rid, lease_id, body_hash = batch.idempotency
-                conn.execute(insert(_IDEMPOTENCY).values(
-                    request_id=rid, lease_id=lease_id, body_hash=body_hash))
-            if batch.hosts or batch.enactments:
-                with Session(bind=conn) as s:  # upserts, rare: the ORM's merge is portable
-                    for h in batch.hosts:
-                        s.merge(HostRow(**_host_values(h)))
-                    for e in batch.enactments:
-                        s.merge(EnactmentRow(lease_id=e.lease_id, kind=e.kind, start=e.start,
-                                             status=e.status, detail=e.detail))
-                    s.flush()
+            self._write(conn, merged, keys)
+
+    def _write(self, conn: Connection, batch: Batch,
+               keys: Sequence[tuple[str, int, str]]) -> None:
+        # Core (not ORM) statements: this runs for every acknowledged request, and the
+        # ORM's unit of work costs more than the SQL itself.
+        if batch.commands:
+            conn.execute(insert(_COMMANDS), [
+                {"at": c.at, "kind": c.kind, "body": json.dumps(c.body, sort_keys=True)}
+                for c in batch.commands])
+        if batch.new_leases:
+            conn.execute(insert(_LEASES),
+                         [_lease_values(r) for r in batch.new_leases])
+            labels = [{"lease_id": r.id, "key": k, "value": v}
+                      for r in batch.new_leases for k, v in r.labels.items()]
+            if labels:
+                conn.execute(insert(_LABELS), labels)
+        if batch.changed_leases:
+            t = _LEASES
+            conn.execute(update(t).where(t.c.id == bindparam("_id")).values(
+                state=bindparam("state"), reason=bindparam("reason"),
+                revision=bindparam("revision"), start=bindparam("start"),
+                end=bindparam("end"), events=bindparam("events")), [
+                {"_id": u.id, "state": u.state, "reason": u.reason, "revision": u.revision,
+                 "start": u.start, "end": u.end, "events": json.dumps(list(u.events))}
+                for u in batch.changed_leases])
+        if batch.changes:
+            conn.execute(insert(_WATCH), [vars(c) for c in batch.changes])
+        if keys:
+            conn.execute(insert(_IDEMPOTENCY), [
+                {"request_id": rid, "lease_id": lease_id, "body_hash": body_hash}
+                for rid, lease_id, body_hash in keys])
+        if batch.hosts:
+            self._upsert(conn, _HOSTS, ["index"], [_host_values(h) for h in batch.hosts])
+        if batch.enactments:
+            self._upsert(conn, _ENACTMENTS, ["lease_id", "kind", "start"], [
+                {"lease_id": e.lease_id, "kind": e.kind, "start": e.start, "status": e.status,
+                 "detail": e.detail} for e in batch.enactments])
+
+    def _upsert(self, conn: Connection, table: Table, key: list[str],
+                rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows``, or update those whose ``key`` exists (SQLite and PostgreSQL
+        spell it the same way: INSERT ... ON CONFLICT DO UPDATE)."""
+        dialect = conn.dialect.name
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as upsert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert  # type: ignore[assignment]
+        else:  # pragma: no cover - the store supports these two
+            raise StoreError(f"no upsert for database {dialect!r}")
+        for row in rows:  # one at a time: a batch may hold the same key twice
+            stmt = upsert(table).values(**row)
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=key,
+                set_={c: stmt.excluded[c] for c in row if c not in key}))
 
     def add_image(self, image: ImageRecord) -> bool:
         """Register ``image``; False if an image with that id exists already."""
@@ -476,6 +513,12 @@ class Store:
             return {r.id: (r.state, r.events, r.reason, r.revision) for r in
                     s.execute(select(LeaseRow.id, LeaseRow.state, LeaseRow.events,
                                      LeaseRow.reason, LeaseRow.revision))}
+
+    def request_ids(self) -> set[str]:
+        """Every client request id recorded (the engine keeps them in memory, so a new
+        id needs no query)."""
+        with self.engine.connect() as conn:
+            return set(conn.scalars(select(_IDEMPOTENCY.c.request_id)))
 
     def idempotency(self, request_id: str) -> tuple[int, str] | None:
         t = _IDEMPOTENCY
