@@ -457,11 +457,11 @@ class Store:
             from sqlalchemy.dialects.postgresql import insert as upsert  # type: ignore[assignment]
         else:  # pragma: no cover - the store supports these two
             raise StoreError(f"no upsert for database {dialect!r}")
-        for row in rows:  # one at a time: a batch may hold the same key twice
-            stmt = upsert(table).values(**row)
-            conn.execute(stmt.on_conflict_do_update(
-                index_elements=key,
-                set_={c: stmt.excluded[c] for c in row if c not in key}))
+        last = {tuple(row[k] for k in key): row for row in rows}  # a key once: the latest
+        stmt = upsert(table)
+        conn.execute(stmt.on_conflict_do_update(
+            index_elements=key,
+            set_={c: stmt.excluded[c] for c in rows[0] if c not in key}), list(last.values()))
 
     def add_image(self, image: ImageRecord) -> bool:
         """Register ``image``; False if an image with that id exists already."""
