@@ -171,9 +171,12 @@ def lease_to_proto(r: LeaseRecord, origin: int,
     return out
 
 
-def change_to_proto(c: Change, origin: int) -> lpb.LeaseChange:
-    return lpb.LeaseChange(revision=c.revision, lease_id=c.lease_id, state=_STATE_PB[c.state],
-                           time=_ts(origin + c.at), reason=c.reason or "")
+def change_to_proto(c: Change, origin: int,
+                    contexts: Sequence[ContextVm] = ()) -> lpb.LeaseChange:
+    out = lpb.LeaseChange(revision=c.revision, lease_id=c.lease_id, state=_STATE_PB[c.state],
+                          time=_ts(origin + c.at), reason=c.reason or "")
+    out.contexts.extend(vm_context_to_proto(v) for v in contexts)
+    return out
 
 
 def host_to_proto(h: HostRecord) -> spb.Host:
@@ -543,7 +546,8 @@ class LeaseServicer:
                     if not rows:
                         break
                     for r in rows:
-                        yield change_to_proto(r, engine.origin)
+                        yield change_to_proto(r, engine.origin,
+                                              engine.context_states(r.lease_id))
                         last = r.revision
                 last = max(last, upto)
                 while ctx.is_active():  # then live
@@ -556,7 +560,8 @@ class LeaseServicer:
                     if change is None:
                         return  # the engine stopped
                     if change.revision > last:
-                        yield change_to_proto(change, engine.origin)
+                        yield change_to_proto(change, engine.origin,
+                                              engine.context_states(change.lease_id))
                         last = change.revision
             finally:
                 engine.unsubscribe(sub)

@@ -299,6 +299,14 @@ def test_head_and_workers_contextualize(stack: Stack, caplog: pytest.LogCaptureF
     assert f"context: lease-{lease.id}-vm-02 reported" in reasons
     assert f"context: lease-{lease.id}-vm-04 failed (did not report by the deadline)" in reasons
 
+    # WatchLeases shows the per-VM context state with each change of the lease
+    stream = stack.leases.WatchLeases(lpb.WatchLeasesRequest(lease_id=lease.id), timeout=5)
+    first = next(stream)
+    stream.cancel()
+    assert [c.state for c in first.contexts] == [tpb.CONTEXT_STATE_READY] * 3 + [
+        tpb.CONTEXT_STATE_FAILED]
+    assert first.contexts[3].reason == "did not report by the deadline"
+
     # credentials expire (credential-ttl 900 s after deploy)
     stack.clock.set(deployed_at + 900)
     assert get(f"{base}/v1/context/{tokens[1]}")[0] == 401

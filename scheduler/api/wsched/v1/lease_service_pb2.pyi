@@ -253,6 +253,7 @@ class LeaseChange(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CONTEXTS_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     lease_id: _builtins.int
     state: _types_pb2.LeaseState.ValueType
@@ -260,6 +261,12 @@ class LeaseChange(_message.Message):
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the change happened (scheduler time)."""
+
+    @_builtins.property
+    def contexts(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.VmContext]:
+        """A contextualized lease's per-VM context state (pending, reported, ready,
+        failed) as it is when the change is sent; empty for other leases.
+        """
 
     def __init__(
         self,
@@ -269,10 +276,11 @@ class LeaseChange(_message.Message):
         state: _types_pb2.LeaseState.ValueType = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         reason: _builtins.str = ...,
+        contexts: _abc.Iterable[_types_pb2.VmContext] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "reason", b"reason", "revision", b"revision", "state", b"state", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contexts", b"contexts", "lease_id", b"lease_id", "reason", b"reason", "revision", b"revision", "state", b"state", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
