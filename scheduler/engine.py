@@ -191,10 +191,6 @@ class Conflict(EngineError):
     """Something with that identity exists already (e.g. a reused request id)."""
 
 
-class Unsupported(EngineError):
-    """The scheduling core does not offer this yet."""
-
-
 class Unavailable(EngineError):
     """The database could not commit; nothing was acknowledged."""
 
@@ -363,10 +359,6 @@ def spec_hash(spec: LeaseSpec) -> str:
     return hashlib.sha256(json.dumps(spec.as_json(), sort_keys=True).encode()).hexdigest()
 
 
-def _supports_windows() -> bool:
-    return "start_latest" in {f.name for f in dataclasses.fields(LeaseRequest)}
-
-
 def _request_json(lease_id: int, submit: int, spec: LeaseSpec, image_mb: int) -> dict[str, Any]:
     return {"id": lease_id, "submit": submit, "image_mb": image_mb, **spec.as_json()}
 
@@ -532,7 +524,6 @@ class Engine:
     def _rebuild(self) -> None:
         """(Re)create the core from the command log and the projections."""
         self.core = Scheduler(Site(self._initial_nodes), self._config)
-        self._failed: dict[int, str] = {}
         for cmd in self.store.commands():
             self.core.advance_to(cmd.at)
             self._apply(cmd)
@@ -566,13 +557,12 @@ class Engine:
 
     def _apply(self, cmd: Command) -> None:
         """Apply one logged command to the core (live and on replay alike)."""
-        b = cmd.body
-        core: Any = self.core  # features the core may not have yet are looked up by name
+        b, core = cmd.body, self.core
         match cmd.kind:
             case "submit":
-                self.core.submit(_request_from_json(b["request"]))
+                core.submit(_request_from_json(b["request"]))
             case "cancel":
-                self.core.cancel(b["lease"])
+                core.cancel(b["lease"])
             case "extend":
                 core.extend(b["lease"], b["extra"])
             case "add_host":
@@ -582,14 +572,7 @@ class Engine:
             case "remove_host":
                 core.remove_node(b["index"])
             case "fail":
-                if hasattr(core, "fail"):
-                    core.fail(b["lease"], b["reason"])
-                else:
-                    # Until the core can fail a lease: cancel it (releases its resources)
-                    # and show it failed.
-                    with contextlib.suppress(SchedulingError):
-                        self.core.cancel(b["lease"])
-                    self._failed[b["lease"]] = b["reason"]
+                core.fail(b["lease"], b["reason"])
             case _:
                 raise ValueError(f"unknown command {cmd.kind!r} in the log")
 
@@ -713,8 +696,6 @@ class Engine:
             self._versions[lease_id] = key
             outcome = lease.outcome()
             state, reason = str(outcome.state), outcome.reason
-            if lease_id in self._failed:
-                state, reason = str(LeaseState.FAILED), self._failed[lease_id]
             events = [{"kind": str(e.kind), "start": e.start, "end": e.end,
                        "nodes": [names[n] for n in e.nodes]} for e in outcome.events]
             events_json = json.dumps(events)
@@ -760,8 +741,8 @@ class Engine:
             if event is None:
                 continue  # re-planned or cancelled before it began
             self._enacted.add(key)
-            if lease_id in self._failed:
-                continue
+            if lease.failed:
+                continue  # its VMs are gone: nothing more to carry out
             try:
                 self._enact(lease_id, event, events)
             except EnactmentError as e:
@@ -874,9 +855,6 @@ class Engine:
     def create_lease(self, spec: LeaseSpec, request_id: str | None = None) -> CreateResult:
         """Submit a lease; returns it as committed (a rejected one too: the caller
         reports it). A retry with the same request id returns the first answer."""
-        if spec.start_latest is not None and not _supports_windows():
-            raise Unsupported("flexible AR start windows (start_latest) are not supported by "
-                              "this scheduler core yet")
         image = self._image(spec.image_id)
         if image is None:
             raise InvalidField("spec.image_id", f"no registered image {spec.image_id!r}")
@@ -941,8 +919,6 @@ class Engine:
         return self.get_lease(lease_id)
 
     def extend_lease(self, lease_id: int, extra: int) -> LeaseRecord:
-        if not hasattr(self.core, "extend"):
-            raise Unsupported("extending a lease is not supported by this scheduler core yet")
         with self._step() as step:
             lease = self.core.leases.get(lease_id)
             if lease is None:
@@ -968,17 +944,12 @@ class Engine:
                                  after_id=after_id, limit=limit)
 
     def counter_offer(self, lease_id: int) -> int | None:
-        """The earliest core time at which a rejected AR would fit, if the core can say."""
+        """The earliest core time at which a rejected AR would fit, if there is one."""
         with self._lock:
             lease = self.core.leases.get(lease_id)
-            finder = getattr(self.core, "earliest_ar_start", None)
-            if lease is None or finder is None or lease.request.kind is not LeaseKind.AR:
+            if lease is None or lease.request.kind is not LeaseKind.AR:
                 return None
-            try:
-                t = finder(lease.request)
-            except SchedulingError:
-                return None
-            return int(t) if t is not None else None
+            return self.core.earliest_ar_start(lease.request)
 
     # ------------------------------------------------------------ hosts and images
     def hosts(self) -> list[HostRecord]:
@@ -991,8 +962,6 @@ class Engine:
         raise NotFound(f"no host {name!r}")
 
     def add_host(self, name: str, capacity: Resources) -> HostRecord:
-        if not hasattr(self.core, "add_node"):
-            raise Unsupported("adding hosts is not supported by this scheduler core yet")
         with self._step() as step:
             if any(h.name == name for h in self.store.hosts()):
                 raise Conflict(f"a host named {name!r} exists already")
@@ -1009,15 +978,12 @@ class Engine:
         return record
 
     def drain_host(self, name: str) -> HostRecord:
-        return self._host_command(name, "drain_host", "drain_node", "draining")
+        return self._host_command(name, "drain_host", "draining")
 
     def remove_host(self, name: str) -> HostRecord:
-        return self._host_command(name, "remove_host", "remove_node", "removed")
+        return self._host_command(name, "remove_host", "removed")
 
-    def _host_command(self, name: str, kind: str, method: str, state: str) -> HostRecord:
-        if not hasattr(self.core, method):
-            raise Unsupported(f"{kind.replace('_', ' ')} is not supported by this scheduler "
-                              "core yet")
+    def _host_command(self, name: str, kind: str, state: str) -> HostRecord:
         with self._step() as step:
             host = self._host(name)
             cmd = Command(kind, self.core.now, {"index": host.index})

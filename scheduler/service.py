@@ -63,7 +63,6 @@ from .engine import (
     LeaseSpec,
     NotFound,
     Unavailable,
-    Unsupported,
 )
 from .leases import DIMENSIONS, LeaseKind, LeaseState, Resources
 from .store import Change, ContextVm, HostRecord, ImageRecord, LeaseRecord
@@ -419,8 +418,6 @@ def _error_status(e: Exception, engine: Engine) -> grpc.Status:
         return _status(grpc.StatusCode.NOT_FOUND, str(e))
     if isinstance(e, Conflict):
         return _status(grpc.StatusCode.ALREADY_EXISTS, str(e))
-    if isinstance(e, Unsupported):
-        return _status(grpc.StatusCode.UNIMPLEMENTED, str(e))
     if isinstance(e, Unavailable):
         return _status(grpc.StatusCode.UNAVAILABLE, str(e))
     if isinstance(e, Infeasible):

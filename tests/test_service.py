@@ -21,7 +21,6 @@ from scheduler.api.wsched.v1 import lease_service_pb2_grpc as lgrpc
 from scheduler.api.wsched.v1 import site_service_pb2 as spb
 from scheduler.api.wsched.v1 import site_service_pb2_grpc as sgrpc
 from scheduler.api.wsched.v1 import types_pb2 as tpb
-from scheduler.core import Scheduler
 from scheduler.enactment import Action, SimulatedDriver
 from scheduler.engine import APSchedulerTimer, Engine, ManualClock, demo_site
 from scheduler.service import RunningServer, start_server
@@ -153,12 +152,13 @@ def test_ar_that_does_not_fit_gets_reasons(svc: Service) -> None:
     info = [d for d in details(e) if isinstance(d, error_details_pb2.ErrorInfo)]
     assert pf and "8 nodes" in pf[0].violations[0].description
     assert info and info[0].metadata["lease_id"] == "2"
-    if hasattr(Scheduler, "earliest_ar_start"):
-        offer = info[0].metadata["earliest_start"]
-        ts = timestamp_pb2.Timestamp()
-        ts.FromJsonString(offer)
-        retry = spec(tpb.LEASE_KIND_AR, vms=8, cpu=800, start=ts.seconds)
-        assert create(svc, retry).state == tpb.LEASE_STATE_SCHEDULED
+    # the counter-offer: right after the first AR, which holds every host for an hour
+    offer = info[0].metadata["earliest_start"]
+    ts = timestamp_pb2.Timestamp()
+    ts.FromJsonString(offer)
+    assert ts.seconds > T0 + 3600
+    retry = spec(tpb.LEASE_KIND_AR, vms=8, cpu=800, start=ts.seconds)
+    assert create(svc, retry).state == tpb.LEASE_STATE_SCHEDULED
     rejected = svc.leases.GetLease(lpb.GetLeaseRequest(id=2))
     assert rejected.state == tpb.LEASE_STATE_REJECTED and rejected.reason
     # more VMs than the site has hosts: infeasible, for every kind
@@ -259,16 +259,13 @@ def test_list_filters_and_pages(svc: Service) -> None:
 def test_extend(svc: Service) -> None:
     lease = create(svc, spec())
     req = lpb.ExtendLeaseRequest(id=lease.id, extra=duration_pb2.Duration(seconds=300))
-    if not hasattr(Scheduler, "extend"):
-        assert error(svc.leases.ExtendLease, req).code() is grpc.StatusCode.UNIMPLEMENTED
-    else:
-        extended = svc.leases.ExtendLease(req)
-        assert extended.end.seconds - extended.start.seconds == 900
+    extended = svc.leases.ExtendLease(req)
+    assert extended.end.seconds - extended.start.seconds == 900
     bad = lpb.ExtendLeaseRequest(id=lease.id, extra=duration_pb2.Duration(seconds=-5))
     assert "extra.seconds" in violations(error(svc.leases.ExtendLease, bad))
     missing = lpb.ExtendLeaseRequest(id=99, extra=duration_pb2.Duration(seconds=5))
     code = error(svc.leases.ExtendLease, missing).code()
-    assert code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED)
+    assert code is grpc.StatusCode.NOT_FOUND
 
 
 def test_watch_history_then_live_and_resume(svc: Service) -> None:
@@ -339,13 +336,19 @@ def test_hosts_images_utilization(svc: Service) -> None:
     assert 0 < u.cpu_fraction <= 1 and u.leases_by_state["active"] >= 1
 
     add = spb.AddHostRequest(name="P9", capacity=tpb.Resources(cpu=800, memory_mb=32768))
-    ops: list[tuple[Any, Any, str]] = [
-        (svc.site.AddHost, add, "add_node"),
-        (svc.site.DrainHost, spb.DrainHostRequest(name="P1"), "drain_node"),
-        (svc.site.RemoveHost, spb.RemoveHostRequest(name="P2"), "remove_node")]
-    for call, req, method in ops:
-        if not hasattr(Scheduler, method):
-            assert error(call, req).code() is grpc.StatusCode.UNIMPLEMENTED
+    assert svc.site.AddHost(add).state == spb.HOST_STATE_ACTIVE
+    busy = sorted({h for e in lease.events for h in e.hosts})[0]  # the running lease's
+    assert svc.site.DrainHost(spb.DrainHostRequest(name=busy)).state == \
+        spb.HOST_STATE_DRAINING
+    refused = error(svc.site.RemoveHost, spb.RemoveHostRequest(name=busy))
+    assert refused.code() is grpc.StatusCode.FAILED_PRECONDITION
+    details = refused.details() or ""
+    assert details.startswith(f"node {busy} still holds or has booked lease(s) ")
+    assert str(lease.id) in details.split("lease(s) ")[1].split(":")[0].split(", ")
+    assert svc.site.RemoveHost(spb.RemoveHostRequest(name="P9")).state == \
+        spb.HOST_STATE_REMOVED
+    states = {h.name: h.state for h in svc.site.ListHosts(spb.ListHostsRequest()).hosts}
+    assert (states[busy], states["P9"]) == (spb.HOST_STATE_DRAINING, spb.HOST_STATE_REMOVED)
     assert "name" in violations(error(svc.site.AddHost, spb.AddHostRequest(name="bad name")))
     assert "name" in violations(error(svc.site.DrainHost, spb.DrainHostRequest()))
 
