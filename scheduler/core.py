@@ -23,7 +23,6 @@ waiting reservations are dropped and rebuilt, so they can move earlier.
 from __future__ import annotations
 
 import bisect
-import copy
 import heapq
 import itertools
 import logging
@@ -984,41 +983,38 @@ class Scheduler:
 
     def earliest_ar_start(self, request: LeaseRequest) -> int | None:
         """The earliest start (at or after ``request.start``) at which this AR would be
-        accepted now: a counter-offer for a rejected one. Tried on a scratch copy of
-        the scheduler, so nothing here changes."""
+        accepted now: a counter-offer for a rejected one. A dry run: nothing changes."""
         if request.kind is not LeaseKind.AR or request.start is None:
             return None
         t = self._next_ar_start(request, request.start)
         for _ in range(_WINDOW_TRIES):
             if t is None:
                 return None
-            scratch = copy.deepcopy(self)
-            probe = Lease(replace(request, start=t, start_latest=None), -1,
-                          request.duration, request.effective_real_duration)
-            scratch.leases.pop(request.id, None)
-            if scratch._try_ar(probe) is None:
+            probe = replace(request, start=t, start_latest=None)
+            placed = self._ar_placement(probe)
+            if not isinstance(placed, int) and self._ar_transfer_possible(probe, placed[0]):
                 return t
             t = self._next_ar_start(request, t + 1)
         return None
 
-    def _try_ar(self, lease: Lease) -> str | None:
-        """Book the AR at ``lease.request.start``; the reason it cannot be, or None."""
-        req, ovh, now = lease.request, self.overheads, self.now
+    def _ar_placement(self, req: LeaseRequest
+                      ) -> tuple[tuple[int, ...], list[Lease], dict[int, int | None]] | int:
+        """Where an AR would go at ``req.start`` and whom it would preempt (and when),
+        without changing anything; or, if it cannot, how many nodes could host it."""
+        ovh = self.overheads
         assert req.start is not None
         vec = req.resources.as_array()
         k = req.vms
         start = req.start - ovh.boot
         end = req.start + req.duration + ovh.shutdown
-        if start < now:
-            return (f"starts at {req.start} s but booting its VMs takes "
-                    f"{ovh.boot} s and it is already {now} s")
         free = self.profile.fits_window(start, end, vec)
         may_preempt = self.policies.preemption.may_preempt
         pre = np.zeros_like(free)
         could = self.profile.fits_window(start, end, vec, ignore_preemptible=True) & ~free
         if could.any() and any(
                 may_preempt(req, self.leases[o].request) for o in self.profile.owners_overlapping(
-                    np.flatnonzero(could), start, end, preemptible_only=True)):
+                    np.flatnonzero(could), start, end, preemptible_only=True)
+                if o != req.id):
             pre = could
         excluded = np.zeros_like(free)
         while True:
@@ -1032,20 +1028,46 @@ class Scheduler:
                                    np.zeros(len(nodes_idx), dtype=bool), since, soonest)
             nodes = self.policies.host_selection.choose(k, cands)
             if nodes is None:
-                return self._ar_shortage(req, start, end, int(usable.sum()))
-            victims = self._victims(lease, [n for n in nodes if not free[n]], start, end)
+                return int(usable.sum())
+            victims = self._victims(req.id, [n for n in nodes if not free[n]], start, end)
             plan = self._preemption_plan(req, victims, start)
             if isinstance(plan, Lease):  # it cannot make way in time: avoid its nodes
                 excluded[[n for seg in plan.segments for n in seg.nodes]] = True
                 continue
-            break
+            return nodes, victims, plan
+
+    def _ar_transfer_possible(self, req: LeaseRequest, nodes: tuple[int, ...]) -> bool:
+        """Dry run of an AR's image transfer: is the repository link free long enough
+        before its boot (other AR transfers may move, but only earlier ones help)?"""
+        assert req.start is not None
+        boot = req.start - self.overheads.boot
+        missing = [n for n in nodes if self.config.image_transfer
+                   and not self._image_ready(n, req.image.id, boot)]
+        if not missing or self.overheads.transfer(req.image) == 0:
+            return True
+        length = self._transfer_length(req, len(missing))
+        return self.images.link.latest_gap(boot, length) >= self.now
+
+    def _try_ar(self, lease: Lease) -> str | None:
+        """Book the AR at ``lease.request.start``; the reason it cannot be, or None."""
+        req, ovh, now = lease.request, self.overheads, self.now
+        assert req.start is not None
+        start = req.start - ovh.boot
+        end = req.start + req.duration + ovh.shutdown
+        if start < now:
+            return (f"starts at {req.start} s but booting its VMs takes "
+                    f"{ovh.boot} s and it is already {now} s")
+        placed = self._ar_placement(req)
+        if isinstance(placed, int):
+            return self._ar_shortage(req, start, end, placed)
+        nodes, victims, plan = placed
         if self.config.image_transfer and not self._deploy_images(lease, nodes, now,
                                                                   deadline=start):
             self._release_images(lease)
             return self._transfer_shortage(req, start)
         for v in victims:
             self._vacate(v, plan[v.id], start)
-        entry = self.profile.add(nodes, start, end, vec, owner=lease.id)
+        entry = self.profile.add(nodes, start, end, req.resources.as_array(), owner=lease.id)
         lease.segments.append(Segment(nodes, start, req.start, req.start + req.duration, end,
                                       EventKind.BOOT, EventKind.SHUTDOWN, entry))
         self._push(lease)
@@ -1080,10 +1102,10 @@ class Scheduler:
             msg += f"; the earliest start that fits is {fit[0] + self.overheads.boot} s"
         return msg
 
-    def _victims(self, lease: Lease, nodes: list[int], start: int, end: int) -> list[Lease]:
+    def _victims(self, lease_id: int, nodes: list[int], start: int, end: int) -> list[Lease]:
         """Preemptible leases in the way on ``nodes`` (which lack room without preemption)."""
         owners = self.profile.owners_overlapping(nodes, start, end, preemptible_only=True)
-        owners.discard(lease.id)
+        owners.discard(lease_id)
         return sorted((self.leases[o] for o in owners), key=lambda v: v.seq)
 
     def _preemption_plan(self, preemptor: LeaseRequest, victims: list[Lease],

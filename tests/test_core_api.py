@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from scheduler.config import load_profile
 from scheduler.core import Scheduler, SchedulingError
@@ -193,3 +195,39 @@ def test_take_changed_reports_every_lease_whose_state_or_schedule_changed() -> N
         assert {i for i in now if now[i] != seen[i]} <= changed
         seen = now
     assert {lease.state for lease in s.leases.values()} == {LeaseState.DONE}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_a_counter_offer_is_always_honoured(data: st.DataObject) -> None:
+    """Random sites, configurations and bookings: resubmitting a rejected AR at the offered
+    start is accepted (the offer is a dry run of exactly that)."""
+    config = data.draw(st.sampled_from(
+        ["test-notransfer", "test-transfer", "test-transfer-reuse", "novm-nosr"]))
+    cfg = replace(load_profile(config), site_nodes=0)
+    nodes = data.draw(st.integers(2, 5))
+    site = Site.uniform(nodes, NODE)
+    s = Scheduler(site, cfg)
+    lease_id = 1
+    for _ in range(data.draw(st.integers(1, 8))):
+        kind = data.draw(st.sampled_from([LeaseKind.AR, LeaseKind.BESTEFFORT]))
+        vms = data.draw(st.integers(1, nodes))
+        duration = data.draw(st.integers(60, 3000))
+        image = DiskImage(data.draw(st.sampled_from(["a", "b"])), 100)
+        start = data.draw(st.integers(600, 5000)) if kind is LeaseKind.AR else None
+        s.submit(LeaseRequest(lease_id, kind, vms, NODE, image, duration, 0, start=start,
+                              preemptible=kind is LeaseKind.BESTEFFORT))
+        lease_id += 1
+    ar = LeaseRequest(lease_id, LeaseKind.AR, data.draw(st.integers(1, nodes)), NODE,
+                      DiskImage("a", 100), data.draw(st.integers(60, 3000)), 0,
+                      start=data.draw(st.integers(600, 5000)))
+    lease = s.submit(ar)
+    event(f"AR {lease.state}")
+    if lease.state is not LeaseState.REJECTED:
+        return
+    offer = s.earliest_ar_start(ar)
+    assert offer is not None and offer >= ar.start  # type: ignore[operator]
+    retry = s.submit(replace(ar, id=lease_id + 1, start=offer))
+    assert retry.state in (LeaseState.SCHEDULED, LeaseState.PREPARING), retry.reason
+    s.run()
+    assert_valid(site, cfg, s.outcomes())
