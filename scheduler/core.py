@@ -154,8 +154,12 @@ class SchedulingError(ValueError):
 
 
 class Scheduler:
-    def __init__(self, site: Site, config: Config, policies: Policies | None = None) -> None:
+    def __init__(self, site: Site, config: Config, policies: Policies | None = None, *,
+                 show_time: Callable[[int], str] | None = None) -> None:
         self.site = site
+        # How messages name an instant: seconds from the origin in replays, the wall
+        # clock in the service (the core only knows integer seconds).
+        self._at = show_time or (lambda t: f"{t} s")
         self.config = config
         self.policies = policies or make_policies(config)
         self.overheads = Overheads(config)
@@ -312,8 +316,8 @@ class Scheduler:
                 busy = [self.site.nodes[n].name for n in seg.nodes if not free[n]]
                 raise SchedulingError(
                     f"cannot extend lease {lease_id} by {extra} s: {', '.join(busy)} "
-                    f"{'is' if len(busy) == 1 else 'are'} booked from {seg.end} s to "
-                    f"{seg.end + added} s")
+                    f"{'is' if len(busy) == 1 else 'are'} booked from {self._at(seg.end)} to "
+                    f"{self._at(seg.end + added)}")
             self.profile.remove(seg.entry)
             seg.entry = self.profile.add(seg.nodes, seg.start, seg.end + added, vec,
                                          owner=lease.id, preemptible=req.preemptible)
@@ -415,7 +419,7 @@ class Scheduler:
         until = self.profile.free_until(start, req.resources.as_array())
         free = int(((until >= start + need) & (ready <= start)).sum())
         return (f"cannot start now: only {free} of the {req.vms} nodes it needs can host a VM "
-                f"({self._describe(req)}) from {start} s to {start + need} s")
+                f"({self._describe(req)}) from {self._at(start)} to {self._at(start + need)}")
 
     def _reject(self, lease: Lease, reason: str) -> None:
         log.info("lease rejected", extra={"lease": lease.id, "reason": reason})
@@ -966,7 +970,7 @@ class Scheduler:
                 if self._try_ar(lease) is None:
                     return
             lease.request = req
-            reason += f"; nor at any start up to its latest start {req.start_latest} s"
+            reason += f"; nor at any start up to its latest start {self._at(req.start_latest)}"
         self._reject(lease, reason)
 
     def _next_ar_start(self, req: LeaseRequest, t: int) -> int | None:
@@ -1055,8 +1059,8 @@ class Scheduler:
         start = req.start - ovh.boot
         end = req.start + req.duration + ovh.shutdown
         if start < now:
-            return (f"starts at {req.start} s but booting its VMs takes "
-                    f"{ovh.boot} s and it is already {now} s")
+            return (f"starts at {self._at(req.start)} but booting its VMs takes "
+                    f"{ovh.boot} s and it is already {self._at(now)}")
         placed = self._ar_placement(req)
         if isinstance(placed, int):
             return self._ar_shortage(req, start, end, placed)
@@ -1086,20 +1090,20 @@ class Scheduler:
     def _transfer_shortage(self, req: LeaseRequest, boot: int) -> str:
         length = self._transfer_length(req, req.vms)
         msg = (f"its image ({req.image.size_mb} MB, {length} s to transfer) cannot reach the "
-               f"nodes before its VMs boot at {boot} s")
+               f"nodes before its VMs boot at {self._at(boot)}")
         if self.now + length > boot:
             earliest = self.now + length + self.overheads.boot
-            return msg + f"; the earliest start that allows it is {earliest} s"
+            return msg + f"; the earliest start that allows it is {self._at(earliest)}"
         return msg + ": the repository link is booked by other transfers until then"
 
     def _ar_shortage(self, req: LeaseRequest, start: int, end: int, usable: int) -> str:
         vec = req.resources.as_array()
         msg = (f"not enough resources: only {usable} of the {req.vms} nodes it needs can host "
-               f"a VM ({self._describe(req)}) from {start} s to {end} s")
+               f"a VM ({self._describe(req)}) from {self._at(start)} to {self._at(end)}")
         fit = self.profile.earliest_fit(start, req.vms, vec, end - start,
                                         eligible=~self._closed)
         if fit is not None:
-            msg += f"; the earliest start that fits is {fit[0] + self.overheads.boot} s"
+            msg += f"; the earliest start that fits is {self._at(fit[0] + self.overheads.boot)}"
         return msg
 
     def _victims(self, lease_id: int, nodes: list[int], start: int, end: int) -> list[Lease]:

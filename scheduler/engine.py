@@ -514,6 +514,10 @@ class Engine:
         """Current core time (never goes back, even if the wall clock does)."""
         return max(math.floor(self.clock.time()) - self.origin, self.core.now)
 
+    def _show_time(self, t: int) -> str:
+        """An instant in core seconds, as users see it (UTC, ISO 8601)."""
+        return datetime.fromtimestamp(self.origin + t, UTC).isoformat().replace("+00:00", "Z")
+
     def to_wall(self, t: int) -> int:
         return self.origin + t
 
@@ -523,7 +527,8 @@ class Engine:
     # ------------------------------------------------------------ rebuild
     def _rebuild(self) -> None:
         """(Re)create the core from the command log and the projections."""
-        self.core = Scheduler(Site(self._initial_nodes), self._config)
+        self.core = Scheduler(Site(self._initial_nodes), self._config,
+                              show_time=self._show_time)
         for cmd in self.store.commands():
             self.core.advance_to(cmd.at)
             self._apply(cmd)
