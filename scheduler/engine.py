@@ -548,7 +548,11 @@ class Engine:
             if state not in _TERMINAL:
                 self._live.add(lease_id)
                 self._known[lease_id] = (state, events, reason)
-        self._enacted = {(e.lease_id, e.kind, e.start) for e in self.store.enactments()}
+        # actions carried out, per live lease (a finished lease's are forgotten)
+        self._enacted: dict[int, set[tuple[str, int]]] = {}
+        for e in self.store.enactments():
+            if e.lease_id in self._live:
+                self._enacted.setdefault(e.lease_id, set()).add((e.kind, e.start))
         self._actions: list[tuple[int, int, int, str, tuple[int, ...]]] = []
         self._action_seq = itertools.count()
         for lease_id in self._live:
@@ -721,6 +725,7 @@ class Engine:
                 self._live.discard(lease_id)
                 self._known.pop(lease_id, None)
                 self._versions.pop(lease_id, None)
+                self._enacted.pop(lease_id, None)
             else:
                 self._live.add(lease_id)
 
@@ -728,16 +733,17 @@ class Engine:
     def _queue_actions(self, lease_id: int, events: tuple[Event, ...] | list[Event]) -> None:
         for e in events:
             if e.kind is not EventKind.RUN and \
-                    (lease_id, str(e.kind), e.start) not in self._enacted:
+                    (str(e.kind), e.start) not in self._enacted.get(lease_id, ()):
                 heapq.heappush(self._actions, (e.start, next(self._action_seq), lease_id,
                                                str(e.kind), e.nodes))
 
     def _enact_due(self, step: _Step) -> None:
         now = self.core.now
+        popped: set[tuple[int, str, int]] = set()  # the queue may hold an action twice
         while self._actions and self._actions[0][0] <= now:
             start, _, lease_id, kind, nodes = heapq.heappop(self._actions)
-            key = (lease_id, kind, start)
-            if key in self._enacted:
+            if (kind, start) in self._enacted.get(lease_id, ()) or \
+                    (lease_id, kind, start) in popped:
                 continue
             lease = self.core.leases[lease_id]
             events = lease.events()
@@ -745,7 +751,9 @@ class Engine:
                           and e.nodes == nodes), None)
             if event is None:
                 continue  # re-planned or cancelled before it began
-            self._enacted.add(key)
+            popped.add((lease_id, kind, start))
+            if not lease.finished:  # a finished lease's memory is dropped (see _sync)
+                self._enacted.setdefault(lease_id, set()).add((kind, start))
             if lease.failed:
                 continue  # its VMs are gone: nothing more to carry out
             try:

@@ -20,6 +20,7 @@ import json
 import logging
 import queue
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -404,6 +405,8 @@ def _status(code: grpc.StatusCode, message: str, *details: Message) -> grpc.Stat
 
 
 def _error_status(e: Exception, engine: Engine) -> grpc.Status:
+    if isinstance(e, TooManyWatchers):
+        return _status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
     if isinstance(e, BadRequest):
         br = error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
@@ -454,9 +457,17 @@ def _rejection(record: LeaseRecord, engine: Engine) -> grpc.Status:
 
 # ============================================================================ servicers
 
+class TooManyWatchers(Exception):
+    """Every watch slot is taken (each stream holds a server thread)."""
+
+
 class LeaseServicer:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_watchers: int = 16) -> None:
         self.engine = engine
+        self.max_watchers = max_watchers
+        # Each open stream holds a worker thread: bounded, so watchers can never take
+        # every thread and starve the other calls.
+        self._watch_slots = threading.BoundedSemaphore(max_watchers)
 
     def CreateLease(self, req: lpb.CreateLeaseRequest,
                     _ctx: grpc.ServicerContext) -> lpb.CreateLeaseResponse | grpc.Status:
@@ -533,6 +544,16 @@ class LeaseServicer:
         if req.lease_id < 0:
             c.add("lease_id", "must not be negative")
         c.done()
+        if not self._watch_slots.acquire(blocking=False):
+            raise TooManyWatchers(f"all {self.max_watchers} watch streams are open; retry "
+                                  "later (or close one)")
+        try:
+            yield from self._watch(req, ctx)
+        finally:
+            self._watch_slots.release()
+
+    def _watch(self, req: lpb.WatchLeasesRequest,
+               ctx: grpc.ServicerContext) -> Iterator[lpb.LeaseChange]:
         engine, last = self.engine, req.after_revision
         while ctx.is_active() and not engine.stopped:
             sub, upto = engine.subscribe(req.lease_id)
@@ -664,8 +685,9 @@ def _stream(engine: Engine, method: Callable[..., Iterator[Any]], req_cls: type[
         response_serializer=resp_cls.SerializeToString)
 
 
-def generic_handlers(engine: Engine) -> tuple[grpc.GenericRpcHandler, ...]:
-    leases, site = LeaseServicer(engine), SiteServicer(engine)
+def generic_handlers(engine: Engine, max_watchers: int = 16
+                     ) -> tuple[grpc.GenericRpcHandler, ...]:
+    leases, site = LeaseServicer(engine, max_watchers), SiteServicer(engine)
     return (
         grpc.method_handlers_generic_handler(LEASE_SERVICE, {
             "CreateLease": _unary(engine, leases.CreateLease, lpb.CreateLeaseRequest,
@@ -717,10 +739,11 @@ class RunningServer:
 def start_server(engine: Engine, address: str = "127.0.0.1:50051",
                  max_workers: int = 32) -> RunningServer:
     """Serve ``engine`` on ``address`` (``host:0`` picks a free port). Each open
-    WatchLeases stream holds a worker thread, hence the generous pool."""
+    WatchLeases stream holds a worker thread, hence the generous pool, of which half at
+    most go to watchers."""
     server = grpc.server(ThreadPoolExecutor(max_workers=max_workers,
                                             thread_name_prefix="wsched-grpc"))
-    server.add_generic_rpc_handlers(generic_handlers(engine))
+    server.add_generic_rpc_handlers(generic_handlers(engine, max(1, max_workers // 2)))
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (LEASE_SERVICE, SITE_SERVICE)

@@ -4,8 +4,10 @@ on SQLite and PostgreSQL, with a hand-driven clock (no sleeps, nothing timing-se
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -471,3 +473,41 @@ def test_apscheduler_timer_fires_and_rearms_from_its_job() -> None:
         assert done.wait(30)
     finally:
         timer.stop()
+
+
+def test_watchers_cannot_take_every_server_thread(tmp_path: Path) -> None:
+    """Each watch stream holds a worker thread: at most half the pool goes to them, the
+    next gets RESOURCE_EXHAUSTED, other calls still work, and a closed stream frees its
+    slot."""
+    store = Store(f"sqlite+pysqlite:///{tmp_path / 'w.db'}")
+    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
+    engine.poll()
+    running = start_server(engine, "127.0.0.1:0", max_workers=4)  # 2 watch slots
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    leases = lgrpc.LeaseServiceStub(channel)
+    try:
+        create_req = lpb.CreateLeaseRequest(spec=spec())
+        leases.CreateLease(create_req)
+        streams = [leases.WatchLeases(lpb.WatchLeasesRequest()) for _ in range(2)]
+        for s in streams:
+            assert next(s).lease_id == 1  # open, and holding their threads
+        third = leases.WatchLeases(lpb.WatchLeasesRequest())
+        with pytest.raises(grpc.RpcError) as info:
+            next(third)
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "all 2 watch streams are open" in (info.value.details() or "")
+        assert leases.GetLease(lpb.GetLeaseRequest(id=1)).id == 1  # others still served
+        streams[0].cancel()
+        for _ in range(400):  # the server notices a cancellation within its 0.5 s poll
+            try:
+                assert next(leases.WatchLeases(lpb.WatchLeasesRequest())).lease_id == 1
+                break
+            except grpc.RpcError as e:
+                assert e.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                time.sleep(0.05)
+        else:
+            raise AssertionError("a cancelled watch never gave its slot back")
+    finally:
+        channel.close()
+        running.stop(grace=None)
+        store.close()
