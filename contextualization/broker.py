@@ -84,6 +84,10 @@ class ContextBroker:
         """Seeds at deploy (the engine's ``ContextHook``)."""
         return self.ctx.prepare(lease_id, context, vm_count, now)
 
+    def release(self, lease_id: int) -> None:
+        """The lease has ended (the engine's ``ContextHook``): its seeds go."""
+        self.ctx.release(lease_id)
+
     def _spec(self, lease_id: int) -> ContextSpec:
         record = self.ctx.store.lease(lease_id)
         return ContextSpec.from_json((record.spec.get("context") if record else None) or {})

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -114,3 +115,11 @@ class Contextualizer:
 
     def states(self, lease_id: int) -> list[ContextVm]:
         return self.store.context_vms(lease_id)
+
+    def release(self, lease_id: int) -> None:
+        """The lease has ended: delete its VMs' seeds (they hold credentials)."""
+        for vm in self.store.context_vms(lease_id):
+            directory = self.seed_dir / vm.instance_id
+            if directory.exists():
+                shutil.rmtree(directory, ignore_errors=True)
+                log.info("seed removed", extra={"lease": lease_id, "vm": vm.instance_id})

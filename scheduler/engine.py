@@ -447,6 +447,9 @@ class ContextHook(Protocol):
 
     def states(self, lease_id: int) -> Sequence[ContextVm]: ...
 
+    def release(self, lease_id: int) -> None:
+        """The lease has ended: its seeds may go."""
+
 
 # ============================================================================ the engine
 
@@ -726,6 +729,8 @@ class Engine:
                 self._known.pop(lease_id, None)
                 self._versions.pop(lease_id, None)
                 self._enacted.pop(lease_id, None)
+                if self.context is not None:
+                    self.context.release(lease_id)
             else:
                 self._live.add(lease_id)
 

@@ -350,3 +350,14 @@ def test_context_spec_is_validated(stack: Stack) -> None:
     with pytest.raises(grpc.RpcError) as info:
         create(stack, bad, vms=1)
     assert "spec.context.handoff.puppet.server" in str(info.value.details())
+
+
+def test_seeds_are_deleted_when_the_lease_ends(stack: Stack) -> None:
+    lease = create(stack, context_spec(), vms=4)
+    seeds = deploy(stack, lease.id, 4)
+    assert all(s.exists() for s in seeds)
+    stack.leases.CancelLease(lpb.CancelLeaseRequest(id=lease.id))
+    stack.advance(60)  # past its shutdown
+    assert stack.leases.GetLease(lpb.GetLeaseRequest(id=lease.id)).state == \
+        tpb.LEASE_STATE_CANCELLED
+    assert not any(s.parent.exists() for s in seeds)  # credentials gone with them
