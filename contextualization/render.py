@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from scheduler.enactment import vm_mac
+
 from .model import (
     AnsibleHandoff,
     Bcfg2Handoff,
@@ -50,7 +52,10 @@ def meta_data(vm: VmContext) -> str:
 def network_config(vm: VmContext) -> str:
     """Network config version 2: the first Ethernet interface gets the VM's address."""
     default = "0.0.0.0/0" if vm.address.version == 4 else "::/0"
-    eth: dict[str, Any] = {"match": {"name": "e*"},
+    # The NIC is named by its MAC (the driver sets it), then called eth0 whatever the
+    # guest's naming scheme: every renderer of cloud-init then agrees on the name.
+    eth: dict[str, Any] = {"match": {"macaddress": vm_mac(vm.lease_id, vm.index)},
+                           "set-name": "eth0",
                            "addresses": [str(vm.address)],
                            "routes": [{"to": default, "via": str(vm.gateway)}]}
     if vm.dns:

@@ -48,6 +48,19 @@ class VM:
     def name(self) -> str:
         return f"wsched-{self.lease_id}-{self.index}"
 
+    @property
+    def mac(self) -> str:
+        return vm_mac(self.lease_id, self.index)
+
+
+def vm_mac(lease_id: int, index: int) -> str:
+    """The MAC address of a VM's first NIC: locally administered (02:), unique for
+    lease ids below 2**24 and 65,536 VMs per lease, and known before the VM exists, so
+    its network configuration can name the interface by it."""
+    octets = [0x02, (lease_id >> 16) & 0xFF, (lease_id >> 8) & 0xFF, lease_id & 0xFF,
+              (index >> 8) & 0xFF, index & 0xFF]
+    return ":".join(f"{o:02x}" for o in octets)
+
 
 class Driver(Protocol):
     """What the engine needs from a virtualization back end. Every method is

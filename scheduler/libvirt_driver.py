@@ -297,6 +297,7 @@ def domain_xml(vm: VM, domain_type: str, disk: str, network: str | None = "defau
         ET.SubElement(cd, "readonly")
     if network is not None:
         nic = ET.SubElement(devices, "interface", type="network")
+        ET.SubElement(nic, "mac", address=vm.mac)  # what its network-config matches
         ET.SubElement(nic, "source", network=network)
         ET.SubElement(nic, "model", type="virtio")
     return ET.tostring(dom, encoding="unicode")

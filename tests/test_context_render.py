@@ -37,6 +37,7 @@ from contextualization.render import (
     nocloud_files,
     user_data,
 )
+from scheduler.enactment import vm_mac
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1c2VyLWtleS1mb3ItdGVzdHMtb25seQ user@laptop"
 SYSTEM_PYTHON = "/usr/bin/python3"  # the interpreter Debian's cloud-init is installed for
@@ -232,6 +233,9 @@ def test_network_config_converts_with_cloud_init(output: str, tmp_path: Path) ->
     assert r.returncode == 0, r.stderr
     rendered = "\n".join(p.read_text() for p in out.rglob("*") if p.is_file())
     assert "10.20.0.4" in rendered and "10.20.0.1" in rendered and "10.20.0.2" in rendered
+    # the NIC is matched by the MAC the libvirt driver gives it, and named eth0
+    assert vm_mac(42, 1) == "02:00:00:2a:00:01"
+    assert "02:00:00:2a:00:01" in rendered.lower() and "eth0" in rendered
 
 
 def test_context_sh_round_trips_malicious_values(tmp_path: Path) -> None:

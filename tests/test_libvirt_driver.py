@@ -185,6 +185,9 @@ def test_domain_xml_from_the_vm(two_hosts: LibvirtDriver, tmp_path: Path) -> Non
     assert disks["cdrom"] is not None and disks["cdrom"].get("file") == str(seed)
     backing = ET.fromstring(overlay.XMLDesc(0)).findtext("backingStore/path")
     assert backing == conn.storagePoolLookupByName(POOL).storageVolLookupByName("tiny").path()
+    # the NIC has the MAC the VM's network-config matches (contextualization)
+    macs = [m.get("address") for m in xml.iter("mac")]
+    assert macs == [with_seed.mac] == ["02:00:00:03:00:00"]
     plain = ET.fromstring(conn.lookupByName(without.name).XMLDesc(0))
     assert plain.findtext("vcpu") == "1"
     assert [d.get("device") for d in plain.iter("disk")] == ["disk"]
