@@ -207,6 +207,9 @@ class SiteDefinition:
     #: The ``[contextualization]`` table (address pool, broker; see
     #: ``contextualization.model.SiteContext``), if the site contextualizes its VMs.
     context: Mapping[str, Any] | None = None
+    #: Per host, the libvirt connection URI of its hypervisor (``libvirt-uri`` in
+    #: ``[[hosts]]``), for the libvirt driver.
+    libvirt_uris: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 _SITE_EXTRA_KEYS = {"profile", "hosts", "disk-images", "contextualization"}
@@ -215,8 +218,9 @@ _SITE_EXTRA_KEYS = {"profile", "hosts", "disk-images", "contextualization"}
 def parse_site(text: str, source: str) -> SiteDefinition:
     """Parse a site TOML file: the configuration format of ``scheduler/config.py``
     (``[site]`` describes uniform hosts P1..Pn) plus an optional top-level ``profile``
-    to start from, ``[[hosts]]`` (name, cpu, memory, disk, net-in, net-out) for
-    explicit hosts and ``[[disk-images]]`` (id, size-mb, location, format)."""
+    to start from, ``[[hosts]]`` (name, cpu, memory, disk, net-in, net-out, and
+    libvirt-uri for the libvirt driver) for explicit hosts and ``[[disk-images]]`` (id,
+    size-mb, location, format)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -228,10 +232,21 @@ def parse_site(text: str, source: str) -> SiteDefinition:
     config = apply_toml(config, {k: v for k, v in data.items() if k not in _SITE_EXTRA_KEYS},
                         source)
     nodes: list[Node] = []
+    uris: dict[str, str] = {}
     for i, h in enumerate(_tables(data.get("hosts", []), "hosts", source)):
         name = h.get("name", f"P{i + 1}")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{source}: [[hosts]] {i + 1}: name must be a non-empty string")
+        unknown = set(h) - {"name", "libvirt-uri", *(d.replace("_", "-") for d in DIMENSIONS)}
+        if unknown:
+            raise ConfigError(f"{source}: [[hosts]] {name}: unknown key(s) "
+                              f"{', '.join(sorted(unknown))}")
+        uri = h.get("libvirt-uri")
+        if uri is not None:
+            if not isinstance(uri, str) or "://" not in uri:
+                raise ConfigError(f"{source}: [[hosts]] {name}: libvirt-uri must be a URI "
+                                  "such as qemu+ssh://host/system")
+            uris[name] = uri
         nodes.append(Node(i, name, _resources(h, f"{source}: [[hosts]] {name}")))
     if not nodes:
         site = config.default_site()
@@ -253,7 +268,7 @@ def parse_site(text: str, source: str) -> SiteDefinition:
     context = data.get("contextualization")
     if context is not None and not isinstance(context, dict):
         raise ConfigError(f"{source}: contextualization must be a table")
-    return SiteDefinition(config, tuple(nodes), tuple(images), context)
+    return SiteDefinition(config, tuple(nodes), tuple(images), context, uris)
 
 
 def _tables(value: object, name: str, source: str) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -263,10 +263,13 @@ def _fail(e: WschedError) -> int:
 
 # ============================================================================ handlers
 
-def _libvirt_driver(args: argparse.Namespace, images: Iterable[ImageRecord]) -> Driver:
+def _libvirt_driver(args: argparse.Namespace, images: Iterable[ImageRecord],
+                    site_uris: Mapping[str, str] | None = None) -> Driver:
+    """The libvirt driver: each host's URI from the site file, overridden by
+    ``--libvirt-uri HOST=URI``; ``--libvirt-uri URI`` for every other host."""
     from .libvirt_driver import LibvirtDriver
 
-    uris, default = {}, None
+    uris, default = dict(site_uris or {}), None
     for value in args.libvirt_uri:
         host, sep, uri = value.partition("=")
         if sep and host and not set(":/?") & set(host):  # HOST=URI, not a URI with a query
@@ -292,7 +295,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StoreError as e:
         print(f"wsched: error: {args.db}: {e}", file=sys.stderr)
         return EXIT_USAGE
-    driver = _libvirt_driver(args, site.images) if args.driver == "libvirt" \
+    driver = _libvirt_driver(args, site.images, site.libvirt_uris) \
+        if args.driver == "libvirt" \
         else make_driver(args.driver)
     clock = SystemClock()
     broker_server = None

@@ -322,3 +322,35 @@ def test_grpc_service_enacts_leases_on_the_test_hypervisor(tmp_path: Path) -> No
         running.stop(grace=None)
         store.close()
         driver.close()
+
+
+def test_site_file_gives_each_host_its_hypervisor(tmp_path: Path) -> None:
+    import argparse
+
+    from scheduler.config import ConfigError
+    from scheduler.engine import parse_site
+    from scheduler.service_cli import _libvirt_driver
+
+    site = parse_site("""
+[[hosts]]
+name = "P1"
+cpu = 800
+libvirt-uri = "qemu+ssh://p1.example.org/system"
+[[hosts]]
+name = "P2"
+cpu = 800
+libvirt-uri = "qemu+ssh://p2.example.org/system"
+""", "site.toml")
+    assert site.libvirt_uris == {"P1": "qemu+ssh://p1.example.org/system",
+                                 "P2": "qemu+ssh://p2.example.org/system"}
+    args = argparse.Namespace(libvirt_uri=["P2=test:///default"], libvirt_pool=POOL)
+    driver = _libvirt_driver(args, [], site.libvirt_uris)
+    try:  # the command line overrides the site file, host by host
+        assert driver.uri("P1") == "qemu+ssh://p1.example.org/system"  # type: ignore[attr-defined]
+        assert driver.uri("P2") == "test:///default"  # type: ignore[attr-defined]
+    finally:
+        driver.close()
+    with pytest.raises(ConfigError, match=r"\[\[hosts\]\] P1: libvirt-uri must be a URI"):
+        parse_site('[[hosts]]\nname = "P1"\nlibvirt-uri = "p1"\n', "site.toml")
+    with pytest.raises(ConfigError, match=r"\[\[hosts\]\] P1: unknown key\(s\) libvirt_uri"):
+        parse_site('[[hosts]]\nname = "P1"\nlibvirt_uri = "qemu:///system"\n', "site.toml")
