@@ -652,17 +652,21 @@ class Scheduler:
         self._commit(lease, proposal)
         return True
 
-    def _readiness(self, lease: Lease) -> tuple[np.ndarray, np.ndarray, int | None]:
+    def _readiness(self, lease: Lease, unicasts: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, int | None]:
         """Per node: earliest instant the lease's next segment could open there, and
         whether the image is already there; plus the start of a new transfer. Drained
-        nodes take no new placements (a suspended lease may still resume in place)."""
-        ready, has, tx_start = self._preparation(lease)
+        nodes take no new placements (a suspended lease may still resume in place).
+        ``unicasts``: how many unicast transfers the lease will need (default: one per
+        VM), which decides when the last of them ends."""
+        ready, has, tx_start = self._preparation(lease, unicasts)
         if self._closed.any():
             keep = has if lease.live else np.zeros_like(has)
             ready = np.where(self._closed & ~keep, INF, ready)
         return ready, has, tx_start
 
-    def _preparation(self, lease: Lease) -> tuple[np.ndarray, np.ndarray, int | None]:
+    def _preparation(self, lease: Lease, unicasts: int | None
+                     ) -> tuple[np.ndarray, np.ndarray, int | None]:
         now, req = self.now, lease.request
         n = len(self.site.nodes)
         ready = np.full(n, now, dtype=np.int64)
@@ -690,10 +694,29 @@ class Scheduler:
         has = copies < INF
         ready = np.maximum(copies, now)
         if not has.all():
-            length = self._transfer_length(req, req.vms)
-            tx_start = self.images.link.earliest_gap(now, length)
-            ready[~has] = tx_start + length
+            if self.config.transfer_mode == "multicast":
+                length = self._transfer_length(req, req.vms)
+                tx_start = self.images.link.earliest_gap(now, length)
+                ready[~has] = tx_start + length
+            else:
+                ready[~has] = self._unicast_end(self.overheads.transfer(req.image),
+                                                req.vms if unicasts is None else unicasts)
         return ready, has, tx_start
+
+    def _unicast_end(self, per: int, count: int) -> int:
+        """When the last of ``count`` unicast transfers of ``per`` seconds ends, each
+        placed FIFO in the link's earliest gap as ``_deploy_images`` will place them
+        (tried on the link, then taken back)."""
+        link, ids, end = self.images.link, [], self.now
+        try:
+            for _ in range(count):
+                s = link.earliest_gap(self.now, per)
+                ids.append(link.add(s, s + per))
+                end = max(end, s + per)
+        finally:
+            for tid in ids:
+                link.remove(tid)
+        return end
 
     def _transfer_length(self, req: LeaseRequest, nodes: int) -> int:
         per = self.overheads.transfer(req.image)
@@ -701,6 +724,30 @@ class Scheduler:
 
     def _propose(self, lease: Lease, *, future: bool, partial: bool,
                  failed: _Failures | None = None) -> _Proposal | None:
+        """Where and when the lease's next segment could go (see ``_propose_with``).
+
+        With unicast transfers, readiness depends on how many of the chosen nodes lack
+        the image: start from the fewest possible and count again on the nodes chosen
+        until the count holds (so the lease boots when its images are there)."""
+        if not (self.config.image_transfer and self.config.transfer_mode == "unicast"
+                and not lease.live):
+            return self._propose_with(lease, None, future=future, partial=partial,
+                                      failed=failed)
+        req = lease.request
+        has = self.images.ready_times(req.image.id, never=INF, lease=lease.id) < INF
+        unicasts = max(0, req.vms - int(has.sum()))
+        while True:
+            prop = self._propose_with(lease, unicasts, future=future, partial=partial,
+                                      failed=failed)
+            if prop is None:
+                return None
+            lacking = sum(1 for n in prop.nodes if not has[n])
+            if lacking <= unicasts:
+                return prop
+            unicasts = lacking
+
+    def _propose_with(self, lease: Lease, unicasts: int | None, *, future: bool,
+                      partial: bool, failed: _Failures | None = None) -> _Proposal | None:
         req, ovh = lease.request, self.overheads
         vec = req.resources.as_array()
         k = req.vms
@@ -711,7 +758,7 @@ class Scheduler:
         opening = ovh.resume(req) if resuming else ovh.boot
         run = lease.run_needed - lease.run_done()
         whole = opening + run + ovh.shutdown
-        ready, has, _ = self._readiness(lease)
+        ready, has, _ = self._readiness(lease, unicasts)
         groups: list[int] = np.unique(ready[ready < INF]).tolist()
         holds = has if resuming else np.zeros_like(has)
 

@@ -310,10 +310,10 @@ def check_dependencies(site: Site, o: LeaseOutcome) -> list[str]:
     v: list[str] = []
     boots = sorted((e for e in o.events if e.kind is _K.BOOT), key=lambda e: e.start)
     vm = [e for e in o.events if e.kind is not _K.TRANSFER]
-    restarts = [b.start for a, b in pairwise(vm) if (a.kind, b.kind) == (_K.SHUTDOWN, _K.BOOT)]
+    restarted = any((a.kind, b.kind) == (_K.SHUTDOWN, _K.BOOT) for a, b in pairwise(vm))
     for t in (e for e in o.events if e.kind is _K.TRANSFER):
-        attempt = max((r for r in restarts if r <= t.start), default=None)
-        first = next((b for b in boots if attempt is None or b.start >= attempt), None)
+        # A killed lease's restart may need new transfers: each serves the next boot.
+        first = next((b for b in boots if not restarted or b.start >= t.start), None)
         if first is not None and t.end > first.start:
             v.append(f"dependency: {_lease(o)}: {_ev(site, t)} ends after "
                      f"{_ev(site, first)} starts (t={first.start})")

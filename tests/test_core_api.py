@@ -11,7 +11,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from scheduler.config import load_profile
+from scheduler.config import TransferMode, load_profile
 from scheduler.core import Scheduler, SchedulingError
 from scheduler.invariants import assert_valid
 from scheduler.leases import (
@@ -231,3 +231,19 @@ def test_a_counter_offer_is_always_honoured(data: st.DataObject) -> None:
     assert retry.state in (LeaseState.SCHEDULED, LeaseState.PREPARING), retry.reason
     s.run()
     assert_valid(site, cfg, s.outcomes())
+
+
+def test_unicast_lease_boots_when_its_images_are_there() -> None:
+    """Unicast with a cache: P1 keeps image a from lease 1, so lease 2 (2 VMs) needs one
+    transfer, to P2 -- 100 MB at 100 Mbit/s = 8 s, [100, 108) -- and boots at 108 (not
+    after two transfers' worth, 116)."""
+    cfg = replace(load_profile("test-transfer-reuse"), transfer_mode=TransferMode.UNICAST)
+    s = Scheduler(SITE, cfg)
+    image = DiskImage("a", 100)
+    s.submit(LeaseRequest(1, LeaseKind.BESTEFFORT, 1, NODE, image, 10, 0))
+    s.advance_to(100)
+    s.submit(LeaseRequest(2, LeaseKind.BESTEFFORT, 2, NODE, image, 10, 100))
+    assert events(s, 1)[0] == ("transfer", 0, 8, (0,))
+    assert events(s, 2)[:2] == [("transfer", 100, 108, (1,)), ("boot", 108, 110, (0, 1))]
+    s.run()
+    assert_valid(SITE, cfg, s.outcomes())

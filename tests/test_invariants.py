@@ -427,3 +427,27 @@ def test_events_of_disabled_features() -> None:
     assert "migration is disabled" in only(valid(), "config:", no_migration)
     no_suspension = replace(CONFIG, suspension=False)
     assert "suspension is disabled" in only(valid(), "config:", no_suspension)
+
+
+def killed_and_restarted(second_transfer: tuple[int, int]) -> LeaseOutcome:
+    """Preemptible lease 1 (suspension off): runs 20 s on P1, is killed, and starts over
+    on P2 after a second transfer."""
+    start, end = second_transfer
+    return done(request(1, preemptible=True),
+                ev(K.TRANSFER, 0, 10, 0), ev(K.BOOT, 10, 12, 0), ev(K.RUN, 12, 32, 0),
+                ev(K.SHUTDOWN, 32, 34, 0), ev(K.TRANSFER, start, end, 1),
+                ev(K.BOOT, 50, 52, 1), ev(K.RUN, 52, 152, 1), ev(K.SHUTDOWN, 152, 154, 1))
+
+
+def test_kill_and_restart_needs_suspension_off_and_transfers_before_the_restart() -> None:
+    no_suspension = replace(CONFIG, suspension=False)
+    assert violations([killed_and_restarted((40, 50))], no_suspension) == []
+    # the restart's transfer ends after the restart boots
+    found = only([killed_and_restarted((41, 51))], "dependency:", no_suspension)
+    assert "transfer [41,51) on P2" in found and "boot [50,52) on P2" in found
+    # with suspension on, a lease is never killed and restarted
+    found = only([killed_and_restarted((40, 50))], "work:")
+    assert "boots again at t=50 after a shutdown" in found
+    # only the last attempt's run counts: 100 s here, as requested
+    assert not [v for v in violations([killed_and_restarted((40, 50))], no_suspension)
+                if v.startswith("work:")]

@@ -426,12 +426,6 @@ _Recognise = Callable[[Scenario, "Run | None", str], bool]
 
 
 KNOWN_BUGS: dict[str, _Recognise] = {
-    # Scheduler._readiness: under unicast a new transfer is counted for every VM, also for
-    # nodes that already have (or are getting) the image: the lease boots some time
-    # after all its images are there.
-    "unicast-readiness": lambda sc, run, text: (
-        "later than its image is there" in text and sc.config.image_transfer
-        and sc.config.transfer_mode is TransferMode.UNICAST),
     # ImageStore.release drops the copies of a transfer that has begun (no cache) while
     # the transfer goes on: re-planned, the lease transfers its image again.
     "begun-transfer-copies-dropped": lambda sc, run, text: (
