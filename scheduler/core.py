@@ -669,7 +669,10 @@ class Scheduler:
                      ) -> tuple[np.ndarray, np.ndarray, int | None]:
         now, req = self.now, lease.request
         n = len(self.site.nodes)
-        ready = np.full(n, now, dtype=np.int64)
+        # A killed lease starts over only once its doomed attempt has stopped.
+        start = max(now, lease.segments[-1].end) if lease.segments and not lease.live \
+            else now
+        ready = np.full(n, start, dtype=np.int64)
         has = np.ones(n, dtype=bool)
         tx_start: int | None = None
         if lease.live:  # resuming: state is on the last segment's nodes
@@ -692,15 +695,16 @@ class Scheduler:
             return ready, has, None
         copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id)
         has = copies < INF
-        ready = np.maximum(copies, now)
+        ready = np.maximum(copies, start)
         if not has.all():
             if self.config.transfer_mode == "multicast":
                 length = self._transfer_length(req, req.vms)
                 tx_start = self.images.link.earliest_gap(now, length)
-                ready[~has] = tx_start + length
+                ready[~has] = max(tx_start + length, start)
             else:
-                ready[~has] = self._unicast_end(self.overheads.transfer(req.image),
-                                                req.vms if unicasts is None else unicasts)
+                ready[~has] = max(start, self._unicast_end(
+                    self.overheads.transfer(req.image),
+                    req.vms if unicasts is None else unicasts))
         return ready, has, tx_start
 
     def _unicast_end(self, per: int, count: int) -> int:
@@ -752,7 +756,7 @@ class Scheduler:
         vec = req.resources.as_array()
         k = req.vms
         resuming = bool(lease.live)
-        if not future and not resuming and not self.config.image_transfer \
+        if not future and not lease.segments and not self.config.image_transfer \
                 and self._hosts_now(vec) < k:
             return None  # it could only start now, on nodes with room now: too few
         opening = ovh.resume(req) if resuming else ovh.boot

@@ -123,7 +123,12 @@ class ImageStore:
                 t.users.discard(lease)
                 if not t.users and t.start > now:  # nobody needs it and it has not begun
                     self.cancel_transfer(t)
+            arriving = t is not None and t.start <= now < t.end
+            # A copy on its way stays even without a cache: whoever needs the image next
+            # there (often this lease, re-planned) need not send it again; it goes when
+            # its transfer ends unused (finish_transfers).
             if not copy.users and (not copy.cached or (t is not None and t.start > now)) \
+                    and not (arriving and not copy.cached) \
                     and self._copies[n].get(image) is copy:
                 self._drop(n, image)
 
@@ -151,6 +156,8 @@ class ImageStore:
                 copy = self._copies[n].get(t.image)
                 if copy is not None and copy.transfer is t:
                     copy.transfer = None
+                    if not copy.users and not copy.cached:  # arrived for nobody
+                        self._drop(n, t.image)
 
     def place_ar_transfer(self, image: str, nodes: tuple[int, ...], length: int,
                           deadline: int, now: int) -> Transfer | None:

@@ -247,3 +247,28 @@ def test_unicast_lease_boots_when_its_images_are_there() -> None:
     assert events(s, 2)[:2] == [("transfer", 100, 108, (1,)), ("boot", 108, 110, (0, 1))]
     s.run()
     assert_valid(SITE, cfg, s.outcomes())
+
+
+def test_killed_lease_starts_over_only_once_its_attempt_has_stopped() -> None:
+    """novm-nosr (no overheads, no suspension); P2 has more memory. Lease 1 (60 s) runs
+    on P1 from 0; AR A (1500 MB: only P2) holds P2 over [70, 170). AR B, asked at 10 for
+    [40, 140), can only have P1: lease 1 is killed at 40. P2 is free over [10, 70), room
+    for all 60 s, but lease 1 may not start over before its first attempt stops at 40:
+    then only P1 after AR B, at 140, has room."""
+    site = Site((Node(0, "P1", NODE), Node(1, "P2", Resources(cpu=100, memory=2048))))
+    cfg = replace(load_profile("novm-nosr"), site_nodes=0)
+    s = Scheduler(site, cfg)
+    x = DiskImage("x", 0)
+    s.submit(LeaseRequest(1, LeaseKind.BESTEFFORT, 1, NODE, x, 60, 0, preemptible=True))
+    s.submit(LeaseRequest(2, LeaseKind.AR, 1, Resources(cpu=100, memory=1500), x, 100, 0,
+                          start=70))
+    assert events(s, 1)[1] == ("run", 0, 60, (0,)) and events(s, 2)[1] == (
+        "run", 70, 170, (1,))
+    s.advance_to(10)
+    assert s.submit(LeaseRequest(3, LeaseKind.AR, 1, NODE, x, 100, 10, start=40)).state \
+        is LeaseState.SCHEDULED
+    assert events(s, 1) == [
+        ("boot", 0, 0, (0,)), ("run", 0, 40, (0,)), ("shutdown", 40, 40, (0,)),
+        ("boot", 140, 140, (0,)), ("run", 140, 200, (0,)), ("shutdown", 200, 200, (0,))]
+    s.run()
+    assert_valid(site, cfg, s.outcomes())
