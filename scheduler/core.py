@@ -524,6 +524,13 @@ class Scheduler:
         if not self._can_shut_down(seg, t):
             return  # its planned suspension is all the time there is: it resumes to end
         self._drop_plans_after(lease, t)
+        # A resumption planned for this very instant (free suspension and resumption
+        # make that possible) has not begun either: the work is done, drop it too.
+        while lease.segments and lease.segments[-1] is not seg:
+            later = lease.segments.pop()
+            self.profile.remove(later.entry)
+            self._release_channels(later, after=-INF)
+            lease.migrations = [m for m in lease.migrations if m.start < t]
         self._cut_segment(lease, seg, t)
         if lease in self._queue:  # it was waiting to resume: nothing is left to do
             self._queue.remove(lease)

@@ -272,3 +272,23 @@ def test_killed_lease_starts_over_only_once_its_attempt_has_stopped() -> None:
         ("boot", 140, 140, (0,)), ("run", 140, 200, (0,)), ("shutdown", 200, 200, (0,))]
     s.run()
     assert_valid(site, cfg, s.outcomes())
+
+
+def test_early_end_at_a_free_resumption_does_not_loop() -> None:
+    """novm-sr (suspend, migrate, resume cost nothing). Lease 1 (100 s, really 40 s) is
+    planned to run [0, 40) on P1, suspend at 40 before an AR, and resume at 40 on P2.
+    Its work ends at 40 by itself, the very instant its resumption could begin: it is
+    done with exactly 40 s of run. (The replay of 30days.swf with
+    work_05-dur_3h-size_3large under novm-sr once looped for ever on such an instant.)"""
+    cfg = replace(load_profile("novm-sr"), site_nodes=0)
+    s = Scheduler(SITE, cfg)
+    x = DiskImage("x", 0)
+    s.submit(LeaseRequest(2, LeaseKind.AR, 1, NODE, x, 100, 0, start=40))
+    s.submit(LeaseRequest(3, LeaseKind.AR, 1, NODE, x, 40, 0, start=80))
+    s.submit(LeaseRequest(1, LeaseKind.BESTEFFORT, 1, NODE, x, 100, 0, real_duration=40,
+                          preemptible=True))
+    s.run()
+    assert s.leases[1].state is LeaseState.DONE
+    runs = [(e.start, e.end) for e in s.leases[1].events() if e.kind.value == "run"]
+    assert sum(b - a for a, b in runs) == 40
+    assert_valid(SITE, cfg, s.outcomes())
