@@ -1209,7 +1209,9 @@ class Scheduler:
                 tl.remove(tid)
 
     def _current_segment(self, lease: Lease) -> Segment | None:
-        begun = [s for s in lease.live if s.start <= self.now]
+        # A killed attempt still stopping counts: a later preemption may need its nodes
+        # sooner than its planned kill.
+        begun = [s for s in lease.segments if s.start <= self.now]
         return begun[-1] if begun else None
 
     def _suspend_start(self, victim: Lease, seg: Segment, by: int) -> int | None:
