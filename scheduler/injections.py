@@ -17,7 +17,7 @@ import shlex
 from pathlib import Path
 
 from .leases import DiskImage, LeaseKind, LeaseRequest, Resources
-from .lwf import TraceError
+from .lwf import TraceError, read_trace_text
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,7 @@ def read_ar_injections(path: str | Path, *, first_id: int,
     otherwise start before it was requested. Otherwise it is an error.
     """
     name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise TraceError(name, f"cannot read: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise TraceError(name, f"not UTF-8 text: {e.reason}") from e
+    text = read_trace_text(path)
 
     requests: list[LeaseRequest] = []
     shifted: list[int] = []  # lines whose start moved to 0

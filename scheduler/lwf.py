@@ -61,6 +61,17 @@ class Workload:
     requests: tuple[LeaseRequest, ...]
 
 
+def read_trace_text(path: str | Path) -> str:
+    """A text trace's contents (UTF-8); a file that cannot be read is a TraceError."""
+    name = str(path)
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise TraceError(name, f"cannot read: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise TraceError(name, f"not UTF-8 text: {e.reason}") from e
+
+
 def read_lwf(path: str | Path, default_site: Site | None = None) -> Workload:
     """Parse an LWF trace; ``default_site`` is used when the file has no ``<site>``."""
     return _Reader(str(path)).read(default_site)

@@ -46,7 +46,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from .leases import DiskImage, LeaseKind, LeaseRequest, Resources
-from .lwf import TraceError
+from .lwf import TraceError, read_trace_text
 
 #: Fields per SWF line.
 FIELDS = 18
@@ -133,12 +133,7 @@ def read_swf(path: str | Path, *, nodes_field: int = REQUESTED_PROCS,
     node = node if node is not None else Resources(cpu=100, memory=1024)
     image = image if image is not None else DiskImage("swf", 0)
     name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise TraceError(name, f"cannot read: {e.strerror}") from e
-    except UnicodeDecodeError as e:
-        raise TraceError(name, f"not UTF-8 text: {e.reason}") from e
+    text = read_trace_text(path)
 
     header: list[str] = []
     jobs: list[SwfJob] = []
