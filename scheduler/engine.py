@@ -937,21 +937,13 @@ class Engine:
         return record
 
     def cancel_lease(self, lease_id: int) -> LeaseRecord:
-        with self._step() as step:
-            lease = self.core.leases.get(lease_id)
-            if lease is None:
-                raise NotFound(f"no lease {lease_id}")
-            if lease.state.terminal:
-                raise Infeasible(f"lease {lease_id} is already {lease.state}",
-                                 subject=f"lease/{lease_id}", lease_id=lease_id)
-            cmd = Command("cancel", self.core.now, {"lease": lease_id})
-            self._apply(cmd)
-            step.commands.append(cmd)
-            self._sync(self.core.now, step, (lease_id,))
-            self._enact_due(step)
-        return self.get_lease(lease_id)
+        return self._lease_command(lease_id, "cancel", {})
 
     def extend_lease(self, lease_id: int, extra: int) -> LeaseRecord:
+        return self._lease_command(lease_id, "extend", {"extra": extra})
+
+    def _lease_command(self, lease_id: int, kind: str, args: dict[str, Any]) -> LeaseRecord:
+        """Apply ``kind`` to a lease that has not ended; the lease as committed."""
         with self._step() as step:
             lease = self.core.leases.get(lease_id)
             if lease is None:
@@ -959,7 +951,7 @@ class Engine:
             if lease.state.terminal:
                 raise Infeasible(f"lease {lease_id} is already {lease.state}",
                                  subject=f"lease/{lease_id}", lease_id=lease_id)
-            cmd = Command("extend", self.core.now, {"lease": lease_id, "extra": extra})
+            cmd = Command(kind, self.core.now, {"lease": lease_id, **args})
             try:
                 self._apply(cmd)
             except SchedulingError as e:  # the core refuses without changing anything
