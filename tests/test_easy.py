@@ -11,6 +11,7 @@ ends by the shadow time or uses only the *extra* nodes the head will not need.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from scheduler.config import load_profile
 from scheduler.leases import DiskImage, LeaseKind, LeaseRequest, Resources, Site
-from scheduler.replay import replay
+from scheduler.replay import ReplayResult, replay, replay_general
 from scheduler.swf import read_swf
 
 SWF = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "swf"
@@ -85,9 +86,15 @@ def easy(jobs: list[Job], total: int) -> dict[int, int]:
     return starts
 
 
-def wsched_starts(requests: list[LeaseRequest], nodes: int) -> dict[int, int]:
+# Both ways wsched replays a batch workload: the node-counting fast path that
+# ``replay`` takes for it, and the general core.
+PATHS: dict[str, Callable[..., ReplayResult]] = {"fast": replay, "general": replay_general}
+
+
+def wsched_starts(requests: list[LeaseRequest], nodes: int, path: str = "fast"
+                  ) -> dict[int, int]:
     config = load_profile("batch-easy")
-    result = replay(Site.uniform(nodes, NODE), config, requests)
+    result = PATHS[path](Site.uniform(nodes, NODE), config, requests)
     starts = {o.request.id: o.start for o in result.outcomes}
     assert None not in starts.values()
     return {k: v for k, v in starts.items() if v is not None}
@@ -99,14 +106,15 @@ def as_requests(jobs: list[Job]) -> list[LeaseRequest]:
                          real_duration=j.runs, preemptible=True) for j in jobs]
 
 
+@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("trace", ["30days"])
-def test_batch_easy_matches_independent_easy_on_blue_horizon(trace: str) -> None:
+def test_batch_easy_matches_independent_easy_on_blue_horizon(trace: str, path: str) -> None:
     swf = read_swf(SWF / f"{trace}.swf")
     jobs = [Job(r.id, r.submit, r.vms, r.duration, r.effective_real_duration)
             for r in swf.requests]
     assert len(jobs) == 4192
     expected = easy(jobs, 144)
-    got = wsched_starts(list(swf.requests), 144)
+    got = wsched_starts(list(swf.requests), 144, path)
     different = [(j.id, expected[j.id], got[j.id]) for j in jobs if expected[j.id] != got[j.id]]
     assert different == [], f"{len(different)} jobs start elsewhere (id, EASY, wsched)"
     # not a vacuous comparison: the trace really exercises backfilling
@@ -153,18 +161,20 @@ PROBES = {
 }
 
 
+@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("name", sorted(PROBES))
-def test_probe(name: str) -> None:
+def test_probe(name: str, path: str) -> None:
     jobs, expected = PROBES[name]
     assert easy(jobs, 4) == expected
-    assert wsched_starts(as_requests(jobs), 4) == expected
+    assert wsched_starts(as_requests(jobs), 4, path) == expected
 
 
-def test_backfilled_job_never_delays_the_head_reservation() -> None:
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_backfilled_job_never_delays_the_head_reservation(path: str) -> None:
     """The head's start without C equals its start with any C (EASY's guarantee)."""
     a, b = Job(1, 0, 2, 100, 100), Job(2, 1, 3, 100, 100)
-    alone = wsched_starts(as_requests([a, b]), 4)[2]
+    alone = wsched_starts(as_requests([a, b]), 4, path)[2]
     for nodes in (1, 2):
         for length in (10, 98, 99, 500):
             c = Job(3, 2, nodes, length, length)
-            assert wsched_starts(as_requests([a, b, c]), 4)[2] == alone == 100
+            assert wsched_starts(as_requests([a, b, c]), 4, path)[2] == alone == 100
