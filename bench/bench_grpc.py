@@ -13,6 +13,7 @@ then runs ``--clients`` concurrent clients creating best-effort and AR leases fo
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import subprocess
@@ -48,6 +49,16 @@ def serve(db: str, nodes: int) -> int:
     running.stop(grace=1.0)
     store.close()
     return 0
+
+
+def _server_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) the server process has used so far (Linux /proc;
+    None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _create(client: object, rng: random.Random, now: float) -> None:
@@ -132,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             pre, pre_err = _run(target, args.clients, None, args.preload, args.seed + 1)
             print(f"preloaded {len(pre)} leases ({pre_err} refused) in "
                   f"{time.monotonic() - t0:.1f} s")
+            cpu0 = _server_cpu(proc.pid)
             lat, err = _run(target, args.clients, time.monotonic() + args.seconds, None,
                             args.seed)
+            cpu1 = _server_cpu(proc.pid)
             lat.sort()
             n = len(lat)
             if n:
@@ -141,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{args.clients} clients, {args.seconds:.0f} s: {n} creates acknowledged "
                       f"({err} refused), {n / args.seconds:.0f} creates/s, "
                       f"p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms")
+                if cpu0 is not None and cpu1 is not None:
+                    # per create: what the service costs, apart from the clients' share
+                    print(f"server cpu {(cpu1 - cpu0) * 1000 / n:.2f} ms per create "
+                          f"({(cpu1 - cpu0) / args.seconds:.0%} of one core)")
             else:
                 print("no create was acknowledged")
         finally:

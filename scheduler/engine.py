@@ -421,8 +421,9 @@ class Subscription:
 class _Ticket:
     """A step waiting for the group commit."""
 
-    def __init__(self, step: _Step) -> None:
+    def __init__(self, step: _Step, due: int | None) -> None:
         self.step = step
+        self.due = due  # the core's next due time after this step (to arm the timer)
         self.done = threading.Event()
         self.error: Unavailable | None = None
 
@@ -482,6 +483,9 @@ class Engine:
         # Group commit: steps wait in ``_pending`` (in order) until one of their threads,
         # holding ``_commit_lock``, writes them all in one transaction.
         self._commit_lock = threading.Lock()
+        # Guards ``_pending``, the watchers and the published revision: the committer
+        # takes it, never the engine lock, so a commit never waits for a core step.
+        self._queue_lock = threading.Lock()
         self._pending: list[_Ticket] = []
         self._depth = 0  # nesting of steps in the thread that holds the lock
         self._timer: Timer | None = None
@@ -513,7 +517,7 @@ class Engine:
         self.poll()
 
     def stop(self) -> None:
-        with self._lock:
+        with self._lock, self._queue_lock:
             self._stopped = True
             timer, self._timer = self._timer, None
             for sub in self._subs:
@@ -555,6 +559,7 @@ class Engine:
         self.core.advance_to(self.store.last_time())
         self.core.take_changed()  # the projections show all of that already
         self._revision = self.store.last_revision()
+        self._published = self._revision  # the last revision committed and published
         self._known: dict[int, tuple[str, str, str | None]] = {}
         self._versions: dict[int, tuple[int, LeaseState]] = {}
         self._live: set[int] = set()
@@ -629,8 +634,9 @@ class Engine:
                     log.exception("engine step failed: rebuilding the core from the database")
                     self._rebuild()
                     raise
-                ticket = _Ticket(step)
-                self._pending.append(ticket)
+                ticket = _Ticket(step, self._next_due())
+                with self._queue_lock:
+                    self._pending.append(ticket)
             finally:
                 self._depth -= 1
             if self._depth:  # a step inside a step: commit in place, as the outer holds
@@ -651,8 +657,9 @@ class Engine:
 
     def _flush(self) -> None:
         """Commit every pending step in one transaction (the caller holds the commit
-        lock, or the engine lock inside a nested step)."""
-        with self._lock:
+        lock, or the engine lock inside a nested step). Only a failed commit takes the
+        engine lock: otherwise core steps go on while the database writes."""
+        with self._queue_lock:
             tickets, self._pending = self._pending, []
         if not tickets:
             return
@@ -660,7 +667,7 @@ class Engine:
             self.store.commit_many([t.step.batch() for t in tickets])
         except Exception as e:
             log.exception("commit failed: rebuilding the core from the database")
-            with self._lock:
+            with self._lock, self._queue_lock:
                 # Later steps built on the lost ones: they are lost too.
                 tickets += self._pending
                 self._pending = []
@@ -670,10 +677,13 @@ class Engine:
                 t.error = error
                 t.done.set()
             return
-        with self._lock:
+        with self._queue_lock:
             for t in tickets:
                 self._publish(t.step.changes)
-            self._rearm()
+            timer = self._timer
+        if timer is not None:  # the latest step knows the core's next due time
+            due = tickets[-1].due
+            timer.schedule(None if due is None else float(self.to_wall(due)))
         for t in tickets:
             t.done.set()
 
@@ -693,11 +703,6 @@ class Engine:
         times = [t for t in (self.core.next_event_time(),
                              self._actions[0][0] if self._actions else None) if t is not None]
         return min(times) if times else None
-
-    def _rearm(self) -> None:
-        if self._timer is not None:
-            t = self._next_due()
-            self._timer.schedule(None if t is None else float(self.to_wall(t)))
 
     def poll(self) -> None:
         """Apply what is due now (the timer's callback; tests call it directly)."""
@@ -860,19 +865,24 @@ class Engine:
     def subscribe(self, lease_id: int = 0) -> tuple[Subscription, int]:
         """A live subscription and the revision it starts after: every change up to that
         revision is in the watch log, every later one will be in the queue."""
-        with self._lock:
+        with self._queue_lock:
             if self._stopped:
                 raise Unavailable("the service is stopping")
             sub = Subscription(lease_id)
             self._subs.append(sub)
-            return sub, self._revision
+            # Published, not merely assigned: a revision still in a commit under way is
+            # not in the log yet, and reaches the queue only after this point.
+            return sub, self._published
 
     def unsubscribe(self, sub: Subscription) -> None:
-        with self._lock:
+        with self._queue_lock:
             if sub in self._subs:
                 self._subs.remove(sub)
 
     def _publish(self, changes: list[Change]) -> None:
+        """Hand committed changes to the watchers (the caller holds ``_queue_lock``)."""
+        if changes:
+            self._published = max(self._published, changes[-1].revision)
         if not changes or not self._subs:
             return
         for sub in list(self._subs):
