@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -374,10 +374,6 @@ def spec_hash(spec: LeaseSpec) -> str:
     return hashlib.sha256(json.dumps(spec.as_json(), sort_keys=True).encode()).hexdigest()
 
 
-def _request_json(lease_id: int, submit: int, spec: LeaseSpec, image_mb: int) -> dict[str, Any]:
-    return {"id": lease_id, "submit": submit, "image_mb": image_mb, **spec.as_json()}
-
-
 def _request_from_json(d: Mapping[str, Any]) -> LeaseRequest:
     spec = LeaseSpec.from_json(d)
     extra: dict[str, Any] = {}
@@ -418,14 +414,21 @@ class Subscription:
         self.overflowed = False
 
 
-class _Ticket:
-    """A step waiting for the group commit."""
+class _Request:
+    """One command for the engine thread: its body, then its step waiting for the group
+    commit, and what the caller gets back once that is committed."""
 
-    def __init__(self, step: _Step, due: int | None) -> None:
-        self.step = step
-        self.due = due  # the core's next due time after this step (to arm the timer)
+    def __init__(self, body: Callable[[_Step], Any]) -> None:
+        self.body = body
+        self.step = _Step()
+        self.due: int | None = None  # the core's next due time after this step
+        self.result: Any = None
+        self.error: BaseException | None = None
         self.done = threading.Event()
-        self.error: Unavailable | None = None
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
 
 
 @dataclass
@@ -480,14 +483,21 @@ class Engine:
         self.driver = driver
         self.clock = clock
         self._lock = threading.RLock()
-        # Group commit: steps wait in ``_pending`` (in order) until one of their threads,
-        # holding ``_commit_lock``, writes them all in one transaction.
-        self._commit_lock = threading.Lock()
-        # Guards ``_pending``, the watchers and the published revision: the committer
-        # takes it, never the engine lock, so a commit never waits for a core step.
-        self._queue_lock = threading.Lock()
-        self._pending: list[_Ticket] = []
-        self._depth = 0  # nesting of steps in the thread that holds the lock
+        # Commands run one after another on the engine thread, in arrival order: no
+        # lock hand-over between client threads (each a wake-up, with the core idle
+        # meanwhile), and no client overtaken by later ones.
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()
+        self._thread_id: int | None = None
+        self._current: _Step | None = None  # the step the engine thread is running
+        # Group commit: steps wait in ``_pending`` (in order) for the commit thread,
+        # which writes all of them in one transaction while the next steps run. The
+        # condition's lock also guards the watchers and the published revision.
+        self._commits = threading.Condition(threading.Lock())
+        self._pending: list[_Request] = []
+        self._committing = False
+        self._lost: Unavailable | None = None  # a failed commit: rebuild before going on
         self._timer: Timer | None = None
         self._subs: list[Subscription] = []
         self._stopped = False
@@ -517,15 +527,21 @@ class Engine:
         self.poll()
 
     def stop(self) -> None:
-        with self._lock, self._queue_lock:
+        """Refuse new commands; those queued are refused, those run are committed."""
+        with self._lock, self._commits:
             self._stopped = True
             timer, self._timer = self._timer, None
             for sub in self._subs:
                 with contextlib.suppress(queue.Full):
                     sub.queue.put_nowait(None)
             self._subs.clear()
+            self._commits.notify_all()
+        self._requests.put(None)
         if timer is not None:  # outside the lock: a wake-up may be waiting for it
             timer.stop()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=30)
 
     @property
     def stopped(self) -> bool:
@@ -609,83 +625,147 @@ class Engine:
                 raise ValueError(f"unknown command {cmd.kind!r} in the log")
 
     # ------------------------------------------------------------ steps
-    @contextlib.contextmanager
-    def _step(self) -> Iterator[_Step]:
-        """Hold the lock, catch up to now, and have what the body adds committed before
-        returning (so nothing is acknowledged before it is durable). A refused request
-        (EngineError) still commits the catch-up; any other error means the core may
-        be half-changed: rebuild it from the database.
+    def _run(self, body: Callable[[_Step], Any]) -> Any:
+        """Run ``body`` as one engine step and return what it returns once the step is
+        committed (so nothing is acknowledged before it is durable). The step first
+        catches up to now. A refused request (EngineError) still commits the catch-up;
+        any other error means the core may be half-changed: it is rebuilt from the
+        database.
 
-        The commit itself happens after the lock is released, grouped with the steps
-        other threads made meanwhile: one transaction for all of them."""
-        refused: EngineError | None = None
-        with self._lock:
+        Steps run on the engine thread, one at a time in arrival order; their commits
+        are grouped (one transaction for the steps made meanwhile) on the commit
+        thread. A step inside a step (a callback from the driver or contextualization)
+        runs in place and is committed with the outer one."""
+        if self._current is not None and threading.get_ident() == self._thread_id:
+            return body(self._current)
+        if self._stopped:
+            raise Unavailable("the service is stopping")
+        self._start_threads()
+        request = _Request(body)
+        self._requests.put(request)
+        if self._stopped:  # stop() may have drained the queue before this arrived
+            self._requests.put(None)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _start_threads(self) -> None:
+        with self._threads_lock:
+            if self._threads:
+                return
+            self._threads = [threading.Thread(target=self._engine_loop, daemon=True,
+                                              name="wsched-engine"),
+                             threading.Thread(target=self._commit_loop, daemon=True,
+                                              name="wsched-commit")]
+            for t in self._threads:
+                t.start()
+
+    def _engine_loop(self) -> None:
+        self._thread_id = threading.get_ident()
+        while True:
+            request = self._requests.get()
+            batch = [request]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batch.append(self._requests.get_nowait())
+            with self._lock:  # one acquisition for everything queued meanwhile
+                for r in batch:
+                    if r is None:
+                        continue
+                    if self._stopped:
+                        r.fail(Unavailable("the service is stopping"))
+                    else:
+                        self._execute(r)
             if self._stopped:
-                raise Unavailable("the service is stopping")
-            step = _Step()
-            self._depth += 1
-            try:
-                try:
-                    self._catch_up(self.now(), step)
-                    yield step
-                except EngineError as e:
-                    refused = e
-                except Exception:
-                    log.exception("engine step failed: rebuilding the core from the database")
-                    self._rebuild()
-                    raise
-                ticket = _Ticket(step, self._next_due())
-                with self._queue_lock:
-                    self._pending.append(ticket)
-            finally:
-                self._depth -= 1
-            if self._depth:  # a step inside a step: commit in place, as the outer holds
-                self._flush()  # the lock another committer would wait for
-        self._await(ticket)
-        if refused is not None:
-            raise refused
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        r = self._requests.get_nowait()
+                        if r is not None:
+                            r.fail(Unavailable("the service is stopping"))
+                return
 
-    def _await(self, ticket: _Ticket) -> None:
-        """Return once ``ticket``'s step is committed (committing it, and whatever else
-        is pending, if no other thread is doing so)."""
-        while not ticket.done.is_set():
-            with self._commit_lock:
-                if not ticket.done.is_set():
-                    self._flush()
-        if ticket.error is not None:
-            raise ticket.error
-
-    def _flush(self) -> None:
-        """Commit every pending step in one transaction (the caller holds the commit
-        lock, or the engine lock inside a nested step). Only a failed commit takes the
-        engine lock: otherwise core steps go on while the database writes."""
-        with self._queue_lock:
-            tickets, self._pending = self._pending, []
-        if not tickets:
-            return
+    def _execute(self, request: _Request) -> None:
+        """Run one step (the caller holds the lock) and queue it for the commit."""
+        if self._lost is not None:
+            self._recover()
+        step = request.step
+        self._current = step
         try:
-            self.store.commit_many([t.step.batch() for t in tickets])
+            self._catch_up(self.now(), step)
+            request.result = request.body(step)
+        except EngineError as e:
+            request.error = e
         except Exception as e:
-            log.exception("commit failed: rebuilding the core from the database")
-            with self._lock, self._queue_lock:
-                # Later steps built on the lost ones: they are lost too.
-                tickets += self._pending
-                self._pending = []
-                self._rebuild()
-            error = Unavailable(f"could not commit to the database: {e}")
-            for t in tickets:
-                t.error = error
-                t.done.set()
+            log.exception("engine step failed: rebuilding the core from the database")
+            self._current = None
+            self._drain()  # the steps before this one are good: keep them
+            self._rebuild()
+            request.fail(e)
             return
-        with self._queue_lock:
-            for t in tickets:
-                self._publish(t.step.changes)
+        finally:
+            self._current = None
+        request.due = self._next_due()
+        with self._commits:
+            if self._lost is not None:  # built on steps whose commit failed
+                request.fail(self._lost)
+                return
+            self._pending.append(request)
+            self._commits.notify_all()
+
+    def _drain(self) -> None:
+        """Wait until every queued step is committed (or has failed)."""
+        with self._commits:
+            while self._pending or self._committing:
+                self._commits.wait()
+
+    def _recover(self) -> None:
+        """After a failed commit: rebuild the core from what the database has."""
+        self._drain()
+        self._rebuild()
+        with self._commits:
+            self._lost = None
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self._commits:
+                while not self._pending and not self._stopped:
+                    self._commits.wait()
+                if not self._pending:
+                    return  # stopped, everything committed
+                requests, self._pending = self._pending, []
+                self._committing = True
+            self._commit(requests)
+
+    def _commit(self, requests: list[_Request]) -> None:
+        """Write ``requests``' steps in one transaction, then publish and answer them.
+        Never takes the engine lock: core steps go on while the database writes."""
+        try:
+            self.store.commit_many([r.step.batch() for r in requests])
+        except Exception as e:
+            log.exception("commit failed: the core will be rebuilt from the database")
+            error = Unavailable(f"could not commit to the database: {e}")
+            with self._commits:
+                # Later steps built on the lost ones: they are lost too.
+                requests += self._pending
+                self._pending = []
+                self._lost = error
+                self._committing = False
+                self._commits.notify_all()
+            for r in requests:
+                r.fail(error)
+            return
+        with self._commits:
+            for r in requests:
+                self._publish(r.step.changes)
+            self._committing = False
+            self._commits.notify_all()
             timer = self._timer
         if timer is not None:  # the latest step knows the core's next due time
-            due = tickets[-1].due
+            due = requests[-1].due
             timer.schedule(None if due is None else float(self.to_wall(due)))
-        for t in tickets:
-            t.done.set()
+        for r in requests:
+            r.done.set()
 
     def _catch_up(self, now: int, step: _Step) -> None:
         """Apply, instant by instant, everything due up to ``now``."""
@@ -707,8 +787,7 @@ class Engine:
     def poll(self) -> None:
         """Apply what is due now (the timer's callback; tests call it directly)."""
         try:
-            with self._step():
-                pass
+            self._run(lambda step: None)
         except Unavailable as e:
             log.warning("poll failed", extra={"error": str(e)})
 
@@ -848,7 +927,7 @@ class Engine:
 
     def context_changed(self, lease_id: int, note: str) -> None:
         """Record a change of a lease's context state in its watch log (and revision)."""
-        with self._step() as step:
+        def body(step: _Step) -> None:
             update = step.updates.get(lease_id)
             if update is None:
                 record = self.store.lease(lease_id)
@@ -860,12 +939,13 @@ class Engine:
             step.updates[lease_id] = dataclasses.replace(update, revision=self._revision)
             step.changes.append(Change(self._revision, lease_id, update.state,
                                        self.core.now, note))
+        self._run(body)
 
     # ------------------------------------------------------------ watchers
     def subscribe(self, lease_id: int = 0) -> tuple[Subscription, int]:
         """A live subscription and the revision it starts after: every change up to that
         revision is in the watch log, every later one will be in the queue."""
-        with self._queue_lock:
+        with self._commits:
             if self._stopped:
                 raise Unavailable("the service is stopping")
             sub = Subscription(lease_id)
@@ -875,12 +955,12 @@ class Engine:
             return sub, self._published
 
     def unsubscribe(self, sub: Subscription) -> None:
-        with self._queue_lock:
+        with self._commits:
             if sub in self._subs:
                 self._subs.remove(sub)
 
     def _publish(self, changes: list[Change]) -> None:
-        """Hand committed changes to the watchers (the caller holds ``_queue_lock``)."""
+        """Hand committed changes to the watchers (the caller holds ``_commits``)."""
         if changes:
             self._published = max(self._published, changes[-1].revision)
         if not changes or not self._subs:
@@ -901,8 +981,10 @@ class Engine:
         image = self._image(spec.image_id)
         if image is None:
             raise InvalidField("spec.image_id", f"no registered image {spec.image_id!r}")
+        spec_json = spec.as_json()
         digest = spec_hash(spec)
-        with self._step() as step:
+
+        def body(step: _Step) -> CreateResult:
             # A new request id (the common case) needs no query: every id is in memory.
             if request_id and request_id in self._request_ids:
                 seen = self.store.idempotency(request_id)
@@ -920,25 +1002,27 @@ class Engine:
                 raise InvalidField("spec.start", f"starts in the past ({self.to_wall(spec.start)}"
                                    f" < now {self.to_wall(now)}, seconds since the epoch)")
             lease_id = self._next_id
-            body = _request_json(lease_id, now, spec, image.size_mb)
-            try:
-                _request_from_json(body)  # the model's own checks, before the core sees it
+            request = {"id": lease_id, "submit": now, "image_mb": image.size_mb, **spec_json}
+            try:  # the model's own checks, before the core sees it
+                parsed = _request_from_json(request)
             except ValueError as e:
                 raise InvalidField("spec", str(e)) from e
             self._next_id += 1
-            cmd = Command("submit", now, {"request": body})
-            self._apply(cmd)
+            cmd = Command("submit", now, {"request": request})
+            self.core.submit(parsed)  # what _apply(cmd) does, without parsing it again
             step.commands.append(cmd)
             step.new[lease_id] = LeaseRecord(lease_id, request_id or None, str(spec.kind),
                                              "pending", None, 0, now, None, None,
-                                             spec.as_json(), [], dict(spec.labels))
+                                             spec_json, [], dict(spec.labels))
             if request_id:
                 step.idempotency = (request_id, lease_id, digest)
                 self._request_ids.add(request_id)
             self._sync(now, step, (lease_id,))
             self._enact_due(step)
-            record = step.new[lease_id]
-        return CreateResult(record, False)
+            return CreateResult(step.new[lease_id], False)
+
+        result: CreateResult = self._run(body)
+        return result
 
     def get_lease(self, lease_id: int) -> LeaseRecord:
         record = self.store.lease(lease_id)
@@ -954,7 +1038,7 @@ class Engine:
 
     def _lease_command(self, lease_id: int, kind: str, args: dict[str, Any]) -> LeaseRecord:
         """Apply ``kind`` to a lease that has not ended; the lease as committed."""
-        with self._step() as step:
+        def body(step: _Step) -> None:
             lease = self.core.leases.get(lease_id)
             if lease is None:
                 raise NotFound(f"no lease {lease_id}")
@@ -970,6 +1054,7 @@ class Engine:
             step.commands.append(cmd)
             self._sync(self.core.now, step, (lease_id,))
             self._enact_due(step)
+        self._run(body)
         return self.get_lease(lease_id)
 
     def list_leases(self, *, states: tuple[str, ...] = (), kinds: tuple[str, ...] = (),
@@ -997,7 +1082,7 @@ class Engine:
         raise NotFound(f"no host {name!r}")
 
     def add_host(self, name: str, capacity: Resources) -> HostRecord:
-        with self._step() as step:
+        def body(step: _Step) -> HostRecord:
             if any(h.name == name for h in self.store.hosts()):
                 raise Conflict(f"a host named {name!r} exists already")
             node = Node(len(self.core.site.nodes), name, capacity)
@@ -1010,7 +1095,9 @@ class Engine:
             record = _host_record(node)
             step.hosts.append(record)
             self._sync(self.core.now, step)
-        return record
+            return record
+        added: HostRecord = self._run(body)
+        return added
 
     def drain_host(self, name: str) -> HostRecord:
         return self._host_command(name, "drain_host", "draining")
@@ -1019,7 +1106,7 @@ class Engine:
         return self._host_command(name, "remove_host", "removed")
 
     def _host_command(self, name: str, kind: str, state: str) -> HostRecord:
-        with self._step() as step:
+        def body(step: _Step) -> HostRecord:
             host = self._host(name)
             cmd = Command(kind, self.core.now, {"index": host.index})
             try:
@@ -1030,7 +1117,9 @@ class Engine:
             record = dataclasses.replace(host, state=state)
             step.hosts.append(record)
             self._sync(self.core.now, step)
-        return record
+            return record
+        changed: HostRecord = self._run(body)
+        return changed
 
     def _image(self, image_id: str) -> ImageRecord | None:
         # images are immutable once registered: cache them (a create must not query)

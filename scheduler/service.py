@@ -138,36 +138,57 @@ def vm_context_to_proto(v: ContextVm) -> tpb.VmContext:
     return out
 
 
+_EVENT_KIND_PB = {name.removeprefix("EVENT_KIND_").lower(): value
+                  for name, value in tpb.EventKind.items()}
+_KIND_NAME_PB = {str(k): v for k, v in _KIND_PB.items()}
+
+
 def lease_to_proto(r: LeaseRecord, origin: int,
                    contexts: Sequence[ContextVm] = ()) -> tpb.Lease:
+    # Fields are set in place, not passed to constructors: every create answers with
+    # one, and building sub-messages to copy them in cost ~0.15 ms a lease.
+    out = tpb.Lease(id=r.id, state=_STATE_PB[r.state], reason=r.reason or "",
+                    revision=r.revision, request_id=r.request_id or "")
     s = r.spec
-    spec = tpb.LeaseSpec(kind=_KIND_PB[LeaseKind(s["kind"])], vm_count=s["vms"],
-                         resources=resources_to_proto(s["resources"]),
-                         image_id=s["image_id"],
-                         duration=duration_pb2.Duration(seconds=s["duration"]),
-                         preemptible=s["preemptible"], labels=dict(r.labels))
+    spec = out.spec
+    spec.kind = _KIND_NAME_PB[s["kind"]]
+    spec.vm_count = s["vms"]
+    res, values = spec.resources, s["resources"]
+    res.SetInParent()
+    for p, d in zip(_PROTO_RESOURCE, DIMENSIONS, strict=True):
+        setattr(res, p, values.get(d, 0))
+    spec.image_id = s["image_id"]
+    spec.duration.SetInParent()
+    spec.duration.seconds = s["duration"]
+    spec.preemptible = s["preemptible"]
+    spec.labels.update(r.labels)
     if s.get("start") is not None:
-        spec.start.CopyFrom(_ts(origin + s["start"]))
+        spec.start.seconds = origin + s["start"]
+        spec.start.SetInParent()
     if s.get("start_latest") is not None:
-        spec.start_latest.CopyFrom(_ts(origin + s["start_latest"]))
+        spec.start_latest.seconds = origin + s["start_latest"]
+        spec.start_latest.SetInParent()
     if s.get("context") is not None:
         spec.context.CopyFrom(context_spec_to_proto(s["context"]))
-    out = tpb.Lease(id=r.id, spec=spec, state=_STATE_PB[r.state], reason=r.reason or "",
-                    revision=r.revision, submitted=_ts(origin + r.submit),
-                    request_id=r.request_id or "")
+    out.submitted.SetInParent()
+    out.submitted.seconds = origin + r.submit
     hosts: list[str] = []
     for e in r.events:
-        out.events.append(tpb.LeaseEvent(
-            kind=getattr(tpb, f"EVENT_KIND_{e['kind'].upper()}"), start=_ts(origin + e["start"]),
-            end=_ts(origin + e["end"]), hosts=e["nodes"]))
+        ev = out.events.add(kind=_EVENT_KIND_PB[e["kind"]], hosts=e["nodes"])
+        ev.start.SetInParent()
+        ev.start.seconds = origin + e["start"]
+        ev.end.SetInParent()
+        ev.end.seconds = origin + e["end"]
         if e["kind"] == "run":
             hosts += [h for h in e["nodes"] if h not in hosts]
     out.hosts.extend(hosts)
     out.contexts.extend(vm_context_to_proto(v) for v in contexts)
     if r.start is not None:
-        out.start.CopyFrom(_ts(origin + r.start))
+        out.start.SetInParent()
+        out.start.seconds = origin + r.start
     if r.end is not None:
-        out.end.CopyFrom(_ts(origin + r.end))
+        out.end.SetInParent()
+        out.end.seconds = origin + r.end
     return out
 
 

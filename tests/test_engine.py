@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.enactment import SimulatedDriver
-from scheduler.engine import Engine, LeaseSpec, ManualClock, demo_site
+from scheduler.engine import Engine, LeaseSpec, ManualClock, Unavailable, demo_site
 from scheduler.leases import LeaseKind, Resources
 from scheduler.store import Batch, Store, sqlite_url
 
@@ -111,3 +111,69 @@ def test_concurrent_creates_commit_each_lease_once_in_revision_order(tmp_path: P
     finally:
         engine.stop()
         store.close()
+
+
+class FailingStore(Store):
+    """A store whose next ``failures`` commits raise."""
+
+    failures = 0
+
+    def commit_many(self, batches: Sequence[Batch]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("disk on fire")
+        super().commit_many(batches)
+
+
+def test_a_failed_commit_is_unavailable_and_the_core_forgets_it(tmp_path: Path) -> None:
+    store = FailingStore(sqlite_url(str(tmp_path / "f.db")))
+    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
+    try:
+        assert engine.create_lease(_besteffort()).lease.id == 1
+        store.failures = 1
+        with pytest.raises(Unavailable, match="could not commit to the database: disk on fire"):
+            engine.create_lease(_besteffort(2))
+        # Rebuilt from the database: lease 2 was never acknowledged, so its id is free.
+        again = engine.create_lease(_besteffort(3)).lease
+        assert (again.id, again.spec["vms"]) == (2, 3)
+        assert store.lease_ids() == [1, 2]
+        assert sorted(engine.core.leases) == [1, 2]
+    finally:
+        engine.stop()
+        store.close()
+
+
+def test_a_failed_step_rebuilds_the_core_and_keeps_committed_leases(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(sqlite_url(str(tmp_path / "s.db")))
+    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
+    try:
+        engine.create_lease(_besteffort())
+        broken = engine.core
+
+        def explode(*_args: object) -> None:
+            raise RuntimeError("bug in the core")
+
+        monkeypatch.setattr(broken, "submit", explode)
+        with pytest.raises(RuntimeError, match="bug in the core"):
+            engine.create_lease(_besteffort())
+        assert engine.core is not broken
+        assert engine.create_lease(_besteffort()).lease.id == 2
+        assert store.lease_ids() == [1, 2]
+    finally:
+        engine.stop()
+        store.close()
+
+
+def test_stop_refuses_new_commands_and_ends_the_threads(tmp_path: Path) -> None:
+    store = Store(sqlite_url(str(tmp_path / "t.db")))
+    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
+    engine.create_lease(_besteffort())
+    assert sorted(t.name for t in engine._threads if t.is_alive()) == \
+        ["wsched-commit", "wsched-engine"]
+    engine.stop()
+    with pytest.raises(Unavailable, match="the service is stopping"):
+        engine.create_lease(_besteffort())
+    assert not any(t.is_alive() for t in engine._threads)
+    assert store.lease_ids() == [1]
+    store.close()
