@@ -48,10 +48,18 @@ class ImageStore:
         self._copies: list[dict[str, Copy]] = [{} for _ in range(nodes)]
         self._by_image: dict[str, dict[int, Copy]] = {}  # the same copies, by image
         self._nodes = nodes
+        # ready_times per (image, never) while that image's copies do not change: a
+        # queue pass asks it for every waiting lease.
+        self._ready_cache: dict[tuple[str, int], np.ndarray] = {}
 
     def add_node(self) -> None:
         self._copies.append({})
         self._nodes += 1
+        self._ready_cache.clear()
+
+    def _changed(self, image: str) -> None:
+        for key in [k for k in self._ready_cache if k[0] == image]:
+            del self._ready_cache[key]
 
     def usable(self, node: int, image: str, lease: int | None = None) -> Copy | None:
         """A copy ``lease`` may boot from: its own, a cached one, or (piggybacking)
@@ -66,16 +74,24 @@ class ImageStore:
                 or copy.users == {lease})
 
     def ready_times(self, image: str, never: int, lease: int | None = None) -> np.ndarray:
-        """Per node, when a copy of ``image`` usable by ``lease`` is there (else ``never``)."""
+        """Per node, when a copy of ``image`` usable by ``lease`` is there (else ``never``).
+        Read-only: the array may be shared with later calls."""
+        anyone = self.share or self.cache_mb > 0  # every copy is usable by every lease
+        if anyone and (cached := self._ready_cache.get((image, never))) is not None:
+            return cached
         ready = np.full(self._nodes, never, dtype=np.int64)
         for node, copy in self._by_image.get(image, {}).items():
-            if self._shareable(copy, lease):
+            if anyone or self._shareable(copy, lease):
                 ready[node] = copy.ready
+        ready.flags.writeable = False
+        if anyone:
+            self._ready_cache[(image, never)] = ready
         return ready
 
     def _drop(self, node: int, image: str) -> None:
         del self._copies[node][image]
         del self._by_image[image][node]
+        self._changed(image)
 
     def use(self, copy: Copy, lease: int, now: int) -> None:
         copy.users.add(lease)
@@ -92,6 +108,7 @@ class ImageStore:
         if (old := copies.get(image)) is not None:
             if ready < old.ready:
                 old.ready, old.transfer = ready, transfer
+                self._changed(image)
             old.users.add(lease)
             old.last_used = now
             return old
@@ -108,6 +125,7 @@ class ImageStore:
         copy = Copy(image, node, size, ready, transfer, {lease}, now, cached)
         copies[image] = copy
         self._by_image.setdefault(image, {})[node] = copy
+        self._changed(image)
         return copy
 
     def release(self, lease: int, nodes: tuple[int, ...], image: str, now: int) -> None:
@@ -197,5 +215,6 @@ class ImageStore:
                 copy = self._copies[n].get(t.image)
                 if copy is not None and copy.transfer is t:
                     copy.ready = e
+                    self._changed(t.image)
         self.transfers.append(new)
         return new
