@@ -600,6 +600,7 @@ class Engine:
         self._request_ids = self.store.request_ids()
         self._resync = True  # compare every live lease with its projection once
         self._images: dict[str, ImageRecord] = {}
+        self._names: list[str] = []
         log.info("core rebuilt", extra={"leases": len(self.core.leases),
                                         "live": len(self._live), "time": self.core.now})
 
@@ -779,6 +780,14 @@ class Engine:
             self._sync(now, step, everything=True)
             self._enact_due(step)
 
+    def _node_names(self) -> list[str]:
+        """Host names by node index (hosts are only ever appended: a new length means a
+        new host; listing 500 names per step cost more than the step's own sync)."""
+        nodes = self.core.site.nodes
+        if len(self._names) != len(nodes):
+            self._names = [n.name for n in nodes]
+        return self._names
+
     def _next_due(self) -> int | None:
         times = [t for t in (self.core.next_event_time(),
                              self._actions[0][0] if self._actions else None) if t is not None]
@@ -795,7 +804,7 @@ class Engine:
               everything: bool = False) -> None:
         """Record every lease whose state, schedule or reason changed (those the core
         names, or with ``everything`` every live lease)."""
-        names = [n.name for n in self.core.site.nodes]
+        names = self._node_names()
         ids = self.core.take_changed() | set(touched)
         if everything:
             ids |= self._live
@@ -875,7 +884,7 @@ class Engine:
 
     def _enact(self, lease_id: int, event: Event, events: list[Event]) -> None:
         req = self.core.leases[lease_id].request
-        names = [n.name for n in self.core.site.nodes]
+        names = self._node_names()
         hosts = [names[n] for n in event.nodes]
         seeds = self._seeds(lease_id, req.vms) if event.kind is not EventKind.TRANSFER else []
         vms = [VM(lease_id, i, req.image.id, req.resources, seeds[i] if seeds else None)

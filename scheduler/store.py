@@ -18,9 +18,11 @@ head. All times stored here are core seconds (see ``meta["origin"]``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
+import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,6 +37,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    PoolProxiedConnection,
     String,
     Table,
     Text,
@@ -428,8 +431,14 @@ class Store:
             raise StoreError(f"cannot open database: {e}") from e
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._sql = _prepare(self.engine.dialect)
+        self._writer: PoolProxiedConnection | None = None  # the commit path's connection
+        self._writer_lock = threading.Lock()
 
     def close(self) -> None:
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         self.engine.dispose()
 
     # ---------------------------------------------------------------- meta
@@ -469,11 +478,14 @@ class Store:
                 or enactments):
             return
         sql = self._sql
-        with self.engine.begin() as conn:
-            # The driver's own cursor, inside SQLAlchemy's transaction: this runs for
-            # every acknowledged request, and SQLAlchemy's per-statement work (cache
-            # key, execution context, result) costs more than SQLite's for these rows.
-            cur = conn.connection.cursor()
+        with self._writer_lock:
+            # A connection of its own, kept out of the pool, and the driver's cursor:
+            # this runs for every acknowledged request, and a pool checkout (with its
+            # reset on return) and SQLAlchemy's per-statement work (cache key,
+            # execution context, result) cost more than SQLite's work on these rows.
+            conn = self._writer if self._writer is not None else self.engine.raw_connection()
+            self._writer = None
+            cur = conn.cursor()
             try:
                 if commands:
                     sql["commands"].run(cur, [
@@ -502,8 +514,16 @@ class Store:
                     sql["enactments"].run(cur, _latest(["lease_id", "kind", "start"], [
                         {"lease_id": e.lease_id, "kind": e.kind, "start": e.start,
                          "status": e.status, "detail": e.detail} for e in enactments]))
-            finally:
                 cur.close()
+                conn.commit()
+            except BaseException:
+                # The connection may be broken (a database restart): the next commit
+                # takes a fresh one.
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                conn.invalidate()
+                raise
+            self._writer = conn
 
     def add_image(self, image: ImageRecord) -> bool:
         """Register ``image``; False if an image with that id exists already."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
@@ -86,5 +87,25 @@ def test_round_trip(db_url: str) -> None:
         assert [r.id for r in store.leases(limit=1)] == [1]
         assert store.projections()[2][0] == "cancelled"
         assert store.last_time() == 20
+    finally:
+        store.close()
+
+
+def test_a_failed_group_commit_writes_nothing_and_the_next_one_works(db_url: str) -> None:
+    store = Store(db_url)
+    try:
+        store.commit(Batch(new_leases=(_lease(1),), changes=(Change(1, 1, "pending", 10, None),)))
+        # lease 1 again: the whole transaction fails, the command and change with it
+        with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+            store.commit_many([
+                Batch(commands=(Command("submit", 11, {"request": {"id": 2}}),),
+                      new_leases=(_lease(2),), changes=(Change(2, 2, "pending", 11, None),)),
+                Batch(new_leases=(_lease(1),))])
+        assert store.lease_ids() == [1]
+        assert store.commands() == []
+        assert store.last_revision() == 1
+        store.commit(Batch(new_leases=(_lease(2),), changes=(Change(2, 2, "pending", 11, None),)))
+        assert store.lease_ids() == [1, 2]
+        assert [c.revision for c in store.changes(0)] == [1, 2]
     finally:
         store.close()
