@@ -8,12 +8,17 @@ changes come due (an APScheduler job wakes it at ``next_event_time()``), diffs l
 states into projections and the watch log, publishes changes to watchers and calls
 the enactment driver when events begin.
 
-Durability: every step is one transaction (commands, projections, watch rows,
-enactment records); a lease is acknowledged only after it is committed. On start the
-core is rebuilt by re-applying the command log at the logged core times — the core is
+Durability: every step's writes (commands, projections, watch rows, enactment
+records) are committed, grouped with the steps made meanwhile, before its caller is
+answered: a lease is acknowledged only after it is committed. On start the core is
+rebuilt by re-applying the command log at the logged core times — the core is
 deterministic, so the schedule comes back identical — and then catches up to now:
 state changes and actions that came due while the service was down are handled in
-time order. The core is not thread-safe: every access holds ``self._lock``.
+time order.
+
+Threads: steps run on one engine thread, in arrival order; commits on one commit
+thread, which overlaps them with the next steps. The core is not thread-safe: every
+access holds ``self._lock`` (the engine thread holds it while it runs steps).
 """
 
 from __future__ import annotations
