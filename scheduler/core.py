@@ -536,6 +536,9 @@ class Scheduler:
             self._queue.remove(lease)
         self._replan = True
         self._push(lease)
+        # With no shutdown time it is over at once, and no later instant would close
+        # it (let go of its image copies, ...): close it now.
+        self._tick(lease, t)
 
     def _stop(self, lease: Lease, t: int, destroy: bool = False) -> None:
         """Cancel: drop what has not begun; a running segment shuts down now (or its

@@ -70,8 +70,10 @@ class ImageStore:
         return copy
 
     def _shareable(self, copy: Copy, lease: int | None) -> bool:
+        # A lease among the copy's users brought it (or its transfer was merged into
+        # this copy, which arrives when the first of them does): it is its own.
         return (self.share or self.cache_mb > 0 or not copy.users
-                or copy.users == {lease})
+                or lease in copy.users)
 
     def ready_times(self, image: str, never: int, lease: int | None = None) -> np.ndarray:
         """Per node, when a copy of ``image`` usable by ``lease`` is there (else ``never``).
@@ -141,12 +143,11 @@ class ImageStore:
                 t.users.discard(lease)
                 if not t.users and t.start > now:  # nobody needs it and it has not begun
                     self.cancel_transfer(t)
-            arriving = t is not None and t.start <= now < t.end
-            # A copy on its way stays even without a cache: whoever needs the image next
-            # there (often this lease, re-planned) need not send it again; it goes when
-            # its transfer ends unused (finish_transfers).
-            if not copy.users and (not copy.cached or (t is not None and t.start > now)) \
-                    and not (arriving and not copy.cached) \
+            # A copy on its way stays (its transfer goes on for other leases, or has
+            # begun), even without a cache: whoever needs the image next there (often
+            # this lease, re-planned) need not send it again; it goes when its transfer
+            # ends unused (finish_transfers).
+            if not copy.users and not copy.cached and t is None \
                     and self._copies[n].get(image) is copy:
                 self._drop(n, image)
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from scheduler.config import Backfilling, TransferMode, load_profile
+from scheduler.config import Backfilling, Migration, TransferMode, load_profile
 from scheduler.core import Scheduler, SchedulingError
 from scheduler.invariants import assert_valid
 from scheduler.leases import (
@@ -312,3 +312,63 @@ def test_a_lease_being_killed_is_killed_sooner_for_a_sooner_ar() -> None:
     assert events(s, 1)[1:3] == [("run", 0, 59, (0, 1)), ("shutdown", 59, 59, (0, 1))]
     s.run()
     assert_valid(SITE, cfg, s.outcomes())
+
+
+def test_a_lease_ending_early_with_no_shutdown_lets_go_of_its_image_at_once() -> None:
+    """One node, unicast, no piggybacking, no cache. Lease 2 gets image c over [0, 1),
+    runs from 1 and ends by itself at 2. Lease 4 (image c too, more cpu than is left)
+    was planned after the AR's end, with its own transfer [1, 2). When 2 ends early at
+    2 (no shutdown time), it must be closed then and let go of its copy: lease 4 then
+    boots at 2 from the copy there. (It used to stay open, the copy still its own, and
+    lease 4 sent the image again, [2, 3), and booted at 3.)"""
+    cfg = replace(load_profile("test-transfer"), transfer_mode=TransferMode.UNICAST,
+                  piggybacking=False, enactment_overhead=0)
+    site = Site.uniform(1, NODE)
+    small = Resources(cpu=25, memory=128)
+    a, c = DiskImage("a", 0), DiskImage("c", 1)
+    s = Scheduler(site, cfg)
+    s.submit(LeaseRequest(1, LeaseKind.AR, 1, small, a, 60, 0, start=0, preemptible=True))
+    s.submit(LeaseRequest(2, LeaseKind.BESTEFFORT, 1, small, c, 60, 0, real_duration=1,
+                          preemptible=True))
+    s.submit(LeaseRequest(3, LeaseKind.BESTEFFORT, 1, small, a, 60, 0, preemptible=True))
+    s.submit(LeaseRequest(4, LeaseKind.BESTEFFORT, 1, Resources(cpu=50, memory=128), c, 60,
+                          0, preemptible=True))
+    assert events(s, 4)[:2] == [("transfer", 1, 2, (0,)), ("boot", 60, 60, (0,))]
+    s.advance_to(2)
+    assert s.leases[2].finished and s.leases[2].state is LeaseState.DONE
+    later = events(s, 4)
+    assert later[-3:] == [("boot", 2, 2, (0,)), ("run", 2, 62, (0,)),
+                          ("shutdown", 62, 62, (0,))]
+    assert [e for e in later if e[0] == "transfer" and e[1] >= 2] == []
+    s.run()
+    assert_valid(site, cfg, s.outcomes())
+
+
+def test_a_replanned_lease_keeps_the_copy_a_multicast_still_brings() -> None:
+    """Three nodes, multicast, a cache, no piggybacking. Lease 4 (3 VMs) waits for the
+    others on P1; its image goes to P2 and P3 by one multicast [1, 2), which lease 6
+    (1 VM on P2) shares through the cache. Lease 1 is cancelled: lease 4 is re-planned
+    and boots at 2 on all three nodes, from the multicast that still goes on. (P3's copy
+    used to be dropped with lease 4's old plan, while the multicast still went there,
+    and the image was sent to P3 again, [2, 3).)"""
+    cfg = replace(load_profile("test-transfer-reuse"), enactment_overhead=0,
+                  piggybacking=False, image_cache_mb=2048, migration=Migration.NO)
+    site = Site.uniform(3, NODE)
+    img = DiskImage("a", 1)
+
+    def be(i: int, vms: int, cpu: int) -> LeaseRequest:
+        return LeaseRequest(i, LeaseKind.BESTEFFORT, vms, Resources(cpu=cpu, memory=128),
+                            img, 60, 0, preemptible=True)
+
+    s = Scheduler(site, cfg)
+    for r in (be(1, 1, 25), be(2, 1, 25), be(3, 1, 50), be(4, 3, 25)):
+        s.submit(r)
+    s.submit(LeaseRequest(5, LeaseKind.AR, 1, Resources(cpu=25, memory=128), img, 60, 0,
+                          start=0, preemptible=True))  # rejected: no image by 0
+    s.submit(be(6, 1, 25))
+    assert events(s, 6)[0] == ("transfer", 1, 2, (1, 2))
+    s.cancel(1)
+    assert [e for e in events(s, 4) if e[0] in ("transfer", "boot")] == [
+        ("transfer", 0, 1, (0,)), ("transfer", 1, 2, (1, 2)), ("boot", 2, 2, (0, 1, 2))]
+    s.run()
+    assert_valid(site, cfg, s.outcomes())

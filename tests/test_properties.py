@@ -232,6 +232,9 @@ def drive(sc: Scenario) -> Run:
         last = nxt
     else:
         pytest.fail(f"still planning events after {MAX_STEPS} steps (livelock?)")
+    # Closed, not only in a terminal state: a lease left open keeps its image copies.
+    open_ = [lease.id for lease in sched.leases.values() if not lease.finished]
+    assert not open_, f"leases {open_} were never closed"
     outcomes = tuple(sorted(sched.outcomes(), key=lambda o: o.request.id))
     return Run(outcomes, cancelled, after_submit, room, planned)
 
