@@ -161,7 +161,8 @@ def replay_batch(site: Site, config: Config, requests: Sequence[LeaseRequest],
             if free_now == 0 and limit is not None and used >= limit:
                 break  # nobody can start now, nor reserve
             k, length = vms[job], wanted[job]
-            if k <= free_now and profile.fits(now, now + length, k):
+            # With no reservation ahead, free nodes only grow: k free now is enough.
+            if k <= free_now and (not reserved or profile.fits(now, now + length, k)):
                 queue.remove(job)
                 commit_now(job)
                 free_now -= k
@@ -212,14 +213,10 @@ def replay_batch(site: Site, config: Config, requests: Sequence[LeaseRequest],
             progress(i + 1)
     while heap:
         advance_to(heap[0][0])
-    return tuple(_outcome(req, start[i], real[i], placed[i]) for i, req in enumerate(requests))
-
-
-def _outcome(req: LeaseRequest, start: int | None, real: int,
-             nodes: tuple[int, ...]) -> LeaseOutcome:
-    assert start is not None, "every job of a batch replay runs"
-    end = start + real
-    return LeaseOutcome(req, LeaseState.DONE, (
-        Event(EventKind.BOOT, start, start, nodes),
-        Event(EventKind.RUN, start, end, nodes),
-        Event(EventKind.SHUTDOWN, end, end, nodes)))
+    done, boot, run, shutdown = LeaseState.DONE, EventKind.BOOT, EventKind.RUN, EventKind.SHUTDOWN
+    out = []
+    for req, s, r, nodes in zip(requests, start, real, placed, strict=True):
+        assert s is not None, "every job of a batch replay runs"
+        out.append(LeaseOutcome(req, done, (Event(boot, s, s, nodes), Event(run, s, s + r, nodes),
+                                            Event(shutdown, s + r, s + r, nodes))))
+    return tuple(out)

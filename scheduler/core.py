@@ -41,6 +41,7 @@ from .leases import (
     LeaseRequest,
     LeaseState,
     Node,
+    Resources,
     Site,
 )
 from .overheads import Overheads
@@ -164,6 +165,7 @@ class Scheduler:
         self.policies = policies or make_policies(config)
         self.overheads = Overheads(config)
         self._capacity = site.capacity_matrix()  # ~1 ms at 500 nodes: build it once
+        self._capable: dict[Resources, int] = {}  # per VM shape: nodes that can host one
         self.profile = AvailabilityProfile(self._capacity)
         self.images = ImageStore(len(site.nodes), config.image_cache_mb, config.piggybacking)
         n_channels = len(site.nodes) if config.suspendresume_exclusion is Exclusion.LOCAL else 1
@@ -248,6 +250,7 @@ class Scheduler:
             raise SchedulingError(f"a node named {node.name!r} exists already")
         self.site = Site((*self.site.nodes, node))
         self._capacity = self.site.capacity_matrix()
+        self._capable.clear()
         self.profile.add_node(node.capacity.as_array())
         self.images.add_node()
         self._closed = np.append(self._closed, False)
@@ -396,8 +399,10 @@ class Scheduler:
             raise SchedulingError(f"no lease {lease_id}") from None
 
     def _site_problem(self, req: LeaseRequest) -> str | None:
-        vec = req.resources.as_array()
-        capable = int((self._capacity >= vec).all(axis=1).sum())
+        capable = self._capable.get(req.resources)
+        if capable is None:  # few VM shapes recur: count once per shape and site
+            vec = req.resources.as_array()
+            capable = self._capable[req.resources] = int((self._capacity >= vec).all(axis=1).sum())
         if capable >= req.vms:
             return None
         if capable == 0:

@@ -11,6 +11,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,9 @@ def replay(site: Site, config: Config, requests: Iterable[LeaseRequest],
     requests = list(requests)
     if batch.applies(site, config, requests):
         outcomes = batch.replay_batch(site, config, requests, progress)
-        return ReplayResult(site, config, tuple(sorted(outcomes, key=lambda o: o.request.id)))
+        if any(a.id > b.id for a, b in pairwise(requests)):
+            outcomes = tuple(sorted(outcomes, key=lambda o: o.request.id))
+        return ReplayResult(site, config, outcomes)
     return replay_general(site, config, requests, progress)
 
 

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 INF = 2**62  # "forever": later than any schedulable instant
+# Usage fits int32 when capacities stay below this: a node's usage never exceeds its
+# capacity by more than the preemptible usage an AR may be placed over (twice it, at most).
+_INT32_SAFE = 2**30
 
 
 @dataclass(eq=False)
@@ -40,7 +43,11 @@ class AvailabilityProfile:
         # (slab, row, node): one slab per dimension some entry uses (and one per
         # dimension some preemptible entry uses), allocated on first use -- a site's
         # requests rarely use every dimension, and each slab is rows x nodes big.
-        self._usage = np.zeros((0, 64, n), dtype=np.int64)
+        # Half the memory (and memory traffic) of int64 when capacities allow it: the
+        # table is rows x nodes per slab, and every query gathers rows from it.
+        self._dtype: type[np.signedinteger] = (
+            np.int32 if int(self.capacity.max(initial=0)) < _INT32_SAFE else np.int64)
+        self._usage = np.zeros((0, 64, n), dtype=self._dtype)
         self._used_slab: dict[int, int] = {}  # dimension -> slab of all usage
         self._pre_slab: dict[int, int] = {}  # dimension -> slab of preemptible usage
         self._spare = list(range(63, 0, -1))
@@ -58,8 +65,11 @@ class AvailabilityProfile:
     def add_node(self, capacity: np.ndarray) -> None:
         """A new node, free at all times."""
         self.capacity = np.vstack([self.capacity, capacity.astype(np.int64)])
+        if int(capacity.max(initial=0)) >= _INT32_SAFE:
+            self._dtype = np.int64
         s, rows, _ = self._usage.shape
-        self._usage = np.concatenate([self._usage, np.zeros((s, rows, 1), np.int64)], axis=2)
+        self._usage = np.concatenate([self._usage.astype(self._dtype, copy=False),
+                                      np.zeros((s, rows, 1), self._dtype)], axis=2)
         self._by_node.append(set())
         self._last_end = np.append(self._last_end, -INF)
         self.version += 1
@@ -170,7 +180,7 @@ class AvailabilityProfile:
         if d not in slabs:
             slabs[d] = self._usage.shape[0]
             _, rows, n = self._usage.shape
-            self._usage = np.concatenate([self._usage, np.zeros((1, rows, n), np.int64)])
+            self._usage = np.concatenate([self._usage, np.zeros((1, rows, n), self._dtype)])
         return slabs[d]
 
     def _gather(self, slabs: dict[int, int], d: int, rows: np.ndarray,
