@@ -315,8 +315,21 @@ class AvailabilityProfile:
             return hit
         i = bisect.bisect_right(self._times, start) - 1
         j = max(bisect.bisect_left(self._times, end), i + 1)
-        fits = self._fits(i, j, vec, ignore_preemptible).all(axis=0)
-        return self._remember(key, np.asarray(fits))
+        # Per node, the peak usage over the window against what is left for the VM: one
+        # reduction over the rows instead of a (rows, nodes) comparison per dimension.
+        rows = np.array(self._rows[i:j], dtype=np.intp)
+        fits = np.ones(self.node_count, dtype=bool)
+        for d in np.flatnonzero(vec).tolist():
+            room = self.capacity[:, d] - vec[d]
+            used = self._gather(self._used_slab, d, rows, None)
+            if used is None:
+                fits &= room >= 0
+                continue
+            if ignore_preemptible and (pre := self._gather(
+                    self._pre_slab, d, rows, None)) is not None:
+                used = used - pre
+            fits &= used.max(axis=0) <= room
+        return self._remember(key, fits)
 
     # Queue passes ask the same questions for many leases between two changes.
     def _recall(self, key: tuple[int, int, bool, bytes]) -> np.ndarray | None:
