@@ -7,10 +7,14 @@ on how many are free over time. This module then replays the workload by countin
 nodes, which is what classic batch simulators do, at a small fraction of the cost of
 the general core (``core.Scheduler``), which tracks every resource of every node.
 
-It mirrors the general core's queue pass step by step (see
-``Scheduler._schedule_queue``): the same triggers (a submission, a planned end, a
-reservation's start, an early end, which rebuilds the reservations), the same FCFS
-order, the same backfilling limit. It takes free nodes when a job starts (the ones
+It runs the general core's queue passes (see ``Scheduler._schedule_queue``): the
+same triggers (a submission, a planned end, a reservation's start, an early end,
+which rebuilds the reservation), the same FCFS order, the same backfilling limit (no
+reservation, or one: EASY). With at most one reservation, free nodes only grow until
+it begins, so whether a job fits now is textbook EASY's test: enough nodes free now,
+and either it ends by the reservation's start (the *shadow time*) or it takes only
+*extra* nodes, those the reservation will not need. It takes free nodes when a job
+starts (the ones
 freed last: any free node is as good as another), also for the head's reservation,
 as batch schedulers that count nodes do; the general core binds a reservation to
 nodes when it makes it, so in rare cases it finds no single node free throughout a
@@ -22,7 +26,7 @@ give the same schedule; with EASY the fast path gives textbook EASY's
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, insort
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 
@@ -61,53 +65,6 @@ def applies(site: Site, config: Config, requests: Sequence[LeaseRequest]) -> boo
         and len({r.id for r in requests}) == len(requests)  # else the core says what is wrong
 
 
-class _FreeNodes:
-    """How many nodes are free over time, as planned: a step function whose value
-    ``free[i]`` holds from ``times[i]`` until the next breakpoint."""
-
-    def __init__(self, total: int) -> None:
-        self.times = [0]
-        self.free = [total]
-
-    def _split(self, t: int) -> int:
-        i = bisect_right(self.times, t) - 1
-        if self.times[i] == t:
-            return i
-        self.times.insert(i + 1, t)
-        self.free.insert(i + 1, self.free[i])
-        return i + 1
-
-    def book(self, start: int, end: int, k: int) -> None:
-        """Take (``k`` > 0) or give back (``k`` < 0) ``k`` nodes over [start, end)."""
-        i, j = self._split(start), self._split(end)
-        self.free[i:j] = [f - k for f in self.free[i:j]]
-
-    def fits(self, start: int, end: int, k: int) -> bool:
-        i = bisect_right(self.times, start) - 1
-        j = bisect_left(self.times, end, i)
-        return min(self.free[i:j]) >= k
-
-    def earliest(self, t: int, k: int, length: int) -> int:
-        """The earliest start >= t of ``length`` seconds with ``k`` nodes free."""
-        times, free = self.times, self.free
-        i = bisect_right(times, t) - 1
-        start = t
-        while True:
-            if free[i] < k:
-                i += 1
-                start = times[i]  # the last step is everything free: always fits
-            elif i + 1 == len(times) or times[i + 1] >= start + length:
-                return start
-            else:
-                i += 1
-
-    def prune(self, now: int) -> None:
-        i = bisect_right(self.times, now) - 1
-        if i > 64:  # now and then: each cut copies the lists
-            del self.times[:i]
-            del self.free[:i]
-
-
 def replay_batch(site: Site, config: Config, requests: Sequence[LeaseRequest],
                  progress: Callable[[int], None] | None = None) -> tuple[LeaseOutcome, ...]:
     """Replay ``requests`` (sorted by submit time, ``applies`` true) to the end: the
@@ -118,13 +75,16 @@ def replay_batch(site: Site, config: Config, requests: Sequence[LeaseRequest],
     wanted = [r.duration for r in requests]  # no slowdown: run time = requested time
     real = [r.effective_real_duration for r in requests]
     start: list[int | None] = [None] * n
-    reserved: dict[int, int] = {}  # job -> start of its reservation (not begun)
     version = [0] * n
     queue: list[int] = []  # FCFS: request order is (submit, arrival) order
-    profile = _FreeNodes(len(site.nodes))
     free_nodes = list(range(len(site.nodes) - 1, -1, -1))  # a stack: last freed, first taken
     placed: list[tuple[int, ...]] = [()] * n
+    running: list[tuple[int, int]] = []  # (planned end, job), sorted
     heap: list[tuple[int, int, int, int]] = []  # (time, kind, job, version)
+    # The one reservation EASY allows: its job, start (the shadow time) and the nodes
+    # free then beyond what it needs (the extra nodes a job may hold past it).
+    head: int | None = None
+    shadow = extra = 0
     retry = replan = False
     now = 0
 
@@ -133,53 +93,53 @@ def replay_batch(site: Site, config: Config, requests: Sequence[LeaseRequest],
         placed[job] = tuple(sorted(free_nodes[-k:]))
         del free_nodes[-k:]
         start[job] = now
+        insort(running, (now + wanted[job], job))
         heapq.heappush(heap, (now + real[job], _END, job, version[job]))
 
-    def commit_now(job: int) -> None:
-        profile.book(now, now + wanted[job], vms[job])
-        begin(job)
+    def reserve(job: int) -> None:
+        """The earliest start of ``job`` (it does not fit now): when enough running
+        jobs will have ended by their requested times."""
+        nonlocal head, shadow, extra
+        k, avail, i = vms[job], len(free_nodes), 0
+        while avail < k or (i < len(running) and running[i][0] == shadow):
+            shadow, other = running[i]
+            avail += vms[other]
+            i += 1
+        head, extra = job, avail - k
+        heapq.heappush(heap, (shadow, _BEGIN, job, version[job]))
 
     def schedule_queue(new: int | None) -> None:
-        nonlocal retry, replan
-        if replan:  # capacity came free early: reservations may move earlier
-            for job, s in reserved.items():
-                profile.book(s, s + wanted[job], -vms[job])
-                version[job] += 1
-                insort(queue, job)
-            reserved.clear()
-            candidates = list(queue)
-        elif retry or new is None:
+        nonlocal retry, replan, head, extra
+        if replan and head is not None:  # capacity came free early: it may move earlier
+            version[head] += 1
+            insort(queue, head)
+            head = None
+        if replan or retry or new is None:
             candidates = list(queue)
         else:  # nothing came free since the last pass: only the newcomer can change
             candidates = [new]
             if limit == 0 and queue[0] != new:
                 return
         retry = replan = False
-        used = len(reserved)
-        free_now = profile.free[bisect_right(profile.times, now) - 1]
         for job in candidates:
-            if free_now == 0 and limit is not None and used >= limit:
+            free = len(free_nodes)
+            if free == 0 and (head is not None or limit == 0):
                 break  # nobody can start now, nor reserve
-            k, length = vms[job], wanted[job]
-            # With no reservation ahead, free nodes only grow: k free now is enough.
-            if k <= free_now and (not reserved or profile.fits(now, now + length, k)):
+            k, end = vms[job], now + wanted[job]
+            # Free nodes only grow until the reservation: only it can stand in the way.
+            if k <= free and (head is None or end <= shadow or k <= extra):
+                if head is not None and end > shadow:
+                    extra -= k
                 queue.remove(job)
-                commit_now(job)
-                free_now -= k
-                continue
-            if limit is not None and used >= limit:
-                if limit == 0:
-                    break
-                continue
-            s = profile.earliest(now, k, length)
-            profile.book(s, s + length, k)
-            queue.remove(job)
-            reserved[job] = s
-            heapq.heappush(heap, (s, _BEGIN, job, version[job]))
-            used += 1
+                begin(job)
+            elif limit == 0:
+                break
+            elif head is None:
+                queue.remove(job)
+                reserve(job)
 
     def advance_to(t: int) -> None:
-        nonlocal now, retry, replan
+        nonlocal now, retry, replan, head
         while heap and heap[0][0] <= t:
             now = heap[0][0]
             while heap and heap[0][0] == now:
@@ -187,21 +147,20 @@ def replay_batch(site: Site, config: Config, requests: Sequence[LeaseRequest],
                 if ver != version[job]:
                     continue
                 if kind == _BEGIN:
-                    del reserved[job]
+                    head = None
                     begin(job)
                     retry = True  # the backfilling budget it held is free again
                     continue
                 free_nodes.extend(placed[job])
                 planned_end = now - real[job] + wanted[job]
+                del running[bisect_left(running, (planned_end, job))]
                 if now < planned_end:
-                    profile.book(now, planned_end, -vms[job])
                     replan = True
                 else:
                     retry = True
             if retry or replan:
                 schedule_queue(None)
         now = max(now, t)
-        profile.prune(now)
 
     for i, req in enumerate(requests):
         advance_to(req.submit)
