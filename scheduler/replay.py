@@ -77,7 +77,8 @@ def replay(site: Site, config: Config, requests: Iterable[LeaseRequest],
            progress: Callable[[int], None] | None = None) -> ReplayResult:
     """Replay ``requests`` (sorted by submit time) to the end; ``progress`` is called
     with the number of requests submitted so far. Plain batch workloads take the
-    node-counting fast path (``batch``), which gives the same schedule."""
+    node-counting fast path (``batch``: textbook EASY or FCFS, the general core's
+    queue passes with nodes bound when jobs start)."""
     requests = list(requests)
     if batch.applies(site, config, requests):
         outcomes = batch.replay_batch(site, config, requests, progress)
