@@ -57,6 +57,10 @@ class AvailabilityProfile:
         self._last_end = np.full(n, -INF, dtype=np.int64)
         self._stale_last_end: set[int] = set()
         self._expiry: list[tuple[int, int]] = []  # (end when added, entry id), a heap
+        # When entries begin: usage only rises there, so a window's peak is at its start
+        # or at one of these (a window often spans thousands of breakpoints, mostly ends).
+        self._begins: list[int] = []  # distinct, sorted
+        self._begin_count: dict[int, int] = {}
         self._next_id = 1
         self.version = 0  # changes whenever any commitment does
         self._memo: dict[tuple[int, int, bool, bytes], np.ndarray] = {}
@@ -91,6 +95,11 @@ class AvailabilityProfile:
         self._last_end[entry.nodes] = np.maximum(self._last_end[entry.nodes], end)
         heapq.heappush(self._expiry, (end, eid))
         self._apply(entry, start, end, +1)
+        if end > start:
+            count = self._begin_count.get(start, 0)
+            if count == 0:
+                bisect.insort(self._begins, start)
+            self._begin_count[start] = count + 1
         return eid
 
     def remove(self, eid: int) -> None:
@@ -99,6 +108,13 @@ class AvailabilityProfile:
             self._by_node[n].discard(eid)
         self._apply(entry, entry.start, entry.end, -1)
         self._stale_last_end.update(entry.nodes.tolist())
+        count = self._begin_count.get(entry.start)  # None: forgotten by prune
+        if count is not None and entry.end > entry.start:
+            if count > 1:
+                self._begin_count[entry.start] = count - 1
+            else:
+                del self._begin_count[entry.start]
+                del self._begins[bisect.bisect_left(self._begins, entry.start)]
 
     def truncate(self, eid: int, end: int) -> None:
         """Release the part of an entry after ``end``."""
@@ -208,6 +224,11 @@ class AvailabilityProfile:
             self._spare.extend(self._rows[:i])
             del self._times[:i]
             del self._rows[:i]
+        b = bisect.bisect_left(self._begins, self._times[0])
+        if b > 64:  # now and then: each cut copies the list
+            for t in self._begins[:b]:
+                del self._begin_count[t]
+            del self._begins[:b]
 
     # ---------------------------------------------------------------- queries
     def _fits(self, i: int, j: int, vec: np.ndarray, ignore_preemptible: bool,
@@ -316,8 +337,18 @@ class AvailabilityProfile:
         i = bisect.bisect_right(self._times, start) - 1
         j = max(bisect.bisect_left(self._times, end), i + 1)
         # Per node, the peak usage over the window against what is left for the VM: one
-        # reduction over the rows instead of a (rows, nodes) comparison per dimension.
-        rows = np.array(self._rows[i:j], dtype=np.intp)
+        # reduction over the rows instead of a (rows, nodes) comparison per dimension,
+        # and only over the rows where usage can rise: the window's first, and those
+        # where an entry begins.
+        b0 = bisect.bisect_right(self._begins, start)
+        b1 = bisect.bisect_left(self._begins, end, b0)
+        if b1 - b0 < j - i - 1:
+            times, all_rows = self._times, self._rows
+            picked = [all_rows[i]] + [all_rows[bisect.bisect_right(times, t) - 1]
+                                      for t in self._begins[b0:b1]]
+            rows = np.array(picked, dtype=np.intp)
+        else:
+            rows = np.array(self._rows[i:j], dtype=np.intp)
         fits = np.ones(self.node_count, dtype=bool)
         for d in np.flatnonzero(vec).tolist():
             room = self.capacity[:, d] - vec[d]

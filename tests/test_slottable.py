@@ -1,0 +1,69 @@
+"""The availability profile's window query against a brute-force reading of the table.
+
+``fits_window`` only reads the rows where usage can rise (the window's first and those
+where an entry begins); here random additions, removals, truncations and prunes are
+followed by windows checked against every instant's usage, recomputed from the entries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.slottable import AvailabilityProfile
+
+NODES = 3
+CAPACITY = np.array([[100, 1024, 0, 0, 0]] * NODES, dtype=np.int64)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[tuple[str, int, int, int, int, int]]:
+    ops = []
+    for _ in range(draw(st.integers(1, 25))):
+        op = draw(st.sampled_from(["add", "add", "add", "remove", "truncate", "prune"]))
+        start = draw(st.integers(0, 60))
+        ops.append((op, start, start + draw(st.integers(0, 40)), draw(st.integers(0, 2)),
+                    draw(st.integers(10, 60)), draw(st.integers(0, 10**6))))
+    return ops
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories(), st.integers(0, 100), st.integers(1, 60), st.integers(10, 100),
+       st.booleans())
+def test_fits_window_is_the_peak_over_every_instant(
+        ops: list[tuple[str, int, int, int, int, int]], start: int, length: int, cpu: int,
+        ignore_preemptible: bool) -> None:
+    profile = AvailabilityProfile(CAPACITY)
+    live: dict[int, tuple[int, int, int, int, bool]] = {}  # eid -> (node, s, e, cpu, pre)
+    now = 0
+    for op, s, e, node, amount, pick in ops:
+        s, e = max(s, now), max(e, now)
+        if op == "add":
+            pre = pick % 2 == 0
+            eid = profile.add((node,), s, e, np.array([amount, 0, 0, 0, 0]), owner=1,
+                              preemptible=pre)
+            live[eid] = (node, s, e, amount, pre)
+        elif live and op in ("remove", "truncate"):
+            eid = sorted(live)[pick % len(live)]
+            n, es, ee, a, pre = live[eid]
+            if op == "remove" or s <= es:
+                profile.remove(eid)
+                del live[eid]
+            elif s < ee:
+                profile.truncate(eid, s)
+                live[eid] = (n, es, s, a, pre)
+        elif op == "prune":
+            now = max(now, s)
+            profile.prune(now)
+    start = max(start, now)
+    vec = np.array([cpu, 0, 0, 0, 0])
+    got = profile.fits_window(start, start + length, vec,
+                              ignore_preemptible=ignore_preemptible).tolist()
+    expected = []
+    for n in range(NODES):
+        peak = max(sum(a for node, es, ee, a, pre in live.values()
+                       if node == n and es <= t < ee and not (ignore_preemptible and pre))
+                   for t in range(start, start + length))
+        expected.append(peak <= 100 - cpu)
+    assert got == expected
