@@ -187,8 +187,12 @@ class AvailabilityProfile:
                 self._spare.append(b)
 
     def _grow(self) -> None:
-        old = self._usage.shape[1]
-        self._usage = np.concatenate([self._usage, np.zeros_like(self._usage)], axis=1)
+        slabs, old, n = self._usage.shape
+        # np.zeros gets zeroed pages from the OS lazily: only the old rows are written,
+        # where concatenating with zeros_like wrote (and first zeroed) everything.
+        grown = np.zeros((slabs, 2 * old, n), dtype=self._dtype)
+        grown[:, :old] = self._usage
+        self._usage = grown
         self._spare.extend(range(2 * old - 1, old - 1, -1))
 
     def _slab(self, slabs: dict[int, int], d: int) -> int:
