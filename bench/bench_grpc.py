@@ -33,7 +33,7 @@ def serve(db: str, nodes: int) -> int:
     from scheduler.enactment import SimulatedDriver
     from scheduler.engine import Engine, SiteDefinition, SystemClock
     from scheduler.leases import Resources, Site
-    from scheduler.service import start_server
+    from scheduler.service import freeze_heap_every, start_server
     from scheduler.store import ImageRecord, Store
 
     site = SiteDefinition(load_profile("test-notransfer"),
@@ -43,6 +43,7 @@ def serve(db: str, nodes: int) -> int:
     engine = Engine(store, site, SimulatedDriver(), SystemClock())
     engine.start()
     running = start_server(engine, "127.0.0.1:0", max_workers=32)
+    freeze_heap_every(5.0, threading.Event())  # as `wsched serve` does
     sys.stdout.write(f"{running.port}\n")
     sys.stdout.flush()
     sys.stdin.read()

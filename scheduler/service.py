@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import hashlib
 import json
 import logging
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -755,6 +757,28 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         self.engine.stop()
         self.server.stop(grace).wait()
+
+
+def freeze_heap_every(seconds: float, stop: threading.Event) -> threading.Thread:
+    """Keep garbage-collection pauses short in a server process: a full collection
+    scans every tracked object, and with tens of thousands of leases in the core that
+    is a pause of 0.3-0.5 s in the middle of some request. Collect, then freeze what
+    survives (``gc.freeze``: later collections skip it), now and every ``seconds``
+    until ``stop`` is set; each collection then only scans what is newer."""
+
+    def run() -> None:
+        while True:
+            started = time.perf_counter()
+            gc.collect()
+            gc.freeze()
+            log.debug("heap frozen", extra={"objects": gc.get_freeze_count(),
+                                            "seconds": round(time.perf_counter() - started, 3)})
+            if stop.wait(seconds):
+                return
+
+    thread = threading.Thread(target=run, daemon=True, name="wsched-gc")
+    thread.start()
+    return thread
 
 
 def start_server(engine: Engine, address: str = "127.0.0.1:50051",

@@ -285,7 +285,7 @@ def _libvirt_driver(args: argparse.Namespace, images: Iterable[ImageRecord],
 def cmd_serve(args: argparse.Namespace) -> int:
     from .enactment import make_driver
     from .engine import Engine, SystemClock, demo_site, load_site
-    from .service import start_server
+    from .service import freeze_heap_every, start_server
     from .store import Store, StoreError, sqlite_url
 
     url = args.db if "://" in args.db else sqlite_url(str(Path(args.db).resolve()))
@@ -321,6 +321,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    freeze_heap_every(5.0, stop)
     print(f"wsched: serving on {args.listen.rsplit(':', 1)[0]}:{running.port} "
           f"({len(engine.hosts())} hosts, database {args.db}); Ctrl-C stops", flush=True)
     if broker_server is not None:

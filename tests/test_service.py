@@ -511,3 +511,24 @@ def test_watchers_cannot_take_every_server_thread(tmp_path: Path) -> None:
         channel.close()
         running.stop(grace=None)
         store.close()
+
+
+def test_freeze_heap_every_freezes_until_stopped() -> None:
+    import gc
+    import threading
+
+    from scheduler.service import freeze_heap_every
+
+    stop = threading.Event()
+    try:
+        thread = freeze_heap_every(0.01, stop)
+        deadline = time.monotonic() + 5
+        while gc.get_freeze_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gc.get_freeze_count() > 0
+        stop.set()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+    finally:
+        stop.set()
+        gc.unfreeze()
