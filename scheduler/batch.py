@@ -166,8 +166,6 @@ def replay_batch(site: Site, config: Config, requests: Sequence[LeaseRequest],
         advance_to(req.submit)
         queue.append(i)
         schedule_queue(i)
-        if retry or replan:
-            schedule_queue(None)
         if progress is not None:
             progress(i + 1)
     while heap:
