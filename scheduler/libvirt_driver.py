@@ -27,7 +27,7 @@ import math
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -101,13 +101,17 @@ class LibvirtDriver:
                                  f"({self.uri(host)}) failed: {e.get_error_message()}") from e
 
     @staticmethod
-    def _lookup(conn: Any, name: str) -> Any | None:
+    def _find(lookup: Callable[[str], Any], name: str, missing: int) -> Any | None:
+        """``lookup(name)``, or None when libvirt answers that it does not exist."""
         try:
-            return conn.lookupByName(name)
+            return lookup(name)
         except libvirt.libvirtError as e:
-            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            if e.get_error_code() == missing:
                 return None
             raise
+
+    def _lookup(self, conn: Any, name: str) -> Any | None:
+        return self._find(conn.lookupByName, name, libvirt.VIR_ERR_NO_DOMAIN)
 
     def _domain(self, vm: VM, host: str) -> Any:
         dom = self._lookup(self.connection(host), vm.name)
@@ -116,14 +120,8 @@ class LibvirtDriver:
         return dom
 
     # ------------------------------------------------------------ storage
-    @staticmethod
-    def _volume(pool: Any, name: str) -> Any | None:
-        try:
-            return pool.storageVolLookupByName(name)
-        except libvirt.libvirtError as e:
-            if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                return None
-            raise
+    def _volume(self, pool: Any, name: str) -> Any | None:
+        return self._find(pool.storageVolLookupByName, name, libvirt.VIR_ERR_NO_STORAGE_VOL)
 
     def _image_volume(self, conn: Any, image_id: str) -> Any:
         pool = conn.storagePoolLookupByName(self._pool)
