@@ -453,6 +453,7 @@ class Timeline:
         self._starts: list[int] = []
         self._ends: list[int] = []
         self._ids: list[int] = []
+        self._start_of: dict[int, int] = {}  # so a removal finds its place by bisection
         self._next = 1
 
     def __len__(self) -> int:
@@ -465,10 +466,14 @@ class Timeline:
         self._starts.insert(i, start)
         self._ends.insert(i, end)
         self._ids.insert(i, tid)
+        self._start_of[tid] = start
         return tid
 
     def remove(self, tid: int) -> None:
-        i = self._ids.index(tid)
+        # Timelines keep past intervals, so a linear search grows with the run's length.
+        start = self._start_of.pop(tid)
+        i = bisect.bisect_left(self._starts, start)
+        i = self._ids.index(tid, i)
         del self._starts[i], self._ends[i], self._ids[i]
 
     def is_free(self, start: int, end: int) -> bool:
