@@ -141,6 +141,8 @@ class _Proposal:
     future: bool
 
 
+# (ready, has, distinct finite ready times): see Scheduler._prepared
+_Prepared = tuple[np.ndarray, np.ndarray, list[int]]
 # per readiness vector, the (vms, vector, time, opening, partial) of requests that failed
 _Failures = dict[bytes, list[tuple[int, np.ndarray, int, int, bool]]]
 
@@ -176,6 +178,10 @@ class Scheduler:
         self._changed: set[int] = set()  # leases whose state or schedule changed
         self._hosts_now_key: tuple[int, int, bytes] | None = None
         self._hosts_now_count = 0
+        # Readiness of fresh leases per (image, size, unicasts), while nothing it depends
+        # on changes: a queue pass asks it for every waiting lease, mostly of few images.
+        self._prep_memo: dict[tuple[str, int, int | None], _Prepared] = {}
+        self._prep_token: tuple[int, int, int] = (-1, -1, -1)
         self._queue: list[Lease] = []  # FCFS: (submit, seq)
         self._waiting: list[Lease] = []  # planned best-effort leases whose segment has not begun
         self._heap: list[tuple[int, int, int, int, int]] = []
@@ -265,6 +271,7 @@ class Scheduler:
         reservation stays. Best-effort plans that have not begun there are re-planned."""
         self._node(index)
         self._closed[index] = True
+        self._prep_memo.clear()
         for lease in list(self._waiting):
             seg = lease.segments[-1] if lease.segments else None
             if seg is not None and seg.start > self.now and index in seg.nodes \
@@ -285,6 +292,7 @@ class Scheduler:
                 f"node {node.name} still holds or has booked lease(s) "
                 f"{', '.join(map(str, sorted(holders)[:10]))}: drain it and wait for them")
         self._closed[index] = True
+        self._prep_memo.clear()
         log.info("node removed", extra={"node": node.name})
 
     def _node(self, index: int) -> Node:
@@ -777,8 +785,7 @@ class Scheduler:
         opening = ovh.resume(req) if resuming else ovh.boot
         run = lease.run_needed - lease.run_done()
         whole = opening + run + ovh.shutdown
-        ready, has, _ = self._readiness(lease, unicasts)
-        groups: list[int] = np.unique(ready[ready < INF]).tolist()
+        ready, has, groups = self._prepared(lease, unicasts)
         holds = has if resuming else np.zeros_like(has)
 
         def pick(mask: np.ndarray, start: int) -> tuple[int, ...] | None:
@@ -835,7 +842,7 @@ class Scheduler:
             if failed is not None:
                 failed.setdefault(key, []).append(need)
             return None
-        best: tuple[int, np.ndarray] | None = None
+        best: _Proposal | None = None
         for g in groups:
             t0 = g
             for _ in range(8):  # retries only when the resume's exclusion channel is busy
@@ -844,14 +851,37 @@ class Scheduler:
                     break
                 s, until = found
                 prop = full(s, (ready <= g) & (until >= s + whole))
-                if prop is None or self._channels_ok(lease, prop):
-                    if best is None or s < best[0]:
-                        best = (s, (ready <= g) & (until >= s + whole))
+                if prop is None:
+                    break
+                if self._channels_ok(lease, prop):
+                    if best is None or s < best.start:
+                        best = prop
                     break
                 t0 = earliest_common_gap(self._channels_for(prop.nodes), s, opening)
-        if best is None:
-            return None
-        return full(best[0], best[1])
+        return best
+
+    def _prepared(self, lease: Lease, unicasts: int | None) -> _Prepared:
+        """``_readiness`` (without the transfer start) and its distinct finite times,
+        shared by fresh leases of one image while the copies, the link, the time and
+        the open nodes stay as they are (and, without a cache or piggybacking, only
+        copies a lease brought itself are usable: then nothing is shared)."""
+        req = lease.request
+        key = None
+        if not lease.segments and not lease.image_nodes and (
+                not self.config.image_transfer or self.images.share or self.images.cache_mb):
+            token = (self.now, self.images.version, self.images.link.version)
+            if token != self._prep_token:
+                self._prep_memo.clear()
+                self._prep_token = token
+            key = (req.image.id, req.image.size_mb, unicasts)
+            if (hit := self._prep_memo.get(key)) is not None:
+                return hit
+        ready, has, _ = self._readiness(lease, unicasts)
+        ready.flags.writeable = has.flags.writeable = False
+        prepared = (ready, has, np.unique(ready[ready < INF]).tolist())
+        if key is not None:
+            self._prep_memo[key] = prepared
+        return prepared
 
     def _hosts_now(self, vec: np.ndarray) -> int:
         """How many open nodes can host a VM of ``vec`` now (cached while nothing

@@ -51,13 +51,16 @@ class ImageStore:
         # ready_times per (image, never) while that image's copies do not change: a
         # queue pass asks it for every waiting lease.
         self._ready_cache: dict[tuple[str, int], np.ndarray] = {}
+        self.version = 0  # changes whenever some copy's readiness does
 
     def add_node(self) -> None:
         self._copies.append({})
         self._nodes += 1
         self._ready_cache.clear()
+        self.version += 1
 
     def _changed(self, image: str) -> None:
+        self.version += 1
         for key in [k for k in self._ready_cache if k[0] == image]:
             del self._ready_cache[key]
 

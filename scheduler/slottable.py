@@ -257,13 +257,17 @@ class AvailabilityProfile:
 
     def fits_at(self, instants: list[int], vec: np.ndarray) -> np.ndarray:
         """(instants, nodes) booleans: can the node host ``vec`` at that instant?"""
+        key = (len(instants), -3, False, np.array(instants, dtype=np.int64).tobytes()
+               + vec.tobytes())
+        if (hit := self._recall(key)) is not None:
+            return hit
         rows = np.array([self._rows[bisect.bisect_right(self._times, t) - 1] for t in instants],
                         dtype=np.intp)
         ok = np.ones((len(rows), self.node_count), dtype=bool)
         for d in np.flatnonzero(vec).tolist():
             used = self._gather(self._used_slab, d, rows, None)
             ok &= (0 if used is None else used) <= self.capacity[:, d] - vec[d]
-        return ok
+        return self._remember(key, ok)
 
     def free_until(self, t: int, vec: np.ndarray, *,
                    ignore_preemptible: bool = False) -> np.ndarray:
@@ -455,6 +459,7 @@ class Timeline:
         self._ids: list[int] = []
         self._start_of: dict[int, int] = {}  # so a removal finds its place by bisection
         self._next = 1
+        self.version = 0  # changes whenever an interval is added or removed
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -462,6 +467,7 @@ class Timeline:
     def add(self, start: int, end: int) -> int:
         tid = self._next
         self._next += 1
+        self.version += 1
         i = bisect.bisect_left(self._starts, start)
         self._starts.insert(i, start)
         self._ends.insert(i, end)
@@ -472,6 +478,7 @@ class Timeline:
     def remove(self, tid: int) -> None:
         # Timelines keep past intervals, so a linear search grows with the run's length.
         start = self._start_of.pop(tid)
+        self.version += 1
         i = bisect.bisect_left(self._starts, start)
         i = self._ids.index(tid, i)
         del self._starts[i], self._ends[i], self._ids[i]
