@@ -145,9 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"preloaded {len(pre)} leases ({pre_err} refused) in "
                   f"{time.monotonic() - t0:.1f} s")
             cpu0 = _server_cpu(proc.pid)
+            own0 = time.process_time()
             lat, err = _run(target, args.clients, time.monotonic() + args.seconds, None,
                             args.seed)
             cpu1 = _server_cpu(proc.pid)
+            own = time.process_time() - own0
             lat.sort()
             n = len(lat)
             if n:
@@ -159,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                     # per create: what the service costs, apart from the clients' share
                     print(f"server cpu {(cpu1 - cpu0) * 1000 / n:.2f} ms per create "
                           f"({(cpu1 - cpu0) / args.seconds:.0%} of one core)")
+                print(f"client cpu {own * 1000 / n:.2f} ms per create "
+                      f"({own / args.seconds:.0%} of one core)")
             else:
                 print("no create was acknowledged")
         finally:
