@@ -363,9 +363,9 @@ class Scheduler:
             self.now = now
             while self._heap and self._heap[0][0] == now:
                 _, kind, _, lease_id, version = heapq.heappop(self._heap)
-                lease = self.leases[lease_id]
-                if version != lease.version or lease.finished:
-                    continue
+                lease = self.leases.get(lease_id)
+                if lease is None or version != lease.version or lease.finished:
+                    continue  # stale (or forgotten)
                 if kind == _EARLY_END:
                     self._early_end(lease, now)
                 else:
@@ -379,8 +379,8 @@ class Scheduler:
     def next_event_time(self) -> int | None:
         while self._heap:
             _, _, _, lease_id, version = self._heap[0]
-            lease = self.leases[lease_id]
-            if version == lease.version and not lease.finished:
+            lease = self.leases.get(lease_id)
+            if lease is not None and version == lease.version and not lease.finished:
                 return self._heap[0][0]
             heapq.heappop(self._heap)
         return None
@@ -395,6 +395,19 @@ class Scheduler:
         caller that mirrors them, e.g. the service's database projection)."""
         changed, self._changed = self._changed, set()
         return changed
+
+    def forget(self, lease_id: int) -> None:
+        """Drop a finished lease and the record of its reservations (all in the past), so
+        a long-running caller that keeps history elsewhere (the service's database) does
+        not hold every lease ever made. (The caller must not submit its id again.)"""
+        lease = self._get(lease_id)
+        if not lease.finished:
+            raise SchedulingError(f"lease {lease_id} is {lease.state}: only a finished "
+                                  "lease can be forgotten")
+        for seg in lease.segments:
+            self.profile.forget(seg.entry)
+        del self.leases[lease_id]
+        self._changed.discard(lease_id)
 
     def outcomes(self) -> list[LeaseOutcome]:
         return [lease.outcome() for lease in self.leases.values()]

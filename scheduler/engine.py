@@ -602,6 +602,8 @@ class Engine:
         for lease_id in self._live:
             self._queue_actions(lease_id, self.core.leases[lease_id].events())
         self._next_id = max(self.core.leases, default=0) + 1
+        self._finished = [i for i, lease in self.core.leases.items() if lease.finished]
+        self._forget_finished()
         self._request_ids = self.store.request_ids()
         self._resync = True  # compare every live lease with its projection once
         self._images: dict[str, ImageRecord] = {}
@@ -711,6 +713,7 @@ class Engine:
             return
         finally:
             self._current = None
+        self._forget_finished()
         request.due = self._next_due()
         with self._commits:
             if self._lost is not None:  # built on steps whose commit failed
@@ -718,6 +721,17 @@ class Engine:
                 return
             self._pending.append(request)
             self._commits.notify_all()
+
+    def _forget_finished(self) -> None:
+        """Let the core drop the leases that ended (the database keeps them), once none
+        of their actions is still due: a service's memory must not grow with history."""
+        if self._actions and self._actions[0][0] <= self.core.now:
+            return  # the next step enacts those first
+        for lease_id in self._finished:
+            lease = self.core.leases.get(lease_id)
+            if lease is not None and lease.finished:
+                self.core.forget(lease_id)
+        self._finished = []
 
     def _drain(self) -> None:
         """Wait until every queued step is committed (or has failed)."""
@@ -838,6 +852,7 @@ class Engine:
             self._known[lease_id] = (state, events_json, reason)
             self._queue_actions(lease_id, outcome.events)
             if state in _TERMINAL:
+                self._finished.append(lease_id)
                 self._live.discard(lease_id)
                 self._known.pop(lease_id, None)
                 self._versions.pop(lease_id, None)
@@ -860,10 +875,10 @@ class Engine:
         popped: set[tuple[int, str, int]] = set()  # the queue may hold an action twice
         while self._actions and self._actions[0][0] <= now:
             start, _, lease_id, kind, nodes = heapq.heappop(self._actions)
-            if (kind, start) in self._enacted.get(lease_id, ()) or \
+            lease = self.core.leases.get(lease_id)
+            if lease is None or (kind, start) in self._enacted.get(lease_id, ()) or \
                     (lease_id, kind, start) in popped:
-                continue
-            lease = self.core.leases[lease_id]
+                continue  # done already, or the stale action of a forgotten lease
             events = lease.events()
             event = next((e for e in events if str(e.kind) == kind and e.start == start
                           and e.nodes == nodes), None)
@@ -1054,8 +1069,12 @@ class Engine:
         """Apply ``kind`` to a lease that has not ended; the lease as committed."""
         def body(step: _Step) -> None:
             lease = self.core.leases.get(lease_id)
-            if lease is None:
-                raise NotFound(f"no lease {lease_id}")
+            if lease is None:  # unknown, or ended and forgotten by the core
+                record = self.store.lease(lease_id)
+                if record is None:
+                    raise NotFound(f"no lease {lease_id}")
+                raise Infeasible(f"lease {lease_id} is already {record.state}",
+                                 subject=f"lease/{lease_id}", lease_id=lease_id)
             if lease.state.terminal:
                 raise Infeasible(f"lease {lease_id} is already {lease.state}",
                                  subject=f"lease/{lease_id}", lease_id=lease_id)
@@ -1081,9 +1100,18 @@ class Engine:
         """The earliest core time at which a rejected AR would fit, if there is one."""
         with self._lock:
             lease = self.core.leases.get(lease_id)
-            if lease is None or lease.request.kind is not LeaseKind.AR:
+            if lease is not None:
+                request = lease.request
+            else:  # ended, and forgotten by the core: rebuild its request from the record
+                record = self.store.lease(lease_id)
+                image = self._image(record.spec["image_id"]) if record is not None else None
+                if record is None or image is None:
+                    return None
+                request = _request_from_json({"id": lease_id, "submit": record.submit,
+                                              "image_mb": image.size_mb, **record.spec})
+            if request.kind is not LeaseKind.AR:
                 return None
-            return self.core.earliest_ar_start(lease.request)
+            return self.core.earliest_ar_start(request)
 
     # ------------------------------------------------------------ hosts and images
     def hosts(self) -> list[HostRecord]:
@@ -1166,9 +1194,8 @@ class Engine:
                     cap[i] += getattr(h, dim)
             used = [0] * len(DIMENSIONS)
             in_use: set[int] = set()
-            states: dict[str, int] = {}
+            states = self.store.lease_counts()  # the core forgets leases that ended
             for lease in self.core.leases.values():
-                states[str(lease.state)] = states.get(str(lease.state), 0) + 1
                 if lease.state.terminal:
                     continue
                 for e in lease.events():

@@ -62,6 +62,7 @@ class AvailabilityProfile:
         self._begins: list[int] = []  # distinct, sorted
         self._begin_count: dict[int, int] = {}
         self._next_id = 1
+        self._pruned_at = -INF
         self.version = 0  # changes whenever any commitment does
         self._memo: dict[tuple[int, int, bool, bytes], np.ndarray] = {}
         self._memo_version = 0
@@ -115,6 +116,19 @@ class AvailabilityProfile:
             else:
                 del self._begin_count[entry.start]
                 del self._begins[bisect.bisect_left(self._begins, entry.start)]
+
+    def forget(self, eid: int) -> None:
+        """Drop the record of an entry that is over: its usage is history, pruned or
+        about to be (``remove`` would rewrite that history)."""
+        entry = self._entries.get(eid)
+        if entry is None:
+            return
+        if entry.end > self._pruned_at and entry.end > entry.start:
+            raise ValueError(f"entry {eid} lasts until {entry.end}, after the last prune "
+                             f"({self._pruned_at})")
+        del self._entries[eid]
+        for n in entry.nodes.tolist():
+            self._by_node[n].discard(eid)
 
     def truncate(self, eid: int, end: int) -> None:
         """Release the part of an entry after ``end``."""
@@ -219,6 +233,7 @@ class AvailabilityProfile:
 
     def prune(self, now: int) -> None:
         """Forget usage before ``now`` (keeps the breakpoint covering ``now``)."""
+        self._pruned_at = max(self._pruned_at, now)
         # Entries over by now can overlap no query window any more: unindex them, so
         # owners_overlapping scans what is current, not every reservation ever made.
         while self._expiry and self._expiry[0][0] <= now:

@@ -565,6 +565,12 @@ class Store:
             labels_of = self._labels(s, [r.id for r in rows])
             return [self._record(r, labels_of.get(r.id, {})) for r in rows]
 
+    def lease_counts(self) -> dict[str, int]:
+        """How many leases are in each state."""
+        q = select(LeaseRow.state, func.count()).group_by(LeaseRow.state)
+        with self._session() as s:
+            return {state: int(n) for state, n in s.execute(q)}
+
     def lease_ids(self) -> list[int]:
         with self._session() as s:
             return list(s.scalars(select(LeaseRow.id).order_by(LeaseRow.id)))

@@ -372,3 +372,24 @@ def test_a_replanned_lease_keeps_the_copy_a_multicast_still_brings() -> None:
         ("transfer", 0, 1, (0,)), ("transfer", 1, 2, (1, 2)), ("boot", 2, 2, (0, 1, 2))]
     s.run()
     assert_valid(site, cfg, s.outcomes())
+
+
+def test_forget_drops_a_finished_lease_and_nothing_else_changes() -> None:
+    s = Scheduler(SITE, CONFIG)
+    s.submit(req(1, LeaseKind.BESTEFFORT, 1, 100))  # boot [0,2), run [2,102), shutdown [102,104)
+    s.submit(req(2, LeaseKind.BESTEFFORT, 2, 50))  # waits for node 0: boot [104,106) ...
+    with pytest.raises(SchedulingError, match="lease 1 is preparing: only a finished"):
+        s.forget(1)
+    s.advance_to(104)
+    assert s.leases[1].state is LeaseState.DONE
+    s.forget(1)
+    assert 1 not in s.leases and 1 not in s.take_changed()
+    with pytest.raises(SchedulingError, match="no lease 1"):
+        s.cancel(1)
+    # its reservations are history: a new lease may use the node from now on
+    s.submit(req(3, LeaseKind.BESTEFFORT, 1, 10, submit=104))
+    s.run()
+    assert events(s, 2) == [("boot", 104, 106, (0, 1)), ("run", 106, 156, (0, 1)),
+                            ("shutdown", 156, 158, (0, 1))]
+    assert events(s, 3)[0] == ("boot", 158, 160, (0,))
+    assert_valid(SITE, CONFIG, s.outcomes())

@@ -532,3 +532,35 @@ def test_freeze_heap_every_freezes_until_stopped() -> None:
     finally:
         stop.set()
         gc.unfreeze()
+
+
+def test_leases_that_ended_leave_the_core_and_are_still_served(db_url: str) -> None:
+    """A long-running service must not keep every lease ever made in memory: the core
+    forgets leases once they end, and the database answers for them."""
+    clock = ManualClock(T0)
+    s = start(db_url, clock)
+    try:
+        done = [create(s, spec(vms=1, duration=300)) for _ in range(3)]
+        big = spec(tpb.LEASE_KIND_AR, vms=8, cpu=800, start=T0 + 3600)
+        assert create(s, big).state == tpb.LEASE_STATE_PREPARING  # lease 4: its image comes
+        e = error(s.leases.CreateLease, lpb.CreateLeaseRequest(spec=big, request_id="ar-5"))
+        assert "counter-offer" in (e.details() or "")
+        assert set(s.engine.core.leases) == {1, 2, 3, 4}  # rejected: forgotten at once
+        s.advance(max(x.events[-1].end.seconds for x in done) - T0)
+        assert set(s.engine.core.leases) == {4}
+        got = s.leases.GetLease(lpb.GetLeaseRequest(id=1))
+        assert got.state == tpb.LEASE_STATE_DONE and got.events == done[0].events
+        refused = error(s.leases.CancelLease, lpb.CancelLeaseRequest(id=1))
+        assert refused.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert refused.details() == "lease 1 is already done"
+        # a retried rejected create gets its counter-offer again, from the stored spec
+        again = error(s.leases.CreateLease, lpb.CreateLeaseRequest(spec=big, request_id="ar-5"))
+        assert again.details() == e.details()
+        u = s.site.GetUtilization(spb.GetUtilizationRequest())
+        assert dict(u.leases_by_state) == {"done": 3, "ready": 1, "rejected": 1}
+        s.stop()
+        s = start(db_url, clock)  # a restart replays the log, then forgets the same
+        assert set(s.engine.core.leases) == {4}
+        assert create(s, spec(vms=1)).id == 6
+    finally:
+        s.stop()

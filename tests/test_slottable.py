@@ -8,6 +8,7 @@ followed by windows checked against every instant's usage, recomputed from the e
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -67,3 +68,18 @@ def test_fits_window_is_the_peak_over_every_instant(
                    for t in range(start, start + length))
         expected.append(peak <= 100 - cpu)
     assert got == expected
+
+
+def test_forget_drops_only_an_entry_that_is_over() -> None:
+    p = AvailabilityProfile(CAPACITY)
+    vec = np.array([60, 0, 0, 0, 0], dtype=np.int64)
+    eid = p.add((0, 1), 0, 10, vec, owner=7)
+    p.prune(5)
+    with pytest.raises(ValueError, match=r"lasts until 10, after the last prune \(5\)"):
+        p.forget(eid)
+    assert p.owners_overlapping([0], 5, 20) == {7}
+    p.prune(10)
+    p.forget(eid)
+    p.forget(eid)  # twice: nothing left to drop
+    assert p.owners_overlapping([0, 1], 0, 20) == set()
+    assert p.fits_window(10, 30, vec).tolist() == [True, True, True]
