@@ -372,6 +372,9 @@ class Scheduler:
                     self._tick(lease, now)
             if self._retry or self._replan:
                 self._schedule_queue()
+            # Transfers over by now are history before the next instant: a lease placed
+            # later reuses their copies, it does not share the transfers.
+            self.images.finish_transfers(now)
         self.now = max(self.now, t)
         self.profile.prune(self.now)
         self.images.finish_transfers(self.now)
@@ -970,9 +973,10 @@ class Scheduler:
         img = req.image.id
         if lease.live:  # resume, maybe after migrating
             orig = lease.live[-1].nodes
-            moved_to = [n for n in prop.nodes if n not in orig]
+            stay = set(orig) & set(prop.nodes)  # (tuples of up to hundreds of nodes)
+            moved_to = [n for n in prop.nodes if n not in stay]
             if moved_to:
-                moved_from = [n for n in orig if n not in prop.nodes]
+                moved_from = [n for n in orig if n not in stay]
                 mig = max(self.overheads.migration(
                     req, self.config.image_transfer and self.images.usable(n, img) is None)
                     for n in moved_to)

@@ -393,3 +393,22 @@ def test_forget_drops_a_finished_lease_and_nothing_else_changes() -> None:
                             ("shutdown", 156, 158, (0, 1))]
     assert events(s, 3)[0] == ("boot", 158, 160, (0,))
     assert_valid(SITE, CONFIG, s.outcomes())
+
+
+def test_a_transfer_over_before_a_lease_is_placed_is_not_listed_as_its_own() -> None:
+    """advance_to may cross many instants in one call (a replay jumps to the next
+    submission): a transfer that ended at one of them is history for a lease placed at
+    a later one, which boots from the copy it left (cached) without waiting for it."""
+    cfg = replace(load_profile("test-transfer-reuse"), backfilling=Backfilling.OFF)
+    image = DiskImage("X", 125)  # 125 MB at 100 Mbit/s: 10 s
+    s = Scheduler(SITE, cfg)
+    s.submit(LeaseRequest(1, LeaseKind.BESTEFFORT, 1, NODE, image, 100, 0))
+    s.submit(LeaseRequest(2, LeaseKind.BESTEFFORT, 2, NODE, image, 50, 0))  # waits for 1
+    s.advance_to(500)  # one call: 1 ends at 114 (transfer [0,10), boot, run, shutdown)
+    s.run()
+    assert events(s, 1) == [("transfer", 0, 10, (0,)), ("boot", 10, 12, (0,)),
+                            ("run", 12, 112, (0,)), ("shutdown", 112, 114, (0,))]
+    # node 1 needs the image (a new transfer from 114); node 0 has it, cached since 10
+    assert events(s, 2) == [("transfer", 114, 124, (1,)), ("boot", 124, 126, (0, 1)),
+                            ("run", 126, 176, (0, 1)), ("shutdown", 176, 178, (0, 1))]
+    assert_valid(SITE, cfg, s.outcomes())
