@@ -467,6 +467,8 @@ class Store:
         """Write several steps' batches in one transaction (group commit), one
         statement per table for all of them, rows in step order (a lease inserted by
         one step and updated by a later one is inserted first)."""
+        if all(b.empty() for b in batches):
+            return
         commands = [c for b in batches for c in b.commands]
         new_leases = [r for b in batches for r in b.new_leases]
         changed = [u for b in batches for u in b.changed_leases]
@@ -474,9 +476,6 @@ class Store:
         keys = [b.idempotency for b in batches if b.idempotency is not None]
         hosts = [h for b in batches for h in b.hosts]
         enactments = [e for b in batches for e in b.enactments]
-        if not (commands or new_leases or changed or changes or keys or hosts
-                or enactments):
-            return
         sql = self._sql
         with self._writer_lock:
             # A connection of its own, kept out of the pool, and the driver's cursor:
