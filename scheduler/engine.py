@@ -379,6 +379,12 @@ def spec_hash(spec: LeaseSpec) -> str:
     return hashlib.sha256(json.dumps(spec.as_json(), sort_keys=True).encode()).hexdigest()
 
 
+def _request_json(lease_id: int, submit: int, spec_json: Mapping[str, Any],
+                  image_mb: int) -> dict[str, Any]:
+    """A submit command's request, as logged (``_request_from_json`` reads it back)."""
+    return {"id": lease_id, "submit": submit, "image_mb": image_mb, **spec_json}
+
+
 def _request_from_json(d: Mapping[str, Any]) -> LeaseRequest:
     spec = LeaseSpec.from_json(d)
     extra: dict[str, Any] = {}
@@ -1031,7 +1037,7 @@ class Engine:
                 raise InvalidField("spec.start", f"starts in the past ({self.to_wall(spec.start)}"
                                    f" < now {self.to_wall(now)}, seconds since the epoch)")
             lease_id = self._next_id
-            request = {"id": lease_id, "submit": now, "image_mb": image.size_mb, **spec_json}
+            request = _request_json(lease_id, now, spec_json, image.size_mb)
             try:  # the model's own checks, before the core sees it
                 parsed = _request_from_json(request)
             except ValueError as e:
@@ -1107,8 +1113,8 @@ class Engine:
                 image = self._image(record.spec["image_id"]) if record is not None else None
                 if record is None or image is None:
                     return None
-                request = _request_from_json({"id": lease_id, "submit": record.submit,
-                                              "image_mb": image.size_mb, **record.spec})
+                request = _request_from_json(
+                    _request_json(lease_id, record.submit, record.spec, image.size_mb))
             if request.kind is not LeaseKind.AR:
                 return None
             return self.core.earliest_ar_start(request)
