@@ -884,7 +884,7 @@ class Scheduler:
         req = lease.request
         key = None
         if not lease.segments and not lease.image_nodes and (
-                not self.config.image_transfer or self.images.share or self.images.cache_mb):
+                not self.config.image_transfer or self.images.shared):
             token = (self.now, self.images.version, self.images.link.version)
             if token != self._prep_token:
                 self._prep_memo.clear()

@@ -64,6 +64,11 @@ class ImageStore:
         for key in [k for k in self._ready_cache if k[0] == image]:
             del self._ready_cache[key]
 
+    @property
+    def shared(self) -> bool:
+        """Is every copy usable by every lease (piggybacking, or a cache)?"""
+        return self.share or self.cache_mb > 0
+
     def usable(self, node: int, image: str, lease: int | None = None) -> Copy | None:
         """A copy ``lease`` may boot from: its own, a cached one, or (piggybacking)
         one brought for other leases."""
@@ -75,13 +80,12 @@ class ImageStore:
     def _shareable(self, copy: Copy, lease: int | None) -> bool:
         # A lease among the copy's users brought it (or its transfer was merged into
         # this copy, which arrives when the first of them does): it is its own.
-        return (self.share or self.cache_mb > 0 or not copy.users
-                or lease in copy.users)
+        return self.shared or not copy.users or lease in copy.users
 
     def ready_times(self, image: str, never: int, lease: int | None = None) -> np.ndarray:
         """Per node, when a copy of ``image`` usable by ``lease`` is there (else ``never``).
         Read-only: the array may be shared with later calls."""
-        anyone = self.share or self.cache_mb > 0  # every copy is usable by every lease
+        anyone = self.shared
         if anyone and (cached := self._ready_cache.get((image, never))) is not None:
             return cached
         ready = np.full(self._nodes, never, dtype=np.int64)
