@@ -376,13 +376,36 @@ class LeaseSpec:
 
 def spec_hash(spec: LeaseSpec) -> str:
     """A digest of the spec, to tell an idempotent retry from a reused request id."""
-    return hashlib.sha256(json.dumps(spec.as_json(), sort_keys=True).encode()).hexdigest()
+    return _spec_digest(json.dumps(spec.as_json(), sort_keys=True))
+
+
+def _spec_digest(spec_text: str) -> str:
+    """``spec_hash`` of the spec whose sorted JSON is ``spec_text`` (the text the
+    leases table stores, so a create encodes its spec once)."""
+    return hashlib.sha256(spec_text.encode()).hexdigest()
 
 
 def _request_json(lease_id: int, submit: int, spec_json: Mapping[str, Any],
                   image_mb: int) -> dict[str, Any]:
     """A submit command's request, as logged (``_request_from_json`` reads it back)."""
     return {"id": lease_id, "submit": submit, "image_mb": image_mb, **spec_json}
+
+
+def _request_from_spec(lease_id: int, submit: int, spec: LeaseSpec,
+                       image_mb: int) -> LeaseRequest:
+    """The request ``_request_from_json`` reads back from ``_request_json(lease_id,
+    submit, spec.as_json(), image_mb)``, without the JSON round trip (a create builds
+    it live; the log's copy is what a replay applies, and it is equal)."""
+    labels = spec.labels
+    if any(a[0] >= b[0] for a, b in itertools.pairwise(labels)):  # as from_json has them
+        labels = tuple(sorted(dict(labels).items()))
+    extra: dict[str, Any] = {}
+    if spec.start_latest is not None:
+        extra["start_latest"] = spec.start_latest
+    return LeaseRequest(id=lease_id, kind=LeaseKind(spec.kind), vms=spec.vms,
+                        resources=spec.resources, image=DiskImage(spec.image_id, image_mb),
+                        duration=spec.duration, submit=submit, start=spec.start,
+                        preemptible=spec.preemptible, labels=labels, **extra)
 
 
 def _request_from_json(d: Mapping[str, Any]) -> LeaseRequest:
@@ -839,24 +862,29 @@ class Engine:
             if self._versions.get(lease_id) == key and lease_id in self._known:
                 continue
             self._versions[lease_id] = key
-            outcome = lease.outcome()
-            state, reason = str(outcome.state), outcome.reason
+            # what lease.outcome() says, without building it: this runs for every
+            # lease a step changes
+            lease_events = lease.events()
+            state, reason = str(lease.state), lease.reason
             events = [{"kind": str(e.kind), "start": e.start, "end": e.end,
-                       "nodes": [names[n] for n in e.nodes]} for e in outcome.events]
+                       "nodes": [names[n] for n in e.nodes]} for e in lease_events]
             events_json = json.dumps(events)
             if self._known.get(lease_id) == (state, events_json, reason):
                 continue
+            runs = [e for e in lease_events if e.kind is EventKind.RUN]
+            start, end = (runs[0].start, runs[-1].end) if runs else (None, None)
             self._revision += 1
-            if lease_id in step.new:
+            new = step.new.get(lease_id)
+            if new is not None:
                 step.new[lease_id] = dataclasses.replace(
-                    step.new[lease_id], state=state, reason=reason, revision=self._revision,
-                    start=outcome.start, end=outcome.end, events=events)
+                    new, state=state, reason=reason, revision=self._revision, start=start,
+                    end=end, events=events, events_text=events_json)
             else:
                 step.updates[lease_id] = LeaseUpdate(lease_id, state, reason, self._revision,
-                                                     outcome.start, outcome.end, events)
+                                                     start, end, events, events_json)
             step.changes.append(Change(self._revision, lease_id, state, at, reason))
             self._known[lease_id] = (state, events_json, reason)
-            self._queue_actions(lease_id, outcome.events)
+            self._queue_actions(lease_id, lease_events)
             if state in _TERMINAL:
                 self._finished.append(lease_id)
                 self._live.discard(lease_id)
@@ -1017,7 +1045,8 @@ class Engine:
         if image is None:
             raise InvalidField("spec.image_id", f"no registered image {spec.image_id!r}")
         spec_json = spec.as_json()
-        digest = spec_hash(spec)
+        spec_text = json.dumps(spec_json, sort_keys=True)  # hashed, and stored as is
+        digest = _spec_digest(spec_text)
 
         def body(step: _Step) -> CreateResult:
             # A new request id (the common case) needs no query: every id is in memory.
@@ -1037,18 +1066,19 @@ class Engine:
                 raise InvalidField("spec.start", f"starts in the past ({self.to_wall(spec.start)}"
                                    f" < now {self.to_wall(now)}, seconds since the epoch)")
             lease_id = self._next_id
-            request = _request_json(lease_id, now, spec_json, image.size_mb)
             try:  # the model's own checks, before the core sees it
-                parsed = _request_from_json(request)
+                parsed = _request_from_spec(lease_id, now, spec, image.size_mb)
             except ValueError as e:
                 raise InvalidField("spec", str(e)) from e
             self._next_id += 1
-            cmd = Command("submit", now, {"request": request})
-            self.core.submit(parsed)  # what _apply(cmd) does, without parsing it again
+            cmd = Command("submit", now,
+                          {"request": _request_json(lease_id, now, spec_json, image.size_mb)})
+            self.core.submit(parsed)  # what _apply(cmd) does, without the JSON round trip
             step.commands.append(cmd)
             step.new[lease_id] = LeaseRecord(lease_id, request_id or None, str(spec.kind),
                                              "pending", None, 0, now, None, None,
-                                             spec_json, [], dict(spec.labels))
+                                             spec_json, [], dict(spec.labels),
+                                             spec_text=spec_text)
             if request_id:
                 step.idempotency = (request_id, lease_id, digest)
                 self._request_ids.add(request_id)

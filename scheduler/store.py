@@ -215,6 +215,11 @@ class LeaseRecord:
     spec: Mapping[str, Any]
     events: Sequence[Mapping[str, Any]]  # {kind, start, end, nodes: [host names]}
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: ``spec`` and ``events`` as the table stores them (``json.dumps(spec,
+    #: sort_keys=True)``, ``json.dumps(list(events))``), if the writer has them
+    #: already: the commit then does not encode them again.
+    spec_text: str | None = field(default=None, compare=False, repr=False)
+    events_text: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,7 @@ class LeaseUpdate:
     start: int | None
     end: int | None
     events: Sequence[Mapping[str, Any]]
+    events_text: str | None = field(default=None, compare=False, repr=False)  # see LeaseRecord
 
 
 @dataclass(frozen=True)
@@ -347,8 +353,9 @@ def upgrade(engine: Engine) -> None:
 def _lease_values(r: LeaseRecord) -> dict[str, Any]:
     return {"id": r.id, "request_id": r.request_id, "kind": r.kind, "state": r.state,
             "reason": r.reason, "revision": r.revision, "submit": r.submit, "start": r.start,
-            "end": r.end, "spec": json.dumps(r.spec, sort_keys=True),
-            "events": json.dumps(list(r.events))}
+            "end": r.end,
+            "spec": r.spec_text if r.spec_text is not None else json.dumps(r.spec, sort_keys=True),
+            "events": r.events_text if r.events_text is not None else json.dumps(list(r.events))}
 
 
 def _host_values(h: HostRecord) -> dict[str, Any]:
@@ -500,7 +507,8 @@ class Store:
                     sql["update"].run(cur, [
                         {"_id": u.id, "state": u.state, "reason": u.reason,
                          "revision": u.revision, "start": u.start, "end": u.end,
-                         "events": json.dumps(list(u.events))} for u in changed])
+                         "events": u.events_text if u.events_text is not None
+                         else json.dumps(list(u.events))} for u in changed])
                 if changes:
                     sql["watch"].run(cur, [vars(c) for c in changes])
                 if keys:

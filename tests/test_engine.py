@@ -3,6 +3,7 @@ means for watchers and for the other threads, without the gRPC layer."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -10,7 +11,18 @@ from pathlib import Path
 import pytest
 
 from scheduler.enactment import SimulatedDriver
-from scheduler.engine import Engine, LeaseSpec, ManualClock, Unavailable, demo_site
+from scheduler.engine import (
+    Engine,
+    LeaseSpec,
+    ManualClock,
+    Unavailable,
+    _request_from_json,
+    _request_from_spec,
+    _request_json,
+    _spec_digest,
+    demo_site,
+    spec_hash,
+)
 from scheduler.leases import LeaseKind, Resources
 from scheduler.store import Batch, Store, sqlite_url
 
@@ -177,3 +189,27 @@ def test_stop_refuses_new_commands_and_ends_the_threads(tmp_path: Path) -> None:
     assert not any(t.is_alive() for t in engine._threads)
     assert store.lease_ids() == [1]
     store.close()
+
+
+@pytest.mark.parametrize("spec", [
+    _besteffort(3),
+    LeaseSpec(LeaseKind.BESTEFFORT, 2, Resources(cpu=50, memory=512, disk=10), "tiny", 900,
+              preemptible=True, labels=(("team", "b"), ("app", "x"))),  # unsorted labels
+    LeaseSpec(LeaseKind.AR, 1, Resources(cpu=100, memory=1024), "tiny", 600, start=5000,
+              start_latest=7000, labels=(("a", "1"), ("b", "2")),
+              context={"ssh_keys": ["ssh-ed25519 AAAA k"]}),
+    LeaseSpec(LeaseKind.IMMEDIATE, 4, Resources(cpu=100), "big", 60),
+])
+def test_a_create_submits_the_request_its_logged_command_replays(spec: LeaseSpec) -> None:
+    """A create gives the core the request built from the spec; a restart gives it the
+    one read back from the command log: they must be equal, or the replay differs."""
+    logged = json.loads(json.dumps(
+        {"request": _request_json(7, 120, spec.as_json(), 64)}, sort_keys=True))
+    assert _request_from_spec(7, 120, spec, 64) == _request_from_json(logged["request"])
+
+
+def test_the_stored_spec_text_is_the_hashed_one() -> None:
+    spec = LeaseSpec(LeaseKind.AR, 1, Resources(cpu=100), "tiny", 600, start=5,
+                     labels=(("z", "1"), ("a", "2")))
+    text = json.dumps(spec.as_json(), sort_keys=True)
+    assert _spec_digest(text) == spec_hash(spec)
