@@ -856,7 +856,12 @@ class Scheduler:
                     if prop is not None:
                         return prop
             if failed is not None:
-                failed.setdefault(key, []).append(need)
+                # Failures at least as demanding as this one say nothing more: keep the
+                # list minimal, since every later request is checked against all of it.
+                failed[key] = [f for f in failed.get(key, ())
+                               if not (f[0] >= k and f[2] >= whole and f[3] >= opening
+                                       and (partial or not f[4]) and bool((f[1] >= vec).all()))]
+                failed[key].append(need)
             return None
         best: _Proposal | None = None
         for g in groups:
@@ -879,12 +884,12 @@ class Scheduler:
     def _prepared(self, lease: Lease, unicasts: int | None) -> _Prepared:
         """``_readiness`` (without the transfer start) and its distinct finite times,
         shared by fresh leases of one image while the copies, the link, the time and
-        the open nodes stay as they are (and, without a cache or piggybacking, only
-        copies a lease brought itself are usable: then nothing is shared)."""
+        the open nodes stay as they are. A fresh lease holds no copy, so every fresh
+        lease may use the same ones: all of them with a cache or piggybacking, only
+        those nobody holds without (``ImageStore.version`` tracks both)."""
         req = lease.request
         key = None
-        if not lease.segments and not lease.image_nodes and (
-                not self.config.image_transfer or self.images.shared):
+        if not lease.segments and not lease.image_nodes:
             token = (self.now, self.images.version, self.images.link.version)
             if token != self._prep_token:
                 self._prep_memo.clear()

@@ -51,7 +51,9 @@ class ImageStore:
         # ready_times per (image, never) while that image's copies do not change: a
         # queue pass asks it for every waiting lease.
         self._ready_cache: dict[tuple[str, int], np.ndarray] = {}
-        self.version = 0  # changes whenever some copy's readiness does
+        # changes whenever some copy's readiness does (and, without sharing, whenever
+        # who may use a copy does: see _shareable)
+        self.version = 0
 
     def add_node(self) -> None:
         self._copies.append({})
@@ -102,8 +104,13 @@ class ImageStore:
         del self._by_image[image][node]
         self._changed(image)
 
+    def _users_changed(self) -> None:
+        if not self.shared:  # a copy nobody holds is anyone's: usability changed
+            self.version += 1
+
     def use(self, copy: Copy, lease: int, now: int) -> None:
         copy.users.add(lease)
+        self._users_changed()
         copy.last_used = now
         if copy.transfer is not None:
             copy.transfer.users.add(lease)
@@ -120,6 +127,7 @@ class ImageStore:
                 self._changed(image)
             old.users.add(lease)
             old.last_used = now
+            self._users_changed()
             return old
         cached = False
         if self.cache_mb >= size:
@@ -145,6 +153,7 @@ class ImageStore:
                 continue
             copy.users.discard(lease)
             copy.last_used = now
+            self._users_changed()
             t = copy.transfer
             if t is not None:
                 t.users.discard(lease)
