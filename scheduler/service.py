@@ -146,11 +146,20 @@ _KIND_NAME_PB = {str(k): v for k, v in _KIND_PB.items()}
 
 
 def lease_to_proto(r: LeaseRecord, origin: int,
-                   contexts: Sequence[ContextVm] = ()) -> tpb.Lease:
+                   contexts: Sequence[ContextVm] = (), out: tpb.Lease | None = None
+                   ) -> tpb.Lease:
+    """The lease as a message: a new one, or written into ``out`` (an empty message, e.g.
+    a response's field: passing it to the response's constructor would copy it)."""
     # Fields are set in place, not passed to constructors: every create answers with
     # one, and building sub-messages to copy them in cost ~0.15 ms a lease.
-    out = tpb.Lease(id=r.id, state=_STATE_PB[r.state], reason=r.reason or "",
-                    revision=r.revision, request_id=r.request_id or "")
+    if out is None:
+        out = tpb.Lease()
+    out.SetInParent()
+    out.id = r.id
+    out.state = _STATE_PB[r.state]
+    out.reason = r.reason or ""
+    out.revision = r.revision
+    out.request_id = r.request_id or ""
     s = r.spec
     spec = out.spec
     spec.kind = _KIND_NAME_PB[s["kind"]]
@@ -498,8 +507,9 @@ class LeaseServicer:
         result = self.engine.create_lease(spec, req.request_id or None)
         if result.lease.state == str(LeaseState.REJECTED):
             return _rejection(result.lease, self.engine)
-        return lpb.CreateLeaseResponse(lease=lease_to_proto(result.lease, self.engine.origin),
-                                       replayed=result.replayed)
+        response = lpb.CreateLeaseResponse(replayed=result.replayed)
+        lease_to_proto(result.lease, self.engine.origin, out=response.lease)
+        return response
 
     def GetLease(self, req: lpb.GetLeaseRequest, _ctx: grpc.ServicerContext) -> tpb.Lease:
         c = _Checker()
