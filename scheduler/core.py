@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 _EARLY_END, _TICK = 0, 1  # heap event kinds; early ends first at the same instant
 _WINDOW_TRIES = 50  # candidate starts examined for a flexible AR or a counter-offer
+_STATE_DURING = {EventKind.BOOT: LeaseState.PREPARING, EventKind.RUN: LeaseState.ACTIVE,
+                 EventKind.SHUTDOWN: LeaseState.ACTIVE, EventKind.SUSPEND: LeaseState.SUSPENDING,
+                 EventKind.RESUME: LeaseState.RESUMING, EventKind.MIGRATE: LeaseState.MIGRATING,
+                 EventKind.TRANSFER: LeaseState.PREPARING}
 
 
 @dataclass(eq=False)
@@ -100,8 +104,11 @@ class Lease:
     @property
     def live(self) -> list[Segment]:
         """Its segments since it last (re)started: lost attempts are history only."""
-        lost = [i for i, s in enumerate(self.segments) if s.lost]
-        return self.segments[lost[-1] + 1:] if lost else self.segments
+        segments = self.segments
+        for i in range(len(segments) - 1, -1, -1):
+            if segments[i].lost:
+                return segments[i + 1:]
+        return segments
 
     def run_done(self) -> int:
         """Run seconds completed (or committed) in segments closed by a suspension."""
@@ -119,12 +126,12 @@ class Lease:
                 migrations = [m for m in migrations if m.end != s.start]
             vm += s.events()
         vm += migrations
-        evs = [Event(EventKind.TRANSFER, t.start, t.end, t.nodes) for t in self.transfers]
-        order = {id(e): i for i, e in enumerate(vm)}
-        evs += vm
-        evs.sort(key=lambda e: (e.start, e.end, e.kind != EventKind.TRANSFER,
-                                order.get(id(e), -1)))
-        return evs
+        # In time order; at equal times transfers first, then the VM events' own order.
+        keyed = [(t.start, t.end, 0, i, Event(EventKind.TRANSFER, t.start, t.end, t.nodes))
+                 for i, t in enumerate(self.transfers)]
+        keyed += [(e.start, e.end, 1, i, e) for i, e in enumerate(vm)]
+        keyed.sort()  # (the indices make every key distinct: events are never compared)
+        return [k[4] for k in keyed]
 
     def outcome(self) -> LeaseOutcome:
         return LeaseOutcome(self.request, self.state, tuple(self.events()), self.reason)
@@ -466,14 +473,15 @@ class Scheduler:
         """(Re)register the instants at which ``lease`` changes state."""
         lease.version += 1
         self._changed.add(lease.id)
-        times = {t for e in lease.events() for t in (e.start, e.end) if t > self.now}
+        evs = lease.events()
+        times = {t for e in evs for t in (e.start, e.end) if t > self.now}
         for t in sorted(times):
             heapq.heappush(self._heap, (t, _TICK, next(self._seq), lease.id, lease.version))
         real_end = self._real_end(lease)
         if real_end is not None and real_end >= self.now:
             heapq.heappush(self._heap, (real_end, _EARLY_END, next(self._seq), lease.id,
                                         lease.version))
-        lease.state = self._state_at(lease, self.now)
+        lease.state = self._state_at(lease, self.now, evs)
 
     def _real_end(self, lease: Lease) -> int | None:
         """When the workload ends by itself, if that comes before its plan says: inside
@@ -487,18 +495,13 @@ class Scheduler:
             done += seg.run_end - seg.run_start
         return None
 
-    def _state_at(self, lease: Lease, t: int) -> LeaseState:
-        evs = lease.events()
-        vm_kinds = {EventKind.BOOT: LeaseState.PREPARING, EventKind.RUN: LeaseState.ACTIVE,
-                    EventKind.SHUTDOWN: LeaseState.ACTIVE,
-                    EventKind.SUSPEND: LeaseState.SUSPENDING,
-                    EventKind.RESUME: LeaseState.RESUMING,
-                    EventKind.MIGRATE: LeaseState.MIGRATING,
-                    EventKind.TRANSFER: LeaseState.PREPARING}
+    def _state_at(self, lease: Lease, t: int, evs: list[Event] | None = None) -> LeaseState:
+        if evs is None:
+            evs = lease.events()
         current = [e for e in evs if e.start <= t < e.end]
         if current:
             current.sort(key=lambda e: e.kind is EventKind.TRANSFER)
-            return vm_kinds[current[0].kind]
+            return _STATE_DURING[current[0].kind]
         past = [e for e in evs if e.end <= t]
         planned = any(e.start > t for e in evs)
         if not past:
@@ -524,9 +527,10 @@ class Scheduler:
             self._retry = True
         if lease in self._waiting and lease.segments and lease.segments[-1].start <= t:
             self._waiting.remove(lease)
-        state = self._state_at(lease, t)
+        evs = lease.events()
+        state = self._state_at(lease, t, evs)
         if state in (LeaseState.DONE, LeaseState.CANCELLED, LeaseState.FAILED) and \
-                all(e.end <= t for e in lease.events()) and lease not in self._queue:
+                all(e.end <= t for e in evs) and lease not in self._queue:
             self._finish(lease, state)
         elif state is not lease.state:
             lease.state = state

@@ -93,7 +93,7 @@ class Greedy:
         if len(c.nodes) < k:
             return None
         if len(c.nodes) == k:
-            return tuple(sorted(int(n) for n in c.nodes))
+            return tuple(sorted(c.nodes.tolist()))
         keys = (-c.free_since, ~c.has_image, ~c.holds_state, c.needs_preemption)
         order = np.lexsort((c.nodes, *keys))
         # Only among the candidates tied with the k-th on every other key does the fit
@@ -102,9 +102,10 @@ class Greedy:
         tied = np.ones(len(c.nodes), dtype=bool)
         for key in keys:
             tied &= key == key[kth]
-        sure = [int(p) for p in order[:k] if not tied[p]]
+        first = order[:k]
+        sure = first[~tied[first]]
         rest = c.booked_soonest(np.flatnonzero(tied), k - len(sure))
-        return tuple(sorted(int(c.nodes[p]) for p in [*sure, *rest.tolist()]))
+        return tuple(sorted(c.nodes[np.concatenate((sure, rest))].tolist()))
 
 
 @dataclass(frozen=True)
