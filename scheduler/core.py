@@ -736,7 +736,8 @@ class Scheduler:
             return ready, orig, None
         if not self.config.image_transfer:
             return ready, has, None
-        copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id)
+        copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id,
+                                         held=lease.image_nodes)
         has = copies < INF
         ready = np.maximum(copies, start)
         if not has.all():
@@ -781,7 +782,8 @@ class Scheduler:
             return self._propose_with(lease, None, future=future, partial=partial,
                                       failed=failed)
         req = lease.request
-        has = self.images.ready_times(req.image.id, never=INF, lease=lease.id) < INF
+        has = self.images.ready_times(req.image.id, never=INF, lease=lease.id,
+                                      held=lease.image_nodes) < INF
         unicasts = max(0, req.vms - int(has.sum()))
         while True:
             prop = self._propose_with(lease, unicasts, future=future, partial=partial,
@@ -903,7 +905,7 @@ class Scheduler:
                 return hit
         ready, has, _ = self._readiness(lease, unicasts)
         ready.flags.writeable = has.flags.writeable = False
-        prepared = (ready, has, np.unique(ready[ready < INF]).tolist())
+        prepared = (ready, has, sorted(set(ready[ready < INF].tolist())))
         if key is not None:
             self._prep_memo[key] = prepared
         return prepared

@@ -9,6 +9,7 @@ Transfers share the repository's link, one at a time (``Timeline``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,7 @@ class ImageStore:
         # ready_times per (image, never) while that image's copies do not change: a
         # queue pass asks it for every waiting lease.
         self._ready_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._free_cache: dict[tuple[str, int], np.ndarray] = {}  # the same, copies nobody holds
         # changes whenever some copy's readiness does (and, without sharing, whenever
         # who may use a copy does: see _shareable)
         self.version = 0
@@ -59,12 +61,14 @@ class ImageStore:
         self._copies.append({})
         self._nodes += 1
         self._ready_cache.clear()
+        self._free_cache.clear()
         self.version += 1
 
     def _changed(self, image: str) -> None:
         self.version += 1
-        for key in [k for k in self._ready_cache if k[0] == image]:
-            del self._ready_cache[key]
+        for cache in (self._ready_cache, self._free_cache):
+            for key in [k for k in cache if k[0] == image]:
+                del cache[key]
 
     @property
     def shared(self) -> bool:
@@ -84,19 +88,35 @@ class ImageStore:
         # this copy, which arrives when the first of them does): it is its own.
         return self.shared or not copy.users or lease in copy.users
 
-    def ready_times(self, image: str, never: int, lease: int | None = None) -> np.ndarray:
-        """Per node, when a copy of ``image`` usable by ``lease`` is there (else ``never``).
+    def ready_times(self, image: str, never: int, lease: int | None = None,
+                    held: Collection[int] = ()) -> np.ndarray:
+        """Per node, when a copy of ``image`` usable by ``lease`` is there (else ``never``);
+        ``held``: the nodes where ``lease`` holds a copy (it holds none elsewhere).
         Read-only: the array may be shared with later calls."""
-        anyone = self.shared
-        if anyone and (cached := self._ready_cache.get((image, never))) is not None:
+        if self.shared:
+            return self._ready(image, never, self._ready_cache, lambda copy: True)
+        # Without sharing: the copies nobody holds (anyone's), and the lease's own.
+        free = self._ready(image, never, self._free_cache, lambda copy: not copy.users)
+        own = [(n, copy.ready) for n in held if (copy := self._copies[n].get(image)) is not None
+               and lease in copy.users]
+        if not own:
+            return free
+        ready = free.copy()
+        for n, t in own:
+            ready[n] = t
+        ready.flags.writeable = False
+        return ready
+
+    def _ready(self, image: str, never: int, cache: dict[tuple[str, int], np.ndarray],
+               usable: Callable[[Copy], bool]) -> np.ndarray:
+        if (cached := cache.get((image, never))) is not None:
             return cached
         ready = np.full(self._nodes, never, dtype=np.int64)
         for node, copy in self._by_image.get(image, {}).items():
-            if anyone or self._shareable(copy, lease):
+            if usable(copy):
                 ready[node] = copy.ready
         ready.flags.writeable = False
-        if anyone:
-            self._ready_cache[(image, never)] = ready
+        cache[(image, never)] = ready
         return ready
 
     def _drop(self, node: int, image: str) -> None:
@@ -104,13 +124,13 @@ class ImageStore:
         del self._by_image[image][node]
         self._changed(image)
 
-    def _users_changed(self) -> None:
+    def _users_changed(self, image: str) -> None:
         if not self.shared:  # a copy nobody holds is anyone's: usability changed
-            self.version += 1
+            self._changed(image)
 
     def use(self, copy: Copy, lease: int, now: int) -> None:
         copy.users.add(lease)
-        self._users_changed()
+        self._users_changed(copy.image)
         copy.last_used = now
         if copy.transfer is not None:
             copy.transfer.users.add(lease)
@@ -127,7 +147,7 @@ class ImageStore:
                 self._changed(image)
             old.users.add(lease)
             old.last_used = now
-            self._users_changed()
+            self._users_changed(image)
             return old
         cached = False
         if self.cache_mb >= size:
@@ -153,7 +173,7 @@ class ImageStore:
                 continue
             copy.users.discard(lease)
             copy.last_used = now
-            self._users_changed()
+            self._users_changed(image)
             t = copy.transfer
             if t is not None:
                 t.users.discard(lease)
