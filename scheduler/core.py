@@ -1148,9 +1148,8 @@ class Scheduler:
         while True:
             usable = (free | pre) & ~excluded & ~self._closed
             nodes_idx = np.flatnonzero(usable)
-            has = np.array([not self.config.image_transfer
-                            or self._image_ready(int(n), req.image.id, start)
-                            for n in nodes_idx], dtype=bool)
+            has = (self.images.ready_times(req.image.id, never=INF)[nodes_idx] <= start
+                   if self.config.image_transfer else np.ones(len(nodes_idx), dtype=bool))
             since, soonest = self._time_fit(nodes_idx, k, start, vec)
             cands = HostCandidates(nodes_idx, pre[nodes_idx], has,
                                    np.zeros(len(nodes_idx), dtype=bool), since, soonest)
