@@ -150,8 +150,8 @@ class _Proposal:
 
 # (ready, has, distinct finite ready times): see Scheduler._prepared
 _Prepared = tuple[np.ndarray, np.ndarray, list[int]]
-# per readiness vector, the (vms, vector, time, opening, partial) of requests that failed
-_Failures = dict[bytes, list[tuple[int, np.ndarray, int, int, bool]]]
+# per readiness vector, the (vms, VM shape, time, opening, partial) of requests that failed
+_Failures = dict[bytes, list[tuple[int, Resources, int, int, bool]]]
 
 
 def _fcfs(lease: Lease) -> tuple[int, int]:
@@ -828,10 +828,11 @@ class Scheduler:
         if not future:
             # Within a pass capacity only shrinks: a request needing at least as much as
             # one that already failed from the same readiness fails too.
-            key, need = ready.tobytes(), (k, vec, whole, opening, partial)
+            shape = req.resources
+            key, need = ready.tobytes(), (k, shape, whole, opening, partial)
             if failed is not None and any(
                     k >= fk and whole >= fw and opening >= fo and (fp or not partial)
-                    and bool((vec >= fv).all()) for fk, fv, fw, fo, fp in failed.get(key, ())):
+                    and shape.covers(fv) for fk, fv, fw, fo, fp in failed.get(key, ())):
                 return None
             # Cheap and exact: a start at g (whole or partial) needs k eligible nodes that
             # can host a VM at g itself, one of them where preparation ends at g (else the
@@ -866,7 +867,7 @@ class Scheduler:
                 # list minimal, since every later request is checked against all of it.
                 failed[key] = [f for f in failed.get(key, ())
                                if not (f[0] >= k and f[2] >= whole and f[3] >= opening
-                                       and (partial or not f[4]) and bool((f[1] >= vec).all()))]
+                                       and (partial or not f[4]) and f[1].covers(shape))]
                 failed[key].append(need)
             return None
         best: _Proposal | None = None

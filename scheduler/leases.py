@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -33,8 +34,21 @@ class Resources:
     net_out: int = 0
 
     def as_array(self) -> np.ndarray:
-        return np.array([self.cpu, self.memory, self.disk, self.net_in, self.net_out],
-                        dtype=np.int64)
+        """The vector in ``DIMENSIONS`` order: read-only, and made once per value (the
+        scheduler asks for it with every placement it tries)."""
+        return self._array
+
+    @cached_property
+    def _array(self) -> np.ndarray:
+        vec = np.array([self.cpu, self.memory, self.disk, self.net_in, self.net_out],
+                       dtype=np.int64)
+        vec.flags.writeable = False
+        return vec
+
+    def covers(self, other: Resources) -> bool:
+        """At least ``other`` in every dimension."""
+        return (self.cpu >= other.cpu and self.memory >= other.memory and self.disk >= other.disk
+                and self.net_in >= other.net_in and self.net_out >= other.net_out)
 
 
 
