@@ -82,6 +82,11 @@ MAX_SECONDS = 10 * 366 * 86_400
 MAX_RESOURCE = 2**40 - 1
 #: Watch events buffered per subscriber before it must catch up from the database.
 WATCH_BUFFER = 10_000
+#: How long a client request id is remembered after its lease's creation (seconds):
+#: a retry within it gets the original lease; later, the id is free again.
+REQUEST_ID_TTL = 86_400
+#: Expired request ids are looked for (and deleted from the database) this often.
+_REQUEST_ID_SWEEP = 60
 #: Steps of one engine batch after which the commit thread is woken without waiting
 #: for the end of the batch.
 _GROUP_LIMIT = 64
@@ -481,11 +486,12 @@ class _Step:
     idempotency: tuple[str, int, str] | None = None
     hosts: list[HostRecord] = field(default_factory=list)
     enactments: list[Enactment] = field(default_factory=list)
+    forget_requests_before: int | None = None
 
     def batch(self) -> Batch:
         return Batch(tuple(self.commands), tuple(self.new.values()),
                      tuple(self.updates.values()), tuple(self.changes), self.idempotency,
-                     tuple(self.hosts), tuple(self.enactments))
+                     tuple(self.hosts), tuple(self.enactments), self.forget_requests_before)
 
 
 _TERMINAL = {str(s) for s in LeaseState if s.terminal}
@@ -516,8 +522,10 @@ class Engine:
     without it (tests), call ``poll()`` after moving the clock."""
 
     def __init__(self, store: Store, site: SiteDefinition, driver: Driver, clock: Clock,
-                 context: ContextHook | None = None) -> None:
+                 context: ContextHook | None = None, *,
+                 request_id_ttl: int = REQUEST_ID_TTL) -> None:
         self.store = store
+        self.request_id_ttl = request_id_ttl
         self.context = context
         self.driver = driver
         self.clock = clock
@@ -638,7 +646,9 @@ class Engine:
         self._next_id = max(self.core.leases, default=0) + 1
         self._finished = [i for i, lease in self.core.leases.items() if lease.finished]
         self._forget_finished()
+        # request id -> (lease, submission), oldest first: new ids need no query
         self._request_ids = self.store.request_ids()
+        self._requests_swept = -math.inf
         self._resync = True  # compare every live lease with its projection once
         self._images: dict[str, ImageRecord] = {}
         self._names: list[str] = []
@@ -830,6 +840,8 @@ class Engine:
 
     def _catch_up(self, now: int, step: _Step) -> None:
         """Apply, instant by instant, everything due up to ``now``."""
+        if now - self._requests_swept >= _REQUEST_ID_SWEEP:
+            self._forget_request_ids(now, step)
         while (t := self._next_due()) is not None and t <= now:
             self.core.advance_to(t)
             self._sync(t, step)
@@ -839,6 +851,21 @@ class Engine:
             self._resync = False
             self._sync(now, step, everything=True)
             self._enact_due(step)
+
+    def _forget_request_ids(self, now: int, step: _Step) -> None:
+        """Forget the request ids whose retention is over (memory and database): a
+        long-running service must not keep every id it was ever given."""
+        self._requests_swept = now
+        expired, before = [], 0
+        for rid, (lease_id, submit) in self._request_ids.items():  # oldest first
+            if submit > now - self.request_id_ttl:
+                break
+            expired.append(rid)
+            before = lease_id + 1
+        for rid in expired:
+            del self._request_ids[rid]
+        if expired:
+            step.forget_requests_before = before
 
     def _node_names(self) -> list[str]:
         """Host names by node index (hosts are only ever appended: a new length means a
@@ -1093,7 +1120,7 @@ class Engine:
                                              spec_text=spec_text)
             if request_id:
                 step.idempotency = (request_id, lease_id, digest)
-                self._request_ids.add(request_id)
+                self._request_ids[request_id] = (lease_id, now)
             self._sync(now, step, (lease_id,))
             self._enact_due(step)
             return CreateResult(step.new[lease_id], False)

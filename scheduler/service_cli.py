@@ -113,6 +113,9 @@ def add_commands(subparsers: Any) -> dict[str, Handler]:
     sp.add_argument("--context-listen", default="127.0.0.1:8775", metavar="HOST:PORT",
                     help="context broker's HTTP address, when the site file has a "
                     "[contextualization] table (default 127.0.0.1:8775)")
+    sp.add_argument("--request-id-ttl", type=duration, default="1d", metavar="DURATION",
+                    help="how long a CreateLease request id is remembered after its lease "
+                    "was created: a retry within it gets the original lease (default 1d)")
     sp.add_argument("--seed-dir", type=Path, default=Path("wsched-seeds"), metavar="DIR",
                     help="where VMs' context seeds are written (default wsched-seeds)")
     _common(sp, client=False)
@@ -305,10 +308,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         broker, broker_server = start_context(store, site.context, args.seed_dir.resolve(),
                                               clock, args.context_listen)
-        engine = Engine(store, site, driver, clock, context=broker)
+        engine = Engine(store, site, driver, clock, context=broker,
+                        request_id_ttl=args.request_id_ttl)
         broker.on_change = engine.context_changed
     else:
-        engine = Engine(store, site, driver, clock)
+        engine = Engine(store, site, driver, clock, request_id_ttl=args.request_id_ttl)
     engine.start()
     try:
         running = start_server(engine, args.listen)

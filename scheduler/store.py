@@ -43,6 +43,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -301,10 +302,13 @@ class Batch:
     idempotency: tuple[str, int, str] | None = None  # request id, lease id, body hash
     hosts: tuple[HostRecord, ...] = ()
     enactments: tuple[Enactment, ...] = ()
+    #: request ids of leases before this one are forgotten (their retention is over)
+    forget_requests_before: int | None = None
 
     def empty(self) -> bool:
         return not (self.commands or self.new_leases or self.changed_leases or self.changes
-                    or self.idempotency or self.hosts or self.enactments)
+                    or self.idempotency or self.hosts or self.enactments
+                    or self.forget_requests_before is not None)
 
 
 class StoreError(RuntimeError):
@@ -404,6 +408,8 @@ def _prepare(dialect: Dialect) -> dict[str, _Prepared]:
             events=bindparam("events")), []),
         "watch": (insert(_WATCH), [c.name for c in _WATCH.columns]),
         "idempotency": (insert(_IDEMPOTENCY), ["request_id", "lease_id", "body_hash"]),
+        "forget_requests": (delete(_IDEMPOTENCY).where(
+            _IDEMPOTENCY.c.lease_id < bindparam("before")), []),
         "hosts": (upsert_stmt(_HOSTS, ["index"]), [c.name for c in _HOSTS.columns]),
         "enactments": (upsert_stmt(_ENACTMENTS, ["lease_id", "kind", "start"]),
                        [c.name for c in _ENACTMENTS.columns]),
@@ -481,6 +487,8 @@ class Store:
         changed = [u for b in batches for u in b.changed_leases]
         changes = [c for b in batches for c in b.changes]
         keys = [b.idempotency for b in batches if b.idempotency is not None]
+        forget = max((b.forget_requests_before for b in batches
+                      if b.forget_requests_before is not None), default=None)
         hosts = [h for b in batches for h in b.hosts]
         enactments = [e for b in batches for e in b.enactments]
         sql = self._sql
@@ -511,6 +519,8 @@ class Store:
                          else json.dumps(list(u.events))} for u in changed])
                 if changes:
                     sql["watch"].run(cur, [vars(c) for c in changes])
+                if forget is not None:  # before the inserts: an expired id may be reused
+                    sql["forget_requests"].run(cur, [{"before": forget}])
                 if keys:
                     sql["idempotency"].run(cur, [
                         {"request_id": rid, "lease_id": lease_id, "body_hash": body_hash}
@@ -589,11 +599,16 @@ class Store:
                     s.execute(select(LeaseRow.id, LeaseRow.state, LeaseRow.events,
                                      LeaseRow.reason, LeaseRow.revision))}
 
-    def request_ids(self) -> set[str]:
-        """Every client request id recorded (the engine keeps them in memory, so a new
-        id needs no query)."""
+    def request_ids(self) -> dict[str, tuple[int, int]]:
+        """Every client request id still remembered, with its lease and that lease's
+        submission time (core seconds), oldest first (the engine keeps them in memory,
+        so a new id needs no query, and forgets them when their retention is over)."""
+        t, leases = _IDEMPOTENCY, _LEASES
         with self.engine.connect() as conn:
-            return set(conn.scalars(select(_IDEMPOTENCY.c.request_id)))
+            rows = conn.execute(select(t.c.request_id, t.c.lease_id, leases.c.submit)
+                                .join(leases, leases.c.id == t.c.lease_id)
+                                .order_by(t.c.lease_id))
+            return {rid: (lease_id, submit) for rid, lease_id, submit in rows}
 
     def idempotency(self, request_id: str) -> tuple[int, str] | None:
         t = _IDEMPOTENCY

@@ -213,3 +213,44 @@ def test_the_stored_spec_text_is_the_hashed_one() -> None:
                      labels=(("z", "1"), ("a", "2")))
     text = json.dumps(spec.as_json(), sort_keys=True)
     assert _spec_digest(text) == spec_hash(spec)
+
+
+def test_request_ids_are_forgotten_once_their_retention_is_over(db_url: str) -> None:
+    """A retry within the retention gets the original lease; past it the id is new
+    again, in memory, in the database and after a restart."""
+    clock = ManualClock(T0)
+
+    def start() -> tuple[Store, Engine]:
+        store = Store(db_url)
+        engine = Engine(store, demo_site(), SimulatedDriver(), clock, request_id_ttl=3600)
+        engine.poll()
+        return store, engine
+
+    store, engine = start()
+    try:
+        first = engine.create_lease(_besteffort(), "req-a")  # core time 0
+        clock.advance(1800)
+        again = engine.create_lease(_besteffort(), "req-a")
+        assert again.replayed and again.lease.id == first.lease.id == 1
+        other = engine.create_lease(_besteffort(), "req-b")  # core time 1800
+        assert other.lease.id == 2
+        clock.advance(1860)  # req-a's lease is 3,660 s old, req-b's 1,860 s
+        engine.poll()
+        assert store.request_ids() == {"req-b": (2, 1800)}
+        renewed = engine.create_lease(_besteffort(), "req-a")
+        assert not renewed.replayed and renewed.lease.id == 3
+        assert engine.create_lease(_besteffort(), "req-b").replayed
+        assert store.request_ids() == {"req-b": (2, 1800), "req-a": (3, 3660)}
+    finally:
+        engine.stop()
+        store.close()
+    store, engine = start()  # a restart remembers what is still retained
+    try:
+        assert engine.create_lease(_besteffort(), "req-a").lease.id == 3
+        clock.advance(3600)
+        engine.poll()
+        assert store.request_ids() == {}
+        assert engine.create_lease(_besteffort(), "req-b").lease.id == 4
+    finally:
+        engine.stop()
+        store.close()
