@@ -1088,7 +1088,7 @@ class Engine:
         digest = _spec_digest(spec_text)
 
         def body(step: _Step) -> CreateResult:
-            # A new request id (the common case) needs no query: every id is in memory.
+            # A new request id (the common case) needs no query: every retained id is in memory.
             if request_id and request_id in self._request_ids:
                 seen = self.store.idempotency(request_id)
                 if seen is None:  # its first request is in a group commit under way
