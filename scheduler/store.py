@@ -112,7 +112,7 @@ class LabelRow(Base):
 class IdempotencyRow(Base):
     __tablename__ = PREFIX + "idempotency"
     request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    lease_id: Mapped[int] = mapped_column(BigInteger)
+    lease_id: Mapped[int] = mapped_column(BigInteger, index=True)  # expiry deletes by it
     body_hash: Mapped[str] = mapped_column(String(64))
 
 
