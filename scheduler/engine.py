@@ -524,6 +524,8 @@ class Engine:
     def __init__(self, store: Store, site: SiteDefinition, driver: Driver, clock: Clock,
                  context: ContextHook | None = None, *,
                  request_id_ttl: int = REQUEST_ID_TTL) -> None:
+        if request_id_ttl < _REQUEST_ID_SWEEP:  # else an id could expire inside one commit
+            raise ValueError(f"request_id_ttl must be at least {_REQUEST_ID_SWEEP} s")
         self.store = store
         self.request_id_ttl = request_id_ttl
         self.context = context

@@ -45,6 +45,14 @@ def duration(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
+def retention(text: str) -> int:
+    """A duration of at least a minute (expired request ids are swept once a minute)."""
+    seconds = duration(text)
+    if seconds < 60:
+        raise argparse.ArgumentTypeError(f"too short: {text!r} (at least 1m)")
+    return seconds
+
+
 def instant(text: str) -> int:
     """``+10m`` (from now), seconds since the epoch, or ISO 8601 -> epoch seconds."""
     text = text.strip()
@@ -113,9 +121,10 @@ def add_commands(subparsers: Any) -> dict[str, Handler]:
     sp.add_argument("--context-listen", default="127.0.0.1:8775", metavar="HOST:PORT",
                     help="context broker's HTTP address, when the site file has a "
                     "[contextualization] table (default 127.0.0.1:8775)")
-    sp.add_argument("--request-id-ttl", type=duration, default="1d", metavar="DURATION",
+    sp.add_argument("--request-id-ttl", type=retention, default="1d", metavar="DURATION",
                     help="how long a CreateLease request id is remembered after its lease "
-                    "was created: a retry within it gets the original lease (default 1d)")
+                    "was created: a retry within it gets the original lease (at least "
+                    "1m; default 1d)")
     sp.add_argument("--seed-dir", type=Path, default=Path("wsched-seeds"), metavar="DIR",
                     help="where VMs' context seeds are written (default wsched-seeds)")
     _common(sp, client=False)

@@ -3,6 +3,7 @@ means for watchers and for the other threads, without the gRPC layer."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -254,3 +255,17 @@ def test_request_ids_are_forgotten_once_their_retention_is_over(db_url: str) -> 
     finally:
         engine.stop()
         store.close()
+
+
+def test_a_request_id_retention_under_the_sweep_period_is_refused(tmp_path: Path) -> None:
+    from scheduler.service_cli import retention
+
+    store = Store(sqlite_url(str(tmp_path / "r.db")))
+    try:
+        with pytest.raises(ValueError, match="at least 60 s"):
+            Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0), request_id_ttl=59)
+    finally:
+        store.close()
+    assert retention("1m") == 60 and retention("2h") == 7200
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 1m"):
+        retention("30s")
