@@ -150,8 +150,16 @@ class _Proposal:
 
 # (ready, has, distinct finite ready times): see Scheduler._prepared
 _Prepared = tuple[np.ndarray, np.ndarray, list[int]]
-# per readiness vector, the (vms, VM shape, time, opening, partial) of requests that failed
-_Failures = dict[bytes, list[tuple[int, Resources, int, int, bool]]]
+# (vms, VM shape, time, opening, partial) of a request that failed, per readiness vector
+_Need = tuple[int, Resources, int, int, bool]
+_Failures = dict[bytes, list[_Need]]
+
+
+def _as_hard(a: _Need, b: _Need) -> bool:
+    """Does request ``a`` need at least what ``b`` needs (so it fails where ``b`` did)?
+    A partial fit is one more way to succeed: ``a`` may try it only if ``b`` did."""
+    return (a[0] >= b[0] and a[2] >= b[2] and a[3] >= b[3] and (b[4] or not a[4])
+            and a[1].covers(b[1]))
 
 
 def _fcfs(lease: Lease) -> tuple[int, int]:
@@ -828,11 +836,8 @@ class Scheduler:
         if not future:
             # Within a pass capacity only shrinks: a request needing at least as much as
             # one that already failed from the same readiness fails too.
-            shape = req.resources
-            key, need = ready.tobytes(), (k, shape, whole, opening, partial)
-            if failed is not None and any(
-                    k >= fk and whole >= fw and opening >= fo and (fp or not partial)
-                    and shape.covers(fv) for fk, fv, fw, fo, fp in failed.get(key, ())):
+            key, need = ready.tobytes(), (k, req.resources, whole, opening, partial)
+            if failed is not None and any(_as_hard(need, f) for f in failed.get(key, ())):
                 return None
             # Cheap and exact: a start at g (whole or partial) needs k eligible nodes that
             # can host a VM at g itself, one of them where preparation ends at g (else the
@@ -865,9 +870,7 @@ class Scheduler:
             if failed is not None:
                 # Failures at least as demanding as this one say nothing more: keep the
                 # list minimal, since every later request is checked against all of it.
-                failed[key] = [f for f in failed.get(key, ())
-                               if not (f[0] >= k and f[2] >= whole and f[3] >= opening
-                                       and (partial or not f[4]) and f[1].covers(shape))]
+                failed[key] = [f for f in failed.get(key, ()) if not _as_hard(f, need)]
                 failed[key].append(need)
             return None
         best: _Proposal | None = None
