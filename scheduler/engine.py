@@ -85,8 +85,9 @@ WATCH_BUFFER = 10_000
 #: How long a client request id is remembered after its lease's creation (seconds):
 #: a retry within it gets the original lease; later, the id is free again.
 REQUEST_ID_TTL = 86_400
-#: Expired request ids are looked for (and deleted from the database) this often.
-_REQUEST_ID_SWEEP = 60
+#: Expired request ids are looked for (and deleted from the database) this often; the
+#: shortest retention allowed.
+REQUEST_ID_SWEEP = 60
 #: Steps of one engine batch after which the commit thread is woken without waiting
 #: for the end of the batch.
 _GROUP_LIMIT = 64
@@ -419,14 +420,7 @@ def _request_from_spec(lease_id: int, submit: int, spec: LeaseSpec,
 
 
 def _request_from_json(d: Mapping[str, Any]) -> LeaseRequest:
-    spec = LeaseSpec.from_json(d)
-    extra: dict[str, Any] = {}
-    if spec.start_latest is not None:
-        extra["start_latest"] = spec.start_latest  # only logged if the core supports it
-    return LeaseRequest(id=d["id"], kind=spec.kind, vms=spec.vms, resources=spec.resources,
-                        image=DiskImage(spec.image_id, d["image_mb"]),
-                        duration=spec.duration, submit=d["submit"], start=spec.start,
-                        preemptible=spec.preemptible, labels=spec.labels, **extra)
+    return _request_from_spec(d["id"], d["submit"], LeaseSpec.from_json(d), d["image_mb"])
 
 
 @dataclass(frozen=True)
@@ -524,8 +518,8 @@ class Engine:
     def __init__(self, store: Store, site: SiteDefinition, driver: Driver, clock: Clock,
                  context: ContextHook | None = None, *,
                  request_id_ttl: int = REQUEST_ID_TTL) -> None:
-        if request_id_ttl < _REQUEST_ID_SWEEP:  # else an id could expire inside one commit
-            raise ValueError(f"request_id_ttl must be at least {_REQUEST_ID_SWEEP} s")
+        if request_id_ttl < REQUEST_ID_SWEEP:  # else an id could expire inside one commit
+            raise ValueError(f"request_id_ttl must be at least {REQUEST_ID_SWEEP} s")
         self.store = store
         self.request_id_ttl = request_id_ttl
         self.context = context
@@ -842,7 +836,7 @@ class Engine:
 
     def _catch_up(self, now: int, step: _Step) -> None:
         """Apply, instant by instant, everything due up to ``now``."""
-        if now - self._requests_swept >= _REQUEST_ID_SWEEP:
+        if now - self._requests_swept >= REQUEST_ID_SWEEP:
             self._forget_request_ids(now, step)
         while (t := self._next_due()) is not None and t <= now:
             self.core.advance_to(t)
@@ -903,29 +897,26 @@ class Engine:
             if self._versions.get(lease_id) == key and lease_id in self._known:
                 continue
             self._versions[lease_id] = key
-            # what lease.outcome() says, without building it: this runs for every
-            # lease a step changes
-            lease_events = lease.events()
-            state, reason = str(lease.state), lease.reason
+            outcome = lease.outcome()
+            state, reason = str(outcome.state), outcome.reason
             events = [{"kind": str(e.kind), "start": e.start, "end": e.end,
-                       "nodes": [names[n] for n in e.nodes]} for e in lease_events]
+                       "nodes": [names[n] for n in e.nodes]} for e in outcome.events]
             events_json = json.dumps(events)
             if self._known.get(lease_id) == (state, events_json, reason):
                 continue
-            runs = [e for e in lease_events if e.kind is EventKind.RUN]
-            start, end = (runs[0].start, runs[-1].end) if runs else (None, None)
             self._revision += 1
             new = step.new.get(lease_id)
             if new is not None:
                 step.new[lease_id] = dataclasses.replace(
-                    new, state=state, reason=reason, revision=self._revision, start=start,
-                    end=end, events=events, events_text=events_json)
+                    new, state=state, reason=reason, revision=self._revision,
+                    start=outcome.start, end=outcome.end, events=events, events_text=events_json)
             else:
                 step.updates[lease_id] = LeaseUpdate(lease_id, state, reason, self._revision,
-                                                     start, end, events, events_json)
+                                                     outcome.start, outcome.end, events,
+                                                     events_json)
             step.changes.append(Change(self._revision, lease_id, state, at, reason))
             self._known[lease_id] = (state, events_json, reason)
-            self._queue_actions(lease_id, lease_events)
+            self._queue_actions(lease_id, outcome.events)
             if state in _TERMINAL:
                 self._finished.append(lease_id)
                 self._live.discard(lease_id)

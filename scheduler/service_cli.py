@@ -46,10 +46,12 @@ def duration(text: str) -> int:
 
 
 def retention(text: str) -> int:
-    """A duration of at least a minute (expired request ids are swept once a minute)."""
+    """A request id retention: a duration no shorter than the engine's sweep period."""
+    from .engine import REQUEST_ID_SWEEP
+
     seconds = duration(text)
-    if seconds < 60:
-        raise argparse.ArgumentTypeError(f"too short: {text!r} (at least 1m)")
+    if seconds < REQUEST_ID_SWEEP:
+        raise argparse.ArgumentTypeError(f"too short: {text!r} (at least {REQUEST_ID_SWEEP} s)")
     return seconds
 
 
