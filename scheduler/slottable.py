@@ -5,6 +5,8 @@ row of a numpy array holding the usage of every node in every dimension from tha
 breakpoint to the next. Rows are not kept in time order in memory (a breakpoint
 list maps times to rows), so inserting a breakpoint copies one row instead of
 shifting the whole table. Rows before the present are pruned as time advances.
+The breakpoint lists are ``array.array``s: numpy reads a stretch of them in place
+(``_view``) where converting a list slice cost more than the query itself.
 
 ``Timeline`` is a much simpler structure for exclusive channels (the image
 repository's link, suspend/resume exclusion): a sorted list of busy intervals.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +25,12 @@ INF = 2**62  # "forever": later than any schedulable instant
 # Usage fits int32 when capacities stay below this: a node's usage never exceeds its
 # capacity by more than the preemptible usage an AR may be placed over (twice it, at most).
 _INT32_SAFE = 2**30
+
+
+def _view(values: array[int], i: int, j: int) -> np.ndarray:
+    """``values[i:j]`` as an int64 array sharing its memory: use it at once and keep
+    no reference (an array exporting its buffer cannot grow or shrink)."""
+    return np.frombuffer(values, dtype=np.int64, count=j - i, offset=8 * i)
 
 
 @dataclass(eq=False)
@@ -38,8 +47,8 @@ class AvailabilityProfile:
     def __init__(self, capacity: np.ndarray) -> None:
         self.capacity = capacity.astype(np.int64)
         n = self.capacity.shape[0]
-        self._times: list[int] = [-INF]
-        self._rows: list[int] = [0]
+        self._times = array("q", [-INF])  # breakpoints, sorted
+        self._rows = array("q", [0])  # the table row of each breakpoint
         # (slab, row, node): one slab per dimension some entry uses (and one per
         # dimension some preemptible entry uses), allocated on first use -- a site's
         # requests rarely use every dimension, and each slab is rows x nodes big.
@@ -59,7 +68,7 @@ class AvailabilityProfile:
         self._expiry: list[tuple[int, int]] = []  # (end when added, entry id), a heap
         # When entries begin: usage only rises there, so a window's peak is at its start
         # or at one of these (a window often spans thousands of breakpoints, mostly ends).
-        self._begins: list[int] = []  # distinct, sorted
+        self._begins = array("q")  # distinct, sorted
         self._begin_count: dict[int, int] = {}
         self._next_id = 1
         self._pruned_at = -INF
@@ -168,7 +177,7 @@ class AvailabilityProfile:
         j = self._split(end)
         # Flat positions in a slab: one 1-D fancy index is several times faster than
         # the 2-D (rows x nodes) broadcast one.
-        flat = (np.array(self._rows[i:j], dtype=np.intp)[:, None] * self._usage.shape[2]
+        flat = (_view(self._rows, i, j)[:, None] * self._usage.shape[2]
                 + entry.nodes).ravel()
         for d in np.flatnonzero(entry.vec).tolist():  # only the dimensions it uses
             delta = sign * int(entry.vec[d])
@@ -231,6 +240,14 @@ class AvailabilityProfile:
                            else self._usage[slab][np.ix_(rows, cols)])
         return out
 
+    def _rows_at(self, instants: np.ndarray | list[int]) -> np.ndarray:
+        """The rows holding the usage at each of ``instants`` (none before the first
+        breakpoint)."""
+        slots = np.searchsorted(_view(self._times, 0, len(self._times)), instants,
+                                side="right") - 1
+        rows: np.ndarray = _view(self._rows, 0, len(self._rows))[slots]
+        return rows
+
     def prune(self, now: int) -> None:
         """Forget usage before ``now`` (keeps the breakpoint covering ``now``)."""
         self._pruned_at = max(self._pruned_at, now)
@@ -258,7 +275,7 @@ class AvailabilityProfile:
               cols: np.ndarray | None = None) -> np.ndarray:
         """(slots i..j-1, nodes) booleans: can the node host ``vec`` in that slot?
         (Only the nodes ``cols``, in that order, if given.)"""
-        rows = np.array(self._rows[i:j], dtype=np.intp)
+        rows = _view(self._rows, i, j)
         ok: np.ndarray | None = None
         for d in np.flatnonzero(vec).tolist():
             cap = self.capacity[:, d] if cols is None else self.capacity[cols, d]
@@ -280,8 +297,7 @@ class AvailabilityProfile:
                + vec.tobytes())
         if (hit := self._recall(key)) is not None:
             return hit
-        rows = np.array([self._rows[bisect.bisect_right(self._times, t) - 1] for t in instants],
-                        dtype=np.intp)
+        rows = self._rows_at(instants)
         ok = np.ones((len(rows), self.node_count), dtype=bool)
         for d in np.flatnonzero(vec).tolist():
             used = self._gather(self._used_slab, d, rows, None)
@@ -320,7 +336,7 @@ class AvailabilityProfile:
             bad: np.ndarray = ~self._fits(i, j, vec, False)[::-1] & open_  # latest first
             hit = bad.any(axis=0)
             first = np.argmax(bad, axis=0)  # latest failing slot, counted from j - 1
-            ends = np.array([*self._times[i + 1:j], end], dtype=np.int64)[::-1]
+            ends = np.append(_view(self._times, i + 1, j), end)[::-1]
             since[hit] = ends[first[hit]]
             open_ &= ~hit
             j, end, block = i, self._times[i], block * 4
@@ -346,7 +362,7 @@ class AvailabilityProfile:
                 bad = ~self._fits(i, j, vec, False, nodes) & open_
                 hit = bad.any(axis=0)
                 first = np.argmax(bad, axis=0)
-                starts = np.array(self._times[i:j], dtype=np.int64)
+                starts = _view(self._times, i, j)
                 until[hit] = np.maximum(starts[first[hit]], t)
                 open_ &= ~hit
                 found += int(hit.sum())
@@ -370,12 +386,9 @@ class AvailabilityProfile:
         b0 = bisect.bisect_right(self._begins, start)
         b1 = bisect.bisect_left(self._begins, end, b0)
         if b1 - b0 < j - i - 1:
-            times, all_rows = self._times, self._rows
-            picked = [all_rows[i]] + [all_rows[bisect.bisect_right(times, t) - 1]
-                                      for t in self._begins[b0:b1]]
-            rows = np.array(picked, dtype=np.intp)
+            rows = np.append(self._rows[i], self._rows_at(_view(self._begins, b0, b1)))
         else:
-            rows = np.array(self._rows[i:j], dtype=np.intp)
+            rows = _view(self._rows, i, j)
         fits = np.ones(self.node_count, dtype=bool)
         for d in np.flatnonzero(vec).tolist():
             room = self.capacity[:, d] - vec[d]
@@ -413,7 +426,7 @@ class AvailabilityProfile:
             bad = ~ok & open_
             first = np.argmax(bad, axis=0)  # first failing slot per node (0 if none)
             hit = bad.any(axis=0)
-            starts = np.array(self._times[i:j], dtype=np.int64)
+            starts = _view(self._times, i, j)
             until[hit] = np.maximum(starts[first[hit]], t)
             open_ &= ~hit
             i, block = j, block * 4
@@ -448,7 +461,7 @@ class AvailabilityProfile:
             idx = np.arange(m)[:, None]
             fail = np.where(ok, m, idx)
             next_fail = np.minimum.accumulate(fail[::-1], axis=0)[::-1]
-            times = np.array([*times_l[a:r], INF], dtype=np.int64)
+            times = np.append(_view(times_l, a, r), INF)
             until = times[next_fail[:b - a]]  # INF: free through every slot examined
             starts = np.maximum(times[:b - a], t0)
             good = (until >= (starts + duration)[:, None]).sum(axis=1) >= k
@@ -462,7 +475,7 @@ class AvailabilityProfile:
         """Free capacity of ``node`` guaranteed throughout [start, end)."""
         i = bisect.bisect_right(self._times, start) - 1
         j = bisect.bisect_left(self._times, end)
-        rows = np.array(self._rows[i:max(j, i + 1)], dtype=np.intp)
+        rows = _view(self._rows, i, max(j, i + 1))
         free: np.ndarray = self.capacity[node].copy()
         for d, slab in self._used_slab.items():
             free[d] -= self._usage[slab, rows, node].max()
