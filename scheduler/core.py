@@ -1140,14 +1140,18 @@ class Scheduler:
         start = req.start - ovh.boot
         end = req.start + req.duration + ovh.shutdown
         free = self.profile.fits_window(start, end, vec)
-        may_preempt = self.policies.preemption.may_preempt
         pre = np.zeros_like(free)
-        could = self.profile.fits_window(start, end, vec, ignore_preemptible=True) & ~free
-        if could.any() and any(
-                may_preempt(req, self.leases[o].request) for o in self.profile.owners_overlapping(
-                    np.flatnonzero(could), start, end, preemptible_only=True)
-                if o != req.id):
-            pre = could
+        # Host selection takes a node that needs a preemption only if too few others
+        # will do (its contract): with enough free nodes, the preemptible ones are moot.
+        if np.count_nonzero(free & ~self._closed) < k:
+            may_preempt = self.policies.preemption.may_preempt
+            could = self.profile.fits_window(start, end, vec, ignore_preemptible=True) & ~free
+            if could.any() and any(
+                    may_preempt(req, self.leases[o].request)
+                    for o in self.profile.owners_overlapping(
+                        np.flatnonzero(could), start, end, preemptible_only=True)
+                    if o != req.id):
+                pre = could
         excluded = np.zeros_like(free)
         while True:
             usable = (free | pre) & ~excluded & ~self._closed

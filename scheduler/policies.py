@@ -45,7 +45,9 @@ class HostCandidates:
 
 class HostSelectionPolicy(Protocol):
     def choose(self, k: int, candidates: HostCandidates) -> tuple[int, ...] | None:
-        """``k`` distinct nodes from the candidates, or None if there are too few."""
+        """``k`` distinct nodes from the candidates, or None if there are too few.
+        A node that needs a preemption may be chosen only when fewer than ``k`` others
+        are candidates (the core then leaves preemptible nodes out of the offer)."""
 
 
 @dataclass(frozen=True)
