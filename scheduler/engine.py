@@ -370,7 +370,8 @@ class LeaseSpec:
 
     def as_json(self) -> dict[str, Any]:
         out = {"kind": str(self.kind), "vms": self.vms,
-               "resources": dataclasses.asdict(self.resources), "image_id": self.image_id,
+               "resources": {d: getattr(self.resources, d) for d in DIMENSIONS},
+               "image_id": self.image_id,
                "duration": self.duration, "start": self.start,
                "start_latest": self.start_latest, "preemptible": self.preemptible,
                "labels": dict(self.labels)}
