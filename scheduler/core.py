@@ -784,7 +784,10 @@ class Scheduler:
 
         With unicast transfers, readiness depends on how many of the chosen nodes lack
         the image: start from the fewest possible and count again on the nodes chosen
-        until the count holds (so the lease boots when its images are there)."""
+        until the count holds (so the lease boots once its images are there). A choice
+        that needs fewer transfers than were counted is valid but waits for transfers it
+        does not make: count again with fewer while that gives a valid choice no later
+        (so it boots as soon as its images are there)."""
         if not (self.config.image_transfer and self.config.transfer_mode == "unicast"
                 and not lease.live):
             return self._propose_with(lease, None, future=future, partial=partial,
@@ -793,15 +796,21 @@ class Scheduler:
         has = self.images.ready_times(req.image.id, never=INF, lease=lease.id,
                                       held=lease.image_nodes) < INF
         unicasts = max(0, req.vms - int(has.sum()))
+        valid: _Proposal | None = None
         while True:
             prop = self._propose_with(lease, unicasts, future=future, partial=partial,
                                       failed=failed)
-            if prop is None:
-                return None
+            if prop is None or (valid is not None and prop.start > valid.start):
+                return valid
             lacking = sum(1 for n in prop.nodes if not has[n])
-            if lacking <= unicasts:
+            if lacking > unicasts:  # too few counted
+                if valid is not None:
+                    return valid
+                unicasts = lacking
+            elif lacking == unicasts:
                 return prop
-            unicasts = lacking
+            else:  # too many counted
+                valid, unicasts = prop, lacking
 
     def _propose_with(self, lease: Lease, unicasts: int | None, *, future: bool,
                       partial: bool, failed: _Failures | None = None) -> _Proposal | None:
