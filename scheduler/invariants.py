@@ -306,14 +306,17 @@ def check_advance_reservation(site: Site, o: LeaseOutcome) -> list[str]:
 
 def check_dependencies(site: Site, o: LeaseOutcome) -> list[str]:
     """Transfers end before the first boot (of the attempt they serve, when a killed
-    lease starts over); suspend < migrate < resume in time."""
+    lease starts over: the first boot from the transfer's start on one of its nodes);
+    suspend < migrate < resume in time."""
     v: list[str] = []
     boots = sorted((e for e in o.events if e.kind is _K.BOOT), key=lambda e: e.start)
     vm = [e for e in o.events if e.kind is not _K.TRANSFER]
     restarted = any((a.kind, b.kind) == (_K.SHUTDOWN, _K.BOOT) for a, b in pairwise(vm))
     for t in (e for e in o.events if e.kind is _K.TRANSFER):
-        # A killed lease's restart may need new transfers: each serves the next boot.
-        first = next((b for b in boots if not restarted or b.start >= t.start), None)
+        # A killed lease's restart may need new transfers: each serves the next boot on
+        # its nodes (one starting with the transfer elsewhere is the attempt before).
+        first = next((b for b in boots if not restarted
+                      or (b.start >= t.start and not set(b.nodes).isdisjoint(t.nodes))), None)
         if first is not None and t.end > first.start:
             v.append(f"dependency: {_lease(o)}: {_ev(site, t)} ends after "
                      f"{_ev(site, first)} starts (t={first.start})")

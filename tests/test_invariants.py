@@ -431,12 +431,12 @@ def test_events_of_disabled_features() -> None:
 
 def killed_and_restarted(second_transfer: tuple[int, int]) -> LeaseOutcome:
     """Preemptible lease 1 (suspension off): runs 20 s on P1, is killed, and starts over
-    on P2 after a second transfer."""
+    on P2 after a second transfer (events in time order)."""
     start, end = second_transfer
-    return done(request(1, preemptible=True),
-                ev(K.TRANSFER, 0, 10, 0), ev(K.BOOT, 10, 12, 0), ev(K.RUN, 12, 32, 0),
-                ev(K.SHUTDOWN, 32, 34, 0), ev(K.TRANSFER, start, end, 1),
-                ev(K.BOOT, 50, 52, 1), ev(K.RUN, 52, 152, 1), ev(K.SHUTDOWN, 152, 154, 1))
+    events = [ev(K.TRANSFER, 0, 10, 0), ev(K.BOOT, 10, 12, 0), ev(K.RUN, 12, 32, 0),
+              ev(K.SHUTDOWN, 32, 34, 0), ev(K.TRANSFER, start, end, 1),
+              ev(K.BOOT, 50, 52, 1), ev(K.RUN, 52, 152, 1), ev(K.SHUTDOWN, 152, 154, 1)]
+    return done(request(1, preemptible=True), *sorted(events, key=lambda e: e.start))
 
 
 def test_kill_and_restart_needs_suspension_off_and_transfers_before_the_restart() -> None:
@@ -445,6 +445,8 @@ def test_kill_and_restart_needs_suspension_off_and_transfers_before_the_restart(
     # the restart's transfer ends after the restart boots
     found = only([killed_and_restarted((41, 51))], "dependency:", no_suspension)
     assert "transfer [41,51) on P2" in found and "boot [50,52) on P2" in found
+    # a transfer to P2 beginning as the first attempt boots on P1 serves the restart
+    assert violations([killed_and_restarted((10, 50))], no_suspension) == []
     # with suspension on, a lease is never killed and restarted
     found = only([killed_and_restarted((40, 50))], "work:")
     assert "boots again at t=50 after a shutdown" in found
