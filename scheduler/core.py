@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import itertools
 import logging
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -162,6 +162,10 @@ def _as_hard(a: _Need, b: _Need) -> bool:
             and a[1].covers(b[1]))
 
 
+def _seconds(t: int) -> str:
+    return f"{t} s"
+
+
 def _fcfs(lease: Lease) -> tuple[int, int]:
     """The queue's order: submission time, then arrival order."""
     return lease.request.submit, lease.seq
@@ -177,7 +181,7 @@ class Scheduler:
         self.site = site
         # How messages name an instant: seconds from the origin in replays, the wall
         # clock in the service (the core only knows integer seconds).
-        self._at = show_time or (lambda t: f"{t} s")
+        self._at = show_time or _seconds
         self.config = config
         self.policies = policies or make_policies(config)
         self.overheads = Overheads(config)
@@ -200,7 +204,7 @@ class Scheduler:
         self._queue: list[Lease] = []  # FCFS: (submit, seq)
         self._waiting: list[Lease] = []  # planned best-effort leases whose segment has not begun
         self._heap: list[tuple[int, int, int, int, int]] = []
-        self._seq = itertools.count()
+        self._seq = 0  # arrival order, and the heap's tie-break
         # A *retry* pass offers the queue the capacity that comes free as planned; a
         # *replan* pass also rebuilds waiting reservations (capacity came free early).
         self._retry = False
@@ -213,7 +217,8 @@ class Scheduler:
         if request.id in self.leases:
             raise SchedulingError(f"lease {request.id} already exists")
         ovh = self.overheads
-        lease = Lease(request, next(self._seq), ovh.run_time(request.duration),
+        self._seq += 1
+        lease = Lease(request, self._seq, ovh.run_time(request.duration),
                       ovh.run_time(request.effective_real_duration))
         if request.kind is LeaseKind.AR:
             lease.run_needed, lease.run_real = request.duration, request.effective_real_duration
@@ -430,6 +435,30 @@ class Scheduler:
     def outcomes(self) -> list[LeaseOutcome]:
         return [lease.outcome() for lease in self.leases.values()]
 
+    def dumps(self) -> bytes:
+        """The whole state, for ``loads`` by the same code (a checkpoint: the service
+        restarts from it instead of re-applying its whole command log)."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def loads(data: bytes, show_time: Callable[[int], str] | None = None) -> Scheduler:
+        """A core ``dumps`` wrote (only ever from a trusted source: it is a pickle)."""
+        core = pickle.loads(data)
+        if not isinstance(core, Scheduler):
+            raise TypeError(f"not a scheduler state: {type(core).__name__}")
+        core._at = show_time or _seconds
+        return core
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        del state["_at"]  # the caller's (e.g. a bound method of the service's engine)
+        state["_prep_memo"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._at = _seconds
+
     # ============================================================ bookkeeping
     def _get(self, lease_id: int) -> Lease:
         try:
@@ -484,10 +513,12 @@ class Scheduler:
         evs = lease.events()
         times = {t for e in evs for t in (e.start, e.end) if t > self.now}
         for t in sorted(times):
-            heapq.heappush(self._heap, (t, _TICK, next(self._seq), lease.id, lease.version))
+            self._seq += 1
+            heapq.heappush(self._heap, (t, _TICK, self._seq, lease.id, lease.version))
         real_end = self._real_end(lease)
         if real_end is not None and real_end >= self.now:
-            heapq.heappush(self._heap, (real_end, _EARLY_END, next(self._seq), lease.id,
+            self._seq += 1
+            heapq.heappush(self._heap, (real_end, _EARLY_END, self._seq, lease.id,
                                         lease.version))
         lease.state = self._state_at(lease, self.now, evs)
 

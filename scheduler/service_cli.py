@@ -55,6 +55,16 @@ def retention(text: str) -> int:
     return seconds
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (a whole number, 0 or more)")
+    return value
+
+
 def instant(text: str) -> int:
     """``+10m`` (from now), seconds since the epoch, or ISO 8601 -> epoch seconds."""
     text = text.strip()
@@ -127,6 +137,10 @@ def add_commands(subparsers: Any) -> dict[str, Handler]:
                     help="how long a CreateLease request id is remembered after its lease "
                     "was created: a retry within it gets the original lease (at least "
                     "1m; default 1d)")
+    sp.add_argument("--checkpoint-every", type=_count, default=None, metavar="N",
+                    help="write a checkpoint of the scheduler every N logged commands, so "
+                    "a restart re-applies only the commands after it (0: never; default "
+                    "10000)")
     sp.add_argument("--seed-dir", type=Path, default=Path("wsched-seeds"), metavar="DIR",
                     help="where VMs' context seeds are written (default wsched-seeds)")
     _common(sp, client=False)
@@ -313,17 +327,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.driver == "libvirt" \
         else make_driver(args.driver)
     clock = SystemClock()
+    durability: dict[str, Any] = {"request_id_ttl": args.request_id_ttl}
+    if args.checkpoint_every is not None:
+        durability["checkpoint_every"] = args.checkpoint_every
     broker_server = None
     if site.context is not None:
         from contextualization.broker import start_context
 
         broker, broker_server = start_context(store, site.context, args.seed_dir.resolve(),
                                               clock, args.context_listen)
-        engine = Engine(store, site, driver, clock, context=broker,
-                        request_id_ttl=args.request_id_ttl)
+        engine = Engine(store, site, driver, clock, context=broker, **durability)
         broker.on_change = engine.context_changed
     else:
-        engine = Engine(store, site, driver, clock, request_id_ttl=args.request_id_ttl)
+        engine = Engine(store, site, driver, clock, **durability)
     engine.start()
     try:
         running = start_server(engine, args.listen)

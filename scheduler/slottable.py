@@ -76,6 +76,18 @@ class AvailabilityProfile:
         self._memo: dict[tuple[int, int, bool, bytes], np.ndarray] = {}
         self._memo_version = 0
 
+    def __getstate__(self) -> dict[str, object]:
+        # Only the rows in use, in time order (the table has room for up to twice as
+        # many): what a checkpoint stores. C-contiguous, as _apply needs (an indexed
+        # copy need not be: its updates would go to a copy of a slab).
+        state = self.__dict__.copy()
+        state["_usage"] = np.ascontiguousarray(
+            self._usage[:, _view(self._rows, 0, len(self._rows))])
+        state["_rows"] = array("q", range(len(self._rows)))
+        state["_spare"] = []
+        state["_memo"] = {}
+        return state
+
     def add_node(self, capacity: np.ndarray) -> None:
         """A new node, free at all times."""
         self.capacity = np.vstack([self.capacity, capacity.astype(np.int64)])

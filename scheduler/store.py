@@ -7,7 +7,9 @@ re-applying the log in order at the same times rebuilds it exactly. Next to the 
 projections answer queries without the core: one row per lease (state, schedule,
 reason, revision), its labels, the idempotency keys, the watch log (one row per lease
 change, numbered by a global revision), the hosts and the registered images, and the
-enactment actions already carried out. Contextualization keeps its own state here too
+enactment actions already carried out. A checkpoint (the core's whole state after the
+log's first N commands, written now and then) lets a restart re-apply only the commands
+after it. Contextualization keeps its own state here too
 (one row per deployed VM: address, credential expiry, deadline, reported identity,
 state; and the broker's signing key), outside the command log: it is not replayed.
 
@@ -37,6 +39,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     PoolProxiedConnection,
     String,
     Table,
@@ -81,6 +84,17 @@ class CommandRow(Base):
     at: Mapped[int] = mapped_column(BigInteger)  # core time it was applied at
     kind: Mapped[str] = mapped_column(String(32))
     body: Mapped[str] = mapped_column(Text)  # JSON
+
+
+class CheckpointRow(Base):
+    """The latest checkpoint: the core's state once the log's first ``commands``
+    commands were applied (only the latest is kept)."""
+
+    __tablename__ = PREFIX + "checkpoints"
+    commands: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[int] = mapped_column(BigInteger)  # core time when it was taken
+    format: Mapped[str] = mapped_column(String(128))  # which code can read it
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class LeaseRow(Base):
@@ -190,6 +204,7 @@ _IDEMPOTENCY = Base.metadata.tables[IdempotencyRow.__tablename__]
 _WATCH = Base.metadata.tables[WatchRow.__tablename__]
 _HOSTS = Base.metadata.tables[HostRow.__tablename__]
 _ENACTMENTS = Base.metadata.tables[EnactmentRow.__tablename__]
+_CHECKPOINTS = Base.metadata.tables[CheckpointRow.__tablename__]
 
 
 # ================================================================ records
@@ -304,11 +319,21 @@ class Batch:
     enactments: tuple[Enactment, ...] = ()
     #: request ids of leases before this one are forgotten (their retention is over)
     forget_requests_before: int | None = None
+    #: a checkpoint taken after this step (it replaces the one stored)
+    checkpoint: Checkpoint | None = None
 
     def empty(self) -> bool:
         return not (self.commands or self.new_leases or self.changed_leases or self.changes
                     or self.idempotency or self.hosts or self.enactments
-                    or self.forget_requests_before is not None)
+                    or self.forget_requests_before is not None or self.checkpoint)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    commands: int  # how many commands of the log (the first ones) it includes
+    at: int  # core time
+    format: str  # the code that wrote it (a restart ignores another code's)
+    data: bytes
 
 
 class StoreError(RuntimeError):
@@ -413,6 +438,8 @@ def _prepare(dialect: Dialect) -> dict[str, _Prepared]:
         "hosts": (upsert_stmt(_HOSTS, ["index"]), [c.name for c in _HOSTS.columns]),
         "enactments": (upsert_stmt(_ENACTMENTS, ["lease_id", "kind", "start"]),
                        [c.name for c in _ENACTMENTS.columns]),
+        "drop_checkpoints": (delete(_CHECKPOINTS), []),
+        "checkpoint": (insert(_CHECKPOINTS), [c.name for c in _CHECKPOINTS.columns]),
     }
     out = {}
     for name, (stmt, columns) in statements.items():
@@ -491,6 +518,7 @@ class Store:
                       if b.forget_requests_before is not None), default=None)
         hosts = [h for b in batches for h in b.hosts]
         enactments = [e for b in batches for e in b.enactments]
+        checkpoint = next((b.checkpoint for b in reversed(batches) if b.checkpoint), None)
         sql = self._sql
         with self._writer_lock:
             # A connection of its own, kept out of the pool, and the driver's cursor:
@@ -531,6 +559,9 @@ class Store:
                     sql["enactments"].run(cur, _latest(["lease_id", "kind", "start"], [
                         {"lease_id": e.lease_id, "kind": e.kind, "start": e.start,
                          "status": e.status, "detail": e.detail} for e in enactments]))
+                if checkpoint is not None:  # after the commands it includes
+                    sql["drop_checkpoints"].run(cur, [{}])
+                    sql["checkpoint"].run(cur, [vars(checkpoint)])
                 cur.close()
                 conn.commit()
             except BaseException:
@@ -551,10 +582,18 @@ class Store:
             return True
 
     # ---------------------------------------------------------------- reads
-    def commands(self) -> list[Command]:
+    def commands(self, skip: int = 0) -> list[Command]:
+        """The log, in order, without its first ``skip`` commands."""
         with self._session() as s:
-            return [Command(r.kind, r.at, json.loads(r.body), r.seq)
-                    for r in s.scalars(select(CommandRow).order_by(CommandRow.seq))]
+            q = select(CommandRow).order_by(CommandRow.seq).offset(skip)
+            return [Command(r.kind, r.at, json.loads(r.body), r.seq) for r in s.scalars(q)]
+
+    def checkpoint(self) -> Checkpoint | None:
+        with self._session() as s:
+            row = s.scalars(select(CheckpointRow).order_by(CheckpointRow.commands.desc())
+                            .limit(1)).first()
+            return None if row is None else Checkpoint(row.commands, row.at, row.format,
+                                                       bytes(row.data))
 
     def lease(self, lease_id: int) -> LeaseRecord | None:
         with self._session() as s:

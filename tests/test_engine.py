@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import random
 import threading
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete, update
 
+from scheduler.core import Scheduler
 from scheduler.enactment import SimulatedDriver
 from scheduler.engine import (
     Engine,
+    EngineError,
     LeaseSpec,
     ManualClock,
     Unavailable,
@@ -24,8 +30,8 @@ from scheduler.engine import (
     demo_site,
     spec_hash,
 )
-from scheduler.leases import LeaseKind, Resources
-from scheduler.store import Batch, Store, sqlite_url
+from scheduler.leases import DiskImage, Event, LeaseKind, LeaseRequest, Resources
+from scheduler.store import Batch, CheckpointRow, Store, sqlite_url
 
 T0 = 1_800_000_000
 
@@ -269,3 +275,104 @@ def test_a_request_id_retention_under_the_sweep_period_is_refused(tmp_path: Path
     assert retention("1m") == 60 and retention("2h") == 7200
     with pytest.raises(argparse.ArgumentTypeError, match=r"too short: '30s' \(at least 60 s\)"):
         retention("30s")
+
+
+# ============================================================================ checkpoints
+
+def _history(engine: Engine, clock: ManualClock, seed: int) -> None:
+    """A mixed, seeded history: creates of every kind (some refused), cancellations,
+    extensions and a host change, with time passing (so leases run, end and free
+    their nodes) -- one command per step."""
+    rng = random.Random(seed)
+    for i in range(60):
+        clock.advance(rng.choice([0, 5, 30, 120, 600]))
+        engine.poll()
+        roll = rng.random()
+        now = engine.now()
+        try:
+            if i == 20:
+                engine.add_host("extra", Resources(cpu=800, memory=32768))
+            elif i == 40:
+                engine.drain_host("P3")
+            elif roll < 0.15 and engine.core.leases:
+                engine.cancel_lease(rng.choice(sorted(engine.core.leases)))
+            elif roll < 0.25 and engine.core.leases:
+                engine.extend_lease(rng.choice(sorted(engine.core.leases)), 300)
+            else:
+                kind = rng.choice([LeaseKind.BESTEFFORT, LeaseKind.BESTEFFORT, LeaseKind.AR,
+                                   LeaseKind.IMMEDIATE])
+                engine.create_lease(LeaseSpec(
+                    kind, rng.randint(1, 4), Resources(cpu=rng.choice([100, 200, 400]),
+                                                       memory=1024),
+                    rng.choice(["tiny", "debian-12"]), rng.randint(300, 4000),
+                    start=now + rng.randint(600, 7200) if kind is LeaseKind.AR else None,
+                    preemptible=rng.random() < 0.7 and kind is LeaseKind.BESTEFFORT))
+        except EngineError:
+            pass  # refused (infeasible, or the lease is over): nothing logged
+
+
+def _future(engine: Engine) -> list[tuple[int, str, tuple[Event, ...]]]:
+    """What a copy of the engine's core does from here: the same new leases, then
+    everything planned, run to the end (every lease it holds, as it ends)."""
+    core = Scheduler.loads(engine.core.dumps())
+    now = core.now
+    for i in range(5):
+        core.advance_to(now + 60 * i)
+        core.submit(LeaseRequest(10_000 + i, LeaseKind.BESTEFFORT, 2,
+                                 Resources(cpu=400, memory=1024), DiskImage("tiny", 64), 900,
+                                 now + 60 * i, preemptible=True))
+    core.run()
+    return sorted((o.request.id, str(o.state), o.events) for o in core.outcomes())
+
+
+def test_a_restart_from_a_checkpoint_rebuilds_the_core_the_whole_log_would(
+        db_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(db_url)
+    clock = ManualClock(T0)
+    engine = Engine(store, demo_site(), SimulatedDriver(), clock, checkpoint_every=25)
+    try:
+        _history(engine, clock, seed=3)
+    finally:
+        engine.stop()
+    logged = len(store.commands())
+    checkpoint = store.checkpoint()
+    assert logged >= 55 and checkpoint is not None
+    assert checkpoint.commands == 50  # one step logs one command
+    caplog.set_level(logging.INFO, logger="scheduler.engine")
+    restored = Engine(store, demo_site(), SimulatedDriver(), clock, checkpoint_every=25)
+    assert [getattr(r, "commands", None) for r in caplog.records
+            if r.msg == "core restored from a checkpoint"] == [checkpoint.commands]
+    with store.engine.begin() as conn:
+        conn.execute(delete(CheckpointRow))
+    replayed = Engine(store, demo_site(), SimulatedDriver(), clock, checkpoint_every=0)
+    live = {i: lease.outcome() for i, lease in replayed.core.leases.items()
+            if not lease.finished}
+    assert live and live == {i: lease.outcome() for i, lease in restored.core.leases.items()
+                             if not lease.finished}
+    assert restored._next_id == replayed._next_id == max(store.lease_ids()) + 1
+    assert _future(restored) == _future(replayed)
+    store.close()
+
+
+@pytest.mark.parametrize("damage", ["other code", "unreadable"])
+def test_a_checkpoint_it_cannot_use_is_ignored(tmp_path: Path, damage: str,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    store = Store(sqlite_url(str(tmp_path / "k.db")))
+    clock = ManualClock(T0)
+    engine = Engine(store, demo_site(), SimulatedDriver(), clock, checkpoint_every=5)
+    try:
+        _history(engine, clock, seed=4)
+    finally:
+        engine.stop()
+    whole = Engine(store, demo_site(), SimulatedDriver(), clock, checkpoint_every=0)
+    values = {"format": "core-pickle-zlib/1 0123"} if damage == "other code" \
+        else {"data": zlib.compress(b"not a pickle")}
+    with store.engine.begin() as conn:
+        conn.execute(update(CheckpointRow).values(**values))
+    caplog.set_level(logging.INFO, logger="scheduler.engine")
+    rebuilt = Engine(store, demo_site(), SimulatedDriver(), clock, checkpoint_every=5)
+    expected = "checkpoint written by other code: re-applying the whole command log" \
+        if damage == "other code" else "checkpoint unreadable: re-applying the whole command log"
+    assert expected in [r.msg for r in caplog.records]
+    assert _future(rebuilt) == _future(whole)
+    store.close()

@@ -187,9 +187,11 @@ class Run:
     planned_at_submit: dict[int, LeaseOutcome]
 
 
-def drive(sc: Scenario) -> Run:
+def drive(sc: Scenario, restore_after: int | None = None) -> Run:
     """Replay ``sc``: at each instant, advance the core to it, then submit the requests
-    arriving then, then cancel; finally run until nothing more is planned.
+    arriving then, then cancel; finally run until nothing more is planned. With
+    ``restore_after``, the core goes on from its dump (``Scheduler.dumps``) after that
+    many actions.
 
     A cancellation of a lease that exists and is not terminal must succeed; of an
     unknown or terminal lease it must raise SchedulingError. (A lease already cancelled
@@ -202,7 +204,9 @@ def drive(sc: Scenario) -> Run:
     after_submit: dict[int, LeaseState] = {}
     room: dict[int, int] = {}
     planned: dict[int, LeaseOutcome] = {}
-    for t, what, i in actions:
+    for n, (t, what, i) in enumerate(actions):
+        if n == restore_after:
+            sched = Scheduler.loads(sched.dumps())
         sched.advance_to(t)
         if what == 0:
             req = sc.requests[i]
@@ -544,6 +548,21 @@ def _same_again(sc: Scenario, run: Run) -> None:
 @example(CANCEL_SUSPENDED)
 def test_replay_is_deterministic(sc: Scenario) -> None:
     judge(sc, _same_again)
+
+
+@settings(PROPERTY_SETTINGS, max_examples=max(10, EXAMPLES // 2))
+@given(scenarios(), st.data())
+def test_a_core_restored_from_its_dump_goes_on_as_it_would_have(
+        sc: Scenario, data: st.DataObject) -> None:
+    """The service restarts from checkpoints: a dumped and reloaded core must schedule
+    exactly what the original would (its usage table, queue, heap, images...)."""
+    actions = len(sc.requests) + len(sc.cancels)
+    restore_after = data.draw(st.integers(0, actions), label="restore_after")
+
+    def same(sc: Scenario, run: Run) -> None:
+        assert drive(sc, restore_after) == run, "the restored core schedules otherwise"
+
+    judge(sc, same)
 
 
 def _no_ar_admitted(sc: Scenario, run: Run) -> None:

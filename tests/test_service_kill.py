@@ -9,6 +9,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from scheduler.client import WschedClient, WschedError
 from scheduler.enactment import SimulatedDriver
 from scheduler.engine import Engine, SystemClock, demo_site
@@ -21,7 +23,8 @@ from scheduler.enactment import SimulatedDriver
 from scheduler.engine import Engine, SystemClock, demo_site
 from scheduler.service import start_server
 from scheduler.store import Store
-engine = Engine(Store(sys.argv[1]), demo_site(), SimulatedDriver(), SystemClock())
+engine = Engine(Store(sys.argv[1]), demo_site(), SimulatedDriver(), SystemClock(),
+                checkpoint_every=int(sys.argv[2]))
 engine.start()
 running = start_server(engine, "127.0.0.1:0")
 print(running.port, flush=True)
@@ -29,10 +32,12 @@ sys.stdin.read()
 """
 
 
-def test_kill_9_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("checkpoint_every", [0, 7])  # restart from the log, or a checkpoint
+def test_kill_9_loses_and_duplicates_nothing(tmp_path: Path, checkpoint_every: int) -> None:
     url = f"sqlite+pysqlite:///{tmp_path / 'k.db'}"
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, url], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, url, str(checkpoint_every)],
+                            stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, cwd=root,
                             env={**os.environ, "PYTHONPATH": str(root)})
     assert proc.stdout is not None
@@ -66,7 +71,13 @@ def test_kill_9_loses_and_duplicates_nothing(tmp_path: Path) -> None:
 
     store = Store(url)
     try:
-        engine = Engine(store, demo_site(), SimulatedDriver(), SystemClock())
+        checkpoint = store.checkpoint()
+        if checkpoint_every:
+            assert checkpoint is not None and checkpoint.commands >= 56
+        else:
+            assert checkpoint is None
+        engine = Engine(store, demo_site(), SimulatedDriver(), SystemClock(),
+                        checkpoint_every=checkpoint_every)
         engine.poll()
         records = store.leases(limit=100_000)
         by_request = {r.request_id: r.id for r in records}
