@@ -528,8 +528,7 @@ class Scheduler:
         done = 0
         for seg in lease.live:
             end = seg.run_start + lease.run_real - done
-            if end < seg.run_end or (end == seg.run_end and seg.closes is EventKind.SUSPEND
-                                     and self._can_shut_down(seg, end)):
+            if end < seg.run_end or (end == seg.run_end and seg.closes is EventKind.SUSPEND):
                 return max(end, seg.run_start)
             done += seg.run_end - seg.run_start
         return None
@@ -593,8 +592,9 @@ class Scheduler:
     def _early_end(self, lease: Lease, t: int) -> None:
         """The workload finished by itself before its planned run end."""
         seg = next(s for s in lease.live if s.run_start <= t <= s.run_end)
-        if not self._can_shut_down(seg, t):
-            return  # its planned suspension is all the time there is: it resumes to end
+        # Before a planned suspension, the time left may be too short for a shutdown
+        # (what follows is booked): the VMs are destroyed instead, as on a cancellation.
+        graceful = self._can_shut_down(seg, t)
         self._drop_plans_after(lease, t)
         # A resumption planned for this very instant (free suspension and resumption
         # make that possible) has not begun either: the work is done, drop it too.
@@ -603,7 +603,7 @@ class Scheduler:
             self.profile.remove(later.entry)
             self._release_channels(later, after=-INF)
             lease.migrations = [m for m in lease.migrations if m.start < t]
-        self._cut_segment(lease, seg, t)
+        self._cut_segment(lease, seg, t, graceful)
         if lease in self._queue:  # it was waiting to resume: nothing is left to do
             self._queue.remove(lease)
         self._replan = True

@@ -295,6 +295,28 @@ def test_an_immediate_lease_boots_when_its_unicast_images_are_there() -> None:
     assert boot[1] == max(e[2] for e in transfers)
 
 
+def test_an_early_end_with_no_time_to_shut_down_before_a_suspension_destroys_the_vm() -> None:
+    """Lease 1 (60 s asked, 37 s of real work) must be suspended for AR 2 at 44: with
+    128 MB at 32 MB/s, it runs until 40 and suspends [40, 44). Its work ends at 37,
+    when a shutdown (10 s) would end after 44: its VM is destroyed then, and it is done
+    after its 37 s (it used to stay, suspend, resume after the AR and run 20 s more)."""
+    site = Site.uniform(1, NODE)
+    cfg = replace(Config(), shutdown_time=10)
+    small = Resources(cpu=100, memory=128)
+    s = Scheduler(site, cfg)
+    s.submit(LeaseRequest(1, LeaseKind.BESTEFFORT, 1, small, NO_IMAGE, 60, 0, real_duration=37,
+                          preemptible=True))
+    s.submit(LeaseRequest(2, LeaseKind.AR, 1, small, NO_IMAGE, 10, 0, start=44))
+    assert events(s, 1)[1:3] == [("run", 0, 40, (0,)), ("suspend", 40, 44, (0,))]
+    s.run()
+    assert s.leases[1].state is LeaseState.DONE
+    assert events(s, 1) == [("boot", 0, 0, (0,)), ("run", 0, 37, (0,)),
+                            ("shutdown", 37, 37, (0,))]
+    assert events(s, 2) == [("boot", 44, 44, (0,)), ("run", 44, 54, (0,)),
+                            ("shutdown", 54, 64, (0,))]
+    assert_valid(site, cfg, s.outcomes())
+
+
 def test_killed_lease_starts_over_only_once_its_attempt_has_stopped() -> None:
     """novm-nosr (no overheads, no suspension); P2 has more memory. Lease 1 (60 s) runs
     on P1 from 0; AR A (1500 MB: only P2) holds P2 over [70, 170). AR B, asked at 10 for
