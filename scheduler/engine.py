@@ -97,7 +97,9 @@ REQUEST_ID_SWEEP = 60
 #: for the end of the batch.
 _GROUP_LIMIT = 64
 #: Commands logged between two checkpoints of the core (0: none). A restart re-applies
-#: the commands after the latest one; writing one takes ~0.1 s per 10 MB of core state.
+#: the commands after the latest one. Taking one holds the engine: ~1 s (3 MB stored)
+#: with 10,000 leases on 500 hosts; a restart then loads it in ~0.9 s, where
+#: re-applying the 10,000 commands took 2.5 s (and the whole log grows without end).
 CHECKPOINT_EVERY = 10_000
 
 
