@@ -56,6 +56,7 @@ def retention(text: str) -> int:
 
 
 def _count(text: str) -> int:
+    """A whole number, 0 or more."""
     try:
         value = int(text)
     except ValueError:

@@ -279,11 +279,19 @@ def test_a_request_id_retention_under_the_sweep_period_is_refused(tmp_path: Path
 
 # ============================================================================ checkpoints
 
-def _history(engine: Engine, clock: ManualClock, seed: int) -> None:
-    """A mixed, seeded history: creates of every kind (some refused), cancellations,
-    extensions and a host change, with time passing (so leases run, end and free
-    their nodes) -- one command per step."""
-    rng = random.Random(seed)
+def _history(store: Store, clock: ManualClock, seed: int, checkpoint_every: int) -> None:
+    """A mixed, seeded history on a new engine: creates of every kind (some refused),
+    cancellations, extensions and host changes, with time passing (so leases run, end
+    and free their nodes) -- one command per step."""
+    engine = Engine(store, demo_site(), SimulatedDriver(), clock,
+                    checkpoint_every=checkpoint_every)
+    try:
+        _act(engine, clock, random.Random(seed))
+    finally:
+        engine.stop()
+
+
+def _act(engine: Engine, clock: ManualClock, rng: random.Random) -> None:
     for i in range(60):
         clock.advance(rng.choice([0, 5, 30, 120, 600]))
         engine.poll()
@@ -329,11 +337,7 @@ def test_a_restart_from_a_checkpoint_rebuilds_the_core_the_whole_log_would(
         db_url: str, caplog: pytest.LogCaptureFixture) -> None:
     store = Store(db_url)
     clock = ManualClock(T0)
-    engine = Engine(store, demo_site(), SimulatedDriver(), clock, checkpoint_every=25)
-    try:
-        _history(engine, clock, seed=3)
-    finally:
-        engine.stop()
+    _history(store, clock, seed=3, checkpoint_every=25)
     logged = len(store.commands())
     checkpoint = store.checkpoint()
     assert logged >= 55 and checkpoint is not None
@@ -359,11 +363,7 @@ def test_a_checkpoint_it_cannot_use_is_ignored(tmp_path: Path, damage: str,
                                                caplog: pytest.LogCaptureFixture) -> None:
     store = Store(sqlite_url(str(tmp_path / "k.db")))
     clock = ManualClock(T0)
-    engine = Engine(store, demo_site(), SimulatedDriver(), clock, checkpoint_every=5)
-    try:
-        _history(engine, clock, seed=4)
-    finally:
-        engine.stop()
+    _history(store, clock, seed=4, checkpoint_every=5)
     whole = Engine(store, demo_site(), SimulatedDriver(), clock, checkpoint_every=0)
     values = {"format": "core-pickle-zlib/1 0123"} if damage == "other code" \
         else {"data": zlib.compress(b"not a pickle")}
@@ -376,3 +376,18 @@ def test_a_checkpoint_it_cannot_use_is_ignored(tmp_path: Path, damage: str,
     assert expected in [r.msg for r in caplog.records]
     assert _future(rebuilt) == _future(whole)
     store.close()
+
+
+def test_a_negative_checkpoint_period_is_refused(tmp_path: Path) -> None:
+    from scheduler.service_cli import _count
+
+    store = Store(sqlite_url(str(tmp_path / "n.db")))
+    try:
+        with pytest.raises(ValueError, match="checkpoint_every must not be negative"):
+            Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0), checkpoint_every=-1)
+    finally:
+        store.close()
+    assert _count("0") == 0 and _count("250") == 250
+    for bad in ("-1", "ten", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="not a count"):
+            _count(bad)
