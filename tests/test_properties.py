@@ -38,6 +38,7 @@ from scheduler.invariants import (
 )
 from scheduler.leases import (
     DiskImage,
+    Event,
     EventKind,
     LeaseKind,
     LeaseOutcome,
@@ -330,8 +331,10 @@ def check_properties(sc: Scenario, run: Run) -> None:
         expect(o.start is None or o.start >= req.submit, f"{who} starts before it is submitted")
         expect(all(e.start >= req.submit for e in o.events if e.kind is not EventKind.TRANSFER),
                f"{who} acts before it is submitted")
-        # an image goes to a node at most once per lease
-        sent = [n for e in o.events if e.kind is EventKind.TRANSFER for n in e.nodes]
+        # an image goes to a node at most once per attempt (a killed lease that starts
+        # over may need it again: without a cache, its copies went with its VMs)
+        sent = [(_attempt(o, e), n) for e in o.events if e.kind is EventKind.TRANSFER
+                for n in e.nodes]
         expect(len(sent) == len(set(sent)), f"{who} transfers its image twice to a node: "
                f"{[(e.start, e.end, e.nodes) for e in o.events if e.kind is EventKind.TRANSFER]}")
         if req.kind is LeaseKind.AR:
@@ -340,6 +343,15 @@ def check_properties(sc: Scenario, run: Run) -> None:
             _check_immediate(expect, sc, run, o)
     if expect.problems:
         raise PropertyViolation(expect.problems)
+
+
+def _attempt(o: LeaseOutcome, transfer: Event) -> int:
+    """Which of a lease's attempts (they start with a boot) a transfer serves: the first
+    to boot on one of its nodes from its start (as the invariant checker has it)."""
+    boots = [e for e in o.events if e.kind is EventKind.BOOT]
+    return next((i for i, b in enumerate(boots)
+                 if b.start >= transfer.start and set(b.nodes) & set(transfer.nodes)),
+                len(boots))
 
 
 def _check_ar(expect: Expect, sc: Scenario, run: Run, o: LeaseOutcome) -> None:
