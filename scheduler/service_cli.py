@@ -141,7 +141,7 @@ def add_commands(subparsers: Any) -> dict[str, Handler]:
     sp.add_argument("--checkpoint-every", type=_count, default=None, metavar="N",
                     help="write a checkpoint of the scheduler every N logged commands, so "
                     "a restart re-applies only the commands after it (0: never; default "
-                    "10000)")
+                    "50000)")
     sp.add_argument("--seed-dir", type=Path, default=Path("wsched-seeds"), metavar="DIR",
                     help="where VMs' context seeds are written (default wsched-seeds)")
     _common(sp, client=False)
