@@ -452,11 +452,13 @@ KNOWN_BUGS: dict[str, _Recognise] = {
     "unicast-readiness": lambda sc, run, text: (
         "later than its image is there" in text and sc.config.image_transfer
         and sc.config.transfer_mode is TransferMode.UNICAST),
-    # Without piggybacking, a lease's own transfer to a node where another lease's copy
-    # arrives first is merged into that copy (one copy per node and image). Re-planned
-    # after its transfer has begun, the lease boots from the merged copy and lists both
-    # transfers: the image really is sent twice, as planned before. (The dropped copies
-    # this entry was first for are fixed: test_core_api's *_keeps_the_copy_* test.)
+    # A transfer planned to a node where a later-planned transfer brings the image
+    # sooner keeps that node among its destinations (one copy per node and image: the
+    # copies merge), and a lease using both lists both: the image really is sent twice.
+    # Seen without piggybacking (a lease re-planned after its own transfer has begun)
+    # and with it (AR 4 multicasts [1, 2) to P1 and P2; AR 5, due at 1, then sends to P2
+    # in [0, 1); AR 6 uses both copies). (The dropped copies this entry was first for
+    # are fixed: test_core_api's *_keeps_the_copy_* test.)
     "begun-transfer-copies-dropped": lambda sc, run, text: (
         "transfers its image twice" in text and sc.config.image_transfer),
 }
