@@ -38,6 +38,9 @@ class Copy:
     users: set[int] = field(default_factory=set)
     last_used: int = 0
     cached: bool = True
+    # Transfers that bring it too, later (a sooner one took over): if that one is
+    # cancelled, the copy still comes with the soonest of these.
+    slower: list[Transfer] = field(default_factory=list)
 
 
 class ImageStore:
@@ -143,6 +146,8 @@ class ImageStore:
         copies = self._copies[node]
         if (old := copies.get(image)) is not None:
             if ready < old.ready:
+                if old.transfer is not None:
+                    old.slower.append(old.transfer)
                 old.ready, old.transfer = ready, transfer
                 self._changed(image)
             old.users.add(lease)
@@ -192,8 +197,17 @@ class ImageStore:
         self.transfers.remove(t)
         for n in t.nodes:
             copy = self._copies[n].get(t.image)
-            if copy is not None and copy.transfer is t:
+            if copy is None or copy.transfer is not t:
+                continue
+            slower = [s for s in copy.slower if s in self.transfers]
+            if not slower:
                 self._drop(n, t.image)
+                continue
+            # Another transfer still brings it (for the users it was planned for).
+            copy.transfer = min(slower, key=lambda s: s.end)
+            copy.ready = copy.transfer.end
+            copy.slower = [s for s in slower if s is not copy.transfer]
+            self._changed(t.image)
 
     def new_transfer(self, image: str, nodes: tuple[int, ...], start: int, end: int,
                      deadline: int | None) -> Transfer:
