@@ -304,6 +304,15 @@ def check_advance_reservation(site: Site, o: LeaseOutcome) -> list[str]:
 
 # ------------------------------------------------------------ 4. dependencies
 
+def served_boot(boots: Sequence[Event], transfer: Event) -> int:
+    """Of a killed and restarted lease's boots (in time order), the index of the one
+    ``transfer`` serves: the first from its start on one of its nodes (one starting with
+    it elsewhere is the attempt before); ``len(boots)`` if none."""
+    return next((i for i, b in enumerate(boots)
+                 if b.start >= transfer.start and not set(b.nodes).isdisjoint(transfer.nodes)),
+                len(boots))
+
+
 def check_dependencies(site: Site, o: LeaseOutcome) -> list[str]:
     """Transfers end before the first boot (of the attempt they serve, when a killed
     lease starts over: the first boot from the transfer's start on one of its nodes);
@@ -313,10 +322,9 @@ def check_dependencies(site: Site, o: LeaseOutcome) -> list[str]:
     vm = [e for e in o.events if e.kind is not _K.TRANSFER]
     restarted = any((a.kind, b.kind) == (_K.SHUTDOWN, _K.BOOT) for a, b in pairwise(vm))
     for t in (e for e in o.events if e.kind is _K.TRANSFER):
-        # A killed lease's restart may need new transfers: each serves the next boot on
-        # its nodes (one starting with the transfer elsewhere is the attempt before).
-        first = next((b for b in boots if not restarted
-                      or (b.start >= t.start and not set(b.nodes).isdisjoint(t.nodes))), None)
+        # A killed lease's restart may need new transfers: each serves its own boot.
+        i = served_boot(boots, t) if restarted else 0
+        first = boots[i] if i < len(boots) else None
         if first is not None and t.end > first.start:
             v.append(f"dependency: {_lease(o)}: {_ev(site, t)} ends after "
                      f"{_ev(site, first)} starts (t={first.start})")

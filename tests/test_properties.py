@@ -34,6 +34,7 @@ from scheduler.invariants import (
     InvariantViolation,
     assert_valid,
     check_schedule,
+    served_boot,
     slowed,
 )
 from scheduler.leases import (
@@ -346,12 +347,10 @@ def check_properties(sc: Scenario, run: Run) -> None:
 
 
 def _attempt(o: LeaseOutcome, transfer: Event) -> int:
-    """Which of a lease's attempts (they start with a boot) a transfer serves: the first
-    to boot on one of its nodes from its start (as the invariant checker has it)."""
-    boots = [e for e in o.events if e.kind is EventKind.BOOT]
-    return next((i for i, b in enumerate(boots)
-                 if b.start >= transfer.start and set(b.nodes) & set(transfer.nodes)),
-                len(boots))
+    """Which of a lease's attempts (they start with a boot) a transfer serves, as the
+    invariant checker has it."""
+    return served_boot(sorted((e for e in o.events if e.kind is EventKind.BOOT),
+                              key=lambda e: e.start), transfer)
 
 
 def _check_ar(expect: Expect, sc: Scenario, run: Run, o: LeaseOutcome) -> None:
