@@ -679,8 +679,8 @@ class Engine:
         self._action_seq = itertools.count()
         for lease_id in self._live:
             self._queue_actions(lease_id, self.core.leases[lease_id].events())
-        self._next_id = max(max(self.core.leases, default=0),
-                            max(projections, default=0)) + 1
+        # (every lease ever created has a projection; the core forgets finished ones)
+        self._next_id = max(projections, default=0) + 1
         self._finished = [i for i, lease in self.core.leases.items() if lease.finished]
         self._forget_finished()
         # request id -> (lease, submission), oldest first: new ids need no query
