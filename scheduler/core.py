@@ -199,7 +199,7 @@ class Scheduler:
         self._hosts_now_count = 0
         # Readiness of fresh leases per (image, size, unicasts), while nothing it depends
         # on changes: a queue pass asks it for every waiting lease, mostly of few images.
-        self._prep_memo: dict[tuple[str, int, int | None], _Prepared] = {}
+        self._prep_memo: dict[tuple[bytes, int, int | None], _Prepared] = {}
         self._prep_token: tuple[int, int, int] = (-1, -1, -1)
         self._queue: list[Lease] = []  # FCFS: (submit, seq)
         self._waiting: list[Lease] = []  # planned best-effort leases whose segment has not begun
@@ -933,10 +933,11 @@ class Scheduler:
 
     def _prepared(self, lease: Lease, unicasts: int | None) -> _Prepared:
         """``_readiness`` (without the transfer start) and its distinct finite times,
-        shared by fresh leases of one image while the copies, the link, the time and
-        the open nodes stay as they are. A fresh lease holds no copy, so every fresh
-        lease may use the same ones: all of them with a cache or piggybacking, only
-        those nobody holds without (``ImageStore.version`` tracks both)."""
+        shared by fresh leases of images of one size with the same copies while the
+        copies, the link, the time and the open nodes stay as they are. A fresh lease
+        holds no copy, so every fresh lease may use the same ones: all of them with a
+        cache or piggybacking, only those nobody holds without (``ImageStore.version``
+        tracks both)."""
         req = lease.request
         key = None
         if not lease.segments and not lease.image_nodes:
@@ -944,7 +945,10 @@ class Scheduler:
             if token != self._prep_token:
                 self._prep_memo.clear()
                 self._prep_token = token
-            key = (req.image.id, req.image.size_mb, unicasts)
+            # Images of one size with the same copies (most often: none anywhere) give
+            # the same readiness: the key is the copies, not the image.
+            copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id)
+            key = (copies.tobytes(), req.image.size_mb, unicasts)
             if (hit := self._prep_memo.get(key)) is not None:
                 return hit
         ready, has, _ = self._readiness(lease, unicasts)

@@ -129,7 +129,7 @@ class AvailabilityProfile:
         for n in entry.nodes:
             self._by_node[n].discard(eid)
         self._apply(entry, entry.start, entry.end, -1)
-        self._stale_last_end.update(entry.nodes.tolist())
+        self._mark_last_end(entry.nodes, entry.end)
         count = self._begin_count.get(entry.start)  # None: forgotten by prune
         if count is not None and entry.end > entry.start:
             if count > 1:
@@ -158,8 +158,13 @@ class AvailabilityProfile:
             self.remove(eid)
         elif end < entry.end:
             self._apply(entry, end, entry.end, -1)
+            self._mark_last_end(entry.nodes, entry.end)
             entry.end = end
-            self._stale_last_end.update(entry.nodes.tolist())
+
+    def _mark_last_end(self, nodes: np.ndarray, end: int) -> None:
+        """An entry on ``nodes`` that lasted until ``end`` was shortened or removed:
+        only where it was the last to end can the node's last end drop."""
+        self._stale_last_end.update(nodes[self._last_end[nodes] <= end].tolist())
 
     def _refresh_last_end(self) -> None:
         """Recompute the last ends that removals and truncations may have lowered
