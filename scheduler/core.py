@@ -148,8 +148,8 @@ class _Proposal:
     future: bool
 
 
-# (ready, has, distinct finite ready times): see Scheduler._prepared
-_Prepared = tuple[np.ndarray, np.ndarray, list[int]]
+# (ready, has, distinct finite ready times, ready's bytes): see Scheduler._prepared
+_Prepared = tuple[np.ndarray, np.ndarray, list[int], bytes]
 # (vms, VM shape, time, opening, partial) of a request that failed, per readiness vector
 _Need = tuple[int, Resources, int, int, bool]
 _Failures = dict[bytes, list[_Need]]
@@ -199,7 +199,7 @@ class Scheduler:
         self._hosts_now_count = 0
         # Readiness of fresh leases per (image, size, unicasts), while nothing it depends
         # on changes: a queue pass asks it for every waiting lease, mostly of few images.
-        self._prep_memo: dict[tuple[bytes, int, int | None], _Prepared] = {}
+        self._prep_memo: dict[tuple[str | bytes, int, int | None], _Prepared] = {}
         self._prep_token: tuple[int, int, int] = (-1, -1, -1)
         self._queue: list[Lease] = []  # FCFS: (submit, seq)
         self._waiting: list[Lease] = []  # planned best-effort leases whose segment has not begun
@@ -848,21 +848,21 @@ class Scheduler:
         req, ovh = lease.request, self.overheads
         vec = req.resources.as_array()
         k = req.vms
-        resuming = bool(lease.live)
+        resuming = bool(lease.segments) and bool(lease.live)
         if not future and not lease.segments and not self.config.image_transfer \
                 and self._hosts_now(vec) < k:
             return None  # it could only start now, on nodes with room now: too few
         opening = ovh.resume(req) if resuming else ovh.boot
-        run = lease.run_needed - lease.run_done()
+        run = lease.run_needed - (lease.run_done() if lease.segments else 0)
         whole = opening + run + ovh.shutdown
-        ready, has, groups = self._prepared(lease, unicasts)
-        holds = has if resuming else np.zeros_like(has)
+        ready, has, groups, ready_bytes = self._prepared(lease, unicasts)
 
         def pick(mask: np.ndarray, start: int) -> tuple[int, ...] | None:
             nodes = np.flatnonzero(mask)
             since, soonest = self._time_fit(nodes, k, start, vec)
-            cands = HostCandidates(nodes, np.zeros(len(nodes), dtype=bool),
-                                   has[nodes], holds[nodes], since, soonest)
+            none = np.zeros(len(nodes), dtype=bool)
+            cands = HostCandidates(nodes, none, has[nodes],
+                                   has[nodes] if resuming else none, since, soonest)
             return self.policies.host_selection.choose(k, cands)
 
         def full(start: int, mask: np.ndarray) -> _Proposal | None:
@@ -876,7 +876,7 @@ class Scheduler:
         if not future:
             # Within a pass capacity only shrinks: a request needing at least as much as
             # one that already failed from the same readiness fails too.
-            key, need = ready.tobytes(), (k, req.resources, whole, opening, partial)
+            key, need = ready_bytes, (k, req.resources, whole, opening, partial)
             if failed is not None and any(_as_hard(need, f) for f in failed.get(key, ())):
                 return None
             # Cheap and exact: a start at g (whole or partial) needs k eligible nodes that
@@ -945,17 +945,21 @@ class Scheduler:
             if token != self._prep_token:
                 self._prep_memo.clear()
                 self._prep_token = token
-            # Images of one size with the same copies (most often: none anywhere) give
-            # the same readiness: the key is the copies, not the image.
-            copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id)
-            key = (copies.tobytes(), req.image.size_mb, unicasts)
+            key = (req.image.id, req.image.size_mb, unicasts)
             if (hit := self._prep_memo.get(key)) is not None:
+                return hit
+            # Images of one size with the same copies (most often: none anywhere) give
+            # the same readiness: computed once for all of them.
+            copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id)
+            shared_key = (copies.tobytes(), req.image.size_mb, unicasts)
+            if (hit := self._prep_memo.get(shared_key)) is not None:
+                self._prep_memo[key] = hit
                 return hit
         ready, has, _ = self._readiness(lease, unicasts)
         ready.flags.writeable = has.flags.writeable = False
-        prepared = (ready, has, sorted(set(ready[ready < INF].tolist())))
+        prepared = (ready, has, sorted(set(ready[ready < INF].tolist())), ready.tobytes())
         if key is not None:
-            self._prep_memo[key] = prepared
+            self._prep_memo[key] = self._prep_memo[shared_key] = prepared
         return prepared
 
     def _hosts_now(self, vec: np.ndarray) -> int:
