@@ -818,7 +818,9 @@ class Scheduler:
         until the count holds (so the lease boots once its images are there). A choice
         that needs fewer transfers than were counted is valid but waits for transfers it
         does not make: count again with fewer while that gives a valid choice no later
-        (so it boots as soon as its images are there)."""
+        (so it boots as soon as its images are there). An immediate lease, which may
+        not wait, then tries choosing exactly as many nodes without the image as it
+        counted."""
         if not (self.config.image_transfer and self.config.transfer_mode == "unicast"
                 and not lease.live):
             return self._propose_with(lease, None, future=future, partial=partial,
@@ -828,23 +830,34 @@ class Scheduler:
                                       held=lease.image_nodes) < INF
         unicasts = max(0, req.vms - int(has.sum()))
         valid: _Proposal | None = None
+        counted = 0  # the count that found ``valid``
         while True:
             prop = self._propose_with(lease, unicasts, future=future, partial=partial,
                                       failed=failed)
             if prop is None or (valid is not None and prop.start > valid.start):
-                return valid
+                break
             lacking = sum(1 for n in prop.nodes if not has[n])
             if lacking > unicasts:  # too few counted
                 if valid is not None:
-                    return valid
+                    break
                 unicasts = lacking
             elif lacking == unicasts:
                 return prop
             else:  # too many counted
-                valid, unicasts = prop, lacking
+                valid, counted, unicasts = prop, unicasts, lacking
+        if valid is None or req.kind is not LeaseKind.IMMEDIATE:
+            return valid
+        # ``valid`` waits for transfers it does not make, which an immediate lease may
+        # not do (others may: it spares the link). Choosing exactly ``counted`` nodes
+        # that lack the image makes them all: no later, that choice is exact. (Without
+        # the failure memo: this search is narrower than the others.)
+        exact = self._propose_with(lease, counted, future=future, partial=partial,
+                                   split=True)
+        return exact if exact is not None and exact.start <= valid.start else valid
 
     def _propose_with(self, lease: Lease, unicasts: int | None, *, future: bool,
-                      partial: bool, failed: _Failures | None = None) -> _Proposal | None:
+                      partial: bool, failed: _Failures | None = None,
+                      split: bool = False) -> _Proposal | None:
         req, ovh = lease.request, self.overheads
         vec = req.resources.as_array()
         k = req.vms
@@ -857,13 +870,26 @@ class Scheduler:
         whole = opening + run + ovh.shutdown
         ready, has, groups, ready_bytes = self._prepared(lease, unicasts)
 
-        def pick(mask: np.ndarray, start: int) -> tuple[int, ...] | None:
+        def choose(mask: np.ndarray, start: int, count: int) -> tuple[int, ...] | None:
+            if count == 0:
+                return ()
             nodes = np.flatnonzero(mask)
-            since, soonest = self._time_fit(nodes, k, start, vec)
+            since, soonest = self._time_fit(nodes, count, start, vec)
             none = np.zeros(len(nodes), dtype=bool)
             cands = HostCandidates(nodes, none, has[nodes],
                                    has[nodes] if resuming else none, since, soonest)
-            return self.policies.host_selection.choose(k, cands)
+            return self.policies.host_selection.choose(count, cands)
+
+        def pick(mask: np.ndarray, start: int) -> tuple[int, ...] | None:
+            if not split:
+                return choose(mask, start, k)
+            # exactly ``unicasts`` of the nodes without the image
+            lacking = unicasts or 0
+            with_image = choose(mask & has, start, k - lacking)
+            without = choose(mask & ~has, start, lacking)
+            if with_image is None or without is None:
+                return None
+            return tuple(sorted(with_image + without))
 
         def full(start: int, mask: np.ndarray) -> _Proposal | None:
             nodes = pick(mask, start)

@@ -277,22 +277,23 @@ def test_an_immediate_lease_needing_fewer_transfers_than_first_counted_boots_soo
     assert_valid(UNICAST_SITE, UNICAST, s.outcomes())
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: the choice made counting two transfers "
-                   "needs one, and counting one finds no exact choice")
 def test_an_immediate_lease_boots_when_its_unicast_images_are_there() -> None:
     """Lease 1 (c sent to P1 [0, 30)) runs on half of P1 from 30; AR 2 fills the rest of
     P1 in [40, 80). Immediate lease 3 (2 VMs of c), counting one transfer (c elsewhere at
     60), finds P1 full at 60 and takes P2 and P3: two transfers. Counting two (c elsewhere
-    at 90), it takes P1, free again, and P2 at 90, but sends c to P2 only, [30, 60): it
-    boots 30 s after its images are there. P2 and P3 at 90, after both transfers, would
-    be exact."""
+    at 90), the greedy choice is P1 (free again) and P2 -- one transfer, [30, 60), then 30 s
+    idle. Choosing exactly two nodes without c makes the boot exact: P2 [30, 60) and
+    P3 [60, 90), boot at 90 (it used to keep P1 and P2 and boot 30 s after its image)."""
     s = Scheduler(UNICAST_SITE, UNICAST)
     s.submit(LeaseRequest(1, LeaseKind.BESTEFFORT, 1, HALF, IMAGE_C, 200, 0))
     s.submit(LeaseRequest(2, LeaseKind.AR, 1, HALF, NO_IMAGE, 40, 0, start=40))
     s.submit(LeaseRequest(3, LeaseKind.IMMEDIATE, 2, HALF, IMAGE_C, 60, 0))
-    transfers = [e for e in events(s, 3) if e[0] == "transfer"]
-    boot = next(e for e in events(s, 3) if e[0] == "boot")
-    assert boot[1] == max(e[2] for e in transfers)
+    assert events(s, 3) == [("transfer", 30, 60, (1,)), ("transfer", 60, 90, (2,)),
+                            ("boot", 90, 90, (1, 2)), ("run", 90, 150, (1, 2)),
+                            ("shutdown", 150, 150, (1, 2))]
+    s.run()
+    assert s.leases[3].state is LeaseState.DONE
+    assert_valid(UNICAST_SITE, UNICAST, s.outcomes())
 
 
 def test_an_early_end_with_no_time_to_shut_down_before_a_suspension_destroys_the_vm() -> None:

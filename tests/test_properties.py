@@ -444,13 +444,6 @@ _Recognise = Callable[[Scenario, "Run | None", str], bool]
 
 
 KNOWN_BUGS: dict[str, _Recognise] = {
-    # Scheduler._propose, unicast: a lease whose choice needs fewer transfers than were
-    # counted is re-planned counting fewer, but when that finds no choice starting as
-    # its preparation dictates, it keeps the first one and boots after its images are
-    # there (test_core_api's xfail test_an_immediate_lease_boots_when_its_unicast_...).
-    "unicast-readiness": lambda sc, run, text: (
-        "later than its image is there" in text and sc.config.image_transfer
-        and sc.config.transfer_mode is TransferMode.UNICAST),
     # A transfer planned to a node where a later-planned transfer brings the image
     # sooner keeps that node among its destinations (one copy per node and image: the
     # copies merge), and a lease using both lists both: the image really is sent twice.
