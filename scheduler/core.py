@@ -915,10 +915,14 @@ class Scheduler:
                           & (fit & (ready == at)).any(axis=1))
                 groups = [g for g, v in zip(groups, viable.tolist(), strict=True) if v]
             for g in groups:
-                prop = full(g, (ready <= g) & self.profile.fits_window(g, g + whole, vec))
                 # Starting at g must be what preparation dictates (on one of the chosen
                 # nodes at least); otherwise the lease is waiting for resources, and that
-                # is a reservation in the future.
+                # is a reservation in the future. (Without k candidates, one of them
+                # ready at g, no choice can be: skip the costly host selection.)
+                mask = (ready <= g) & self.profile.fits_window(g, g + whole, vec)
+                if np.count_nonzero(mask) < k or not (mask & (ready == g)).any():
+                    continue
+                prop = full(g, mask)
                 if prop is not None and int(ready[list(prop.nodes)].max()) == g \
                         and self._channels_ok(lease, prop):
                     return prop
@@ -1031,7 +1035,10 @@ class Scheduler:
             return None
         horizon = int(np.sort(until[ok])[-k])  # the k-th longest free stretch
         assert callable(pick)
-        nodes = pick(ok & (until >= horizon), start)
+        candidates = ok & (until >= horizon)
+        if not (candidates & (ready == start)).any():
+            return None  # no choice can start as its preparation dictates (below)
+        nodes = pick(candidates, start)
         if nodes is None or int(ready[list(nodes)].max()) != start:
             return None
         s_start = latest_common_gap(self._channels_for(nodes), horizon, susp)
