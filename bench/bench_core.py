@@ -6,6 +6,7 @@ simulated time, and prints wall time, leases scheduled per second, peak memory
 and the replay summary. The workload is generated before timing starts.
 
     .venv/bin/python bench/bench_core.py                      # 20,000 leases, 500 nodes
+    .venv/bin/python bench/bench_core.py --profile test-transfer-reuse --leases 3000 --nodes 200
     .venv/bin/python bench/bench_core.py --leases 2000 --nodes 50 --check
     .venv/bin/python bench/bench_core.py --profile-out /tmp/core.prof
 
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--leases", type=int, default=20_000)
     ap.add_argument("--nodes", type=int, default=500)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--profile", default="test-transfer-reuse",
+    ap.add_argument("--profile", default="test-notransfer",
                     help="built-in configuration profile (default: %(default)s)")
     ap.add_argument("--backfilling", choices=[b.value for b in Backfilling],
                     help="override the profile's backfilling policy")
