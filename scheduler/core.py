@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .config import Config, Exclusion, Migration
-from .images import ImageStore, Transfer
+from .images import HandOver, ImageStore, Transfer
 from .leases import (
     Event,
     EventKind,
@@ -127,8 +127,9 @@ class Lease:
             vm += s.events()
         vm += migrations
         # In time order; at equal times transfers first, then the VM events' own order.
+        # (a transfer cancelled after it was listed never happens)
         keyed = [(t.start, t.end, 0, i, Event(EventKind.TRANSFER, t.start, t.end, t.nodes))
-                 for i, t in enumerate(self.transfers)]
+                 for i, t in enumerate(self.transfers) if not t.cancelled]
         keyed += [(e.start, e.end, 1, i, e) for i, e in enumerate(vm)]
         keyed.sort()  # (the indices make every key distinct: events are never compared)
         return [k[4] for k in keyed]
@@ -703,9 +704,15 @@ class Scheduler:
             if stale:
                 self.images.release(lease.id, tuple(stale), lease.request.image.id, self.now)
                 lease.image_nodes -= stale
-                # a transfer begun for nodes it no longer uses is no longer its own
-                lease.transfers = [t for t in lease.transfers
-                                   if lease.image_nodes & set(t.nodes)]
+            # A transfer begun for nodes it no longer uses is no longer its own, nor one
+            # whose copy there is gone, sent again by a later transfer of its new plan.
+            latest: dict[int, Transfer] = {}
+            for t in lease.transfers:
+                for n in lease.image_nodes.intersection(t.nodes):
+                    if n not in latest or t.start > latest[n].start:
+                        latest[n] = t
+            lease.transfers = [t for t in lease.transfers
+                               if any(u is t for u in latest.values())]
             self._push(lease)
 
     def _unplan_waiting(self, lease: Lease) -> None:
@@ -1156,9 +1163,25 @@ class Scheduler:
             tr.users.add(lease.id)
             lease.transfers.append(tr)
             for n in tr.nodes:
-                self.images.add_copy(n, img.id, img.size_mb, tr.end, tr, lease.id, now)
+                _, handed = self.images.add_copy(n, img.id, img.size_mb, tr.end, tr,
+                                                 lease.id, now)
                 lease.image_nodes.add(n)
+                if handed is not None:
+                    self._handed_over(tr, handed)
         return True
+
+    def _handed_over(self, tr: Transfer, handed: HandOver) -> None:
+        """``tr`` now brings the image where ``handed.slower`` did: its users list it,
+        and nobody lists the slower one if it was dropped."""
+        dropped = handed.slower.users if handed.slower.cancelled else set()
+        for u in sorted(handed.users | dropped):
+            other = self.leases.get(u)
+            if other is None:
+                continue
+            if handed.slower.cancelled and handed.slower in other.transfers:
+                other.transfers.remove(handed.slower)
+            if u in handed.users and tr not in other.transfers:
+                other.transfers.append(tr)
 
     # ======================================================= advance reservations
     def _schedule_ar(self, lease: Lease) -> None:

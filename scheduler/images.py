@@ -26,6 +26,7 @@ class Transfer:
     deadline: int | None  # AR transfers: must end by then (EDF, as late as possible)
     link_id: int
     users: set[int] = field(default_factory=set)  # lease ids depending on it
+    cancelled: bool = False  # taken off the link before it began
 
 
 @dataclass(eq=False)
@@ -41,6 +42,15 @@ class Copy:
     # Transfers that bring it too, later (a sooner one took over): if that one is
     # cancelled, the copy still comes with the soonest of these.
     slower: list[Transfer] = field(default_factory=list)
+
+
+@dataclass
+class HandOver:
+    """A sooner transfer took a node off a slower one (``slower``, cancelled if that
+    left it no destination)."""
+
+    users: set[int]  # the leases that now depend on the sooner transfer there
+    slower: Transfer
 
 
 class ImageStore:
@@ -139,21 +149,29 @@ class ImageStore:
             copy.transfer.users.add(lease)
 
     def add_copy(self, node: int, image: str, size: int, ready: int,
-                 transfer: Transfer | None, lease: int, now: int) -> Copy:
+                 transfer: Transfer | None, lease: int, now: int
+                 ) -> tuple[Copy, HandOver | None]:
         """A new copy for ``lease``, evicting unreferenced cached copies to make room.
         If the node already has (or is getting) the image, that copy is kept, arriving
-        at the earlier of the two instants."""
+        at the earlier of the two instants; if ``transfer`` takes the node off a
+        slower transfer (see ``_hand_over``), also returns what changed."""
         copies = self._copies[node]
         if (old := copies.get(image)) is not None:
+            handed: HandOver | None = None
             if ready < old.ready:
-                if old.transfer is not None:
-                    old.slower.append(old.transfer)
+                prev = old.transfer
+                if prev is not None and transfer is not None \
+                        and self._hand_over(prev, transfer, node, now):
+                    handed = HandOver(old.users - {lease}, prev)
+                    transfer.users |= handed.users
+                elif prev is not None:
+                    old.slower.append(prev)
                 old.ready, old.transfer = ready, transfer
                 self._changed(image)
             old.users.add(lease)
             old.last_used = now
             self._users_changed(image)
-            return old
+            return old, handed
         cached = False
         if self.cache_mb >= size:
             used = sum(c.size for c in copies.values() if c.cached)
@@ -168,7 +186,22 @@ class ImageStore:
         copies[image] = copy
         self._by_image.setdefault(image, {})[node] = copy
         self._changed(image)
-        return copy
+        return copy, None
+
+    def _hand_over(self, slower: Transfer, sooner: Transfer, node: int, now: int) -> bool:
+        """Let ``sooner`` alone bring the image to ``node``, taking it off ``slower``'s
+        destinations (dropping ``slower`` if it has no other), so the image goes there
+        once; whether it did. Only when that is safe: ``slower`` has not begun, and
+        ``sooner`` cannot move later than ``slower`` ends now (a best-effort transfer
+        stays put; an AR transfer may be re-placed up to its deadline), and leases may
+        depend on each other's transfers (without, each sends its own: no reuse)."""
+        if not self.shared or slower.start <= now or node not in slower.nodes or (
+                sooner.deadline is not None and sooner.deadline > slower.end):
+            return False
+        slower.nodes = tuple(n for n in slower.nodes if n != node)
+        if not slower.nodes:
+            self.cancel_transfer(slower)
+        return True
 
     def release(self, lease: int, nodes: tuple[int, ...], image: str, now: int) -> None:
         """``lease`` no longer needs ``image`` on ``nodes``."""
@@ -195,6 +228,7 @@ class ImageStore:
     def cancel_transfer(self, t: Transfer) -> None:
         self.link.remove(t.link_id)
         self.transfers.remove(t)
+        t.cancelled = True
         for n in t.nodes:
             copy = self._copies[n].get(t.image)
             if copy is None or copy.transfer is not t:

@@ -318,23 +318,43 @@ def test_an_early_end_with_no_time_to_shut_down_before_a_suspension_destroys_the
     assert_valid(site, cfg, s.outcomes())
 
 
-def test_a_copy_whose_sooner_transfer_is_cancelled_still_comes_with_the_slower() -> None:
+def test_a_sooner_transfer_takes_a_node_off_the_slower_one() -> None:
     """Image b (1 MB at 8 Mbit/s: 1 s). AR 4 (P1, P2 at 20) gets it by [19, 20); AR 5
-    (P1 at 10) by [9, 10), which P1's copy then comes with. Cancelled at 5, AR 5 takes
-    its transfer away: P1's copy still comes at 20 with AR 4's (it used to be forgotten,
-    so that later leases did not see it), and AR 7 (one VM at 30) uses it."""
+    (P1 at 10) by [9, 10), which P1's copy then comes with: AR 4's transfer goes to P2
+    only (the image used to go to P1 twice), and AR 4 depends on AR 5's for P1.
+    Cancelled at 5, AR 5 lets go of its transfer, which stays for AR 4: P1's copy still
+    comes at 10, and AR 7 (one VM at 30) uses it."""
     cfg = replace(Config(), image_transfer=True, repository_bandwidth=8.0)
     small, image = Resources(cpu=25, memory=128), DiskImage("b", 1)
     s = Scheduler(SITE, cfg)
     s.submit(LeaseRequest(4, LeaseKind.AR, 2, small, image, 60, 0, start=20))
     s.submit(LeaseRequest(5, LeaseKind.AR, 1, small, image, 60, 0, start=10))
     assert events(s, 5)[0] == ("transfer", 9, 10, (0,))
+    assert events(s, 4)[:3] == [("transfer", 9, 10, (0,)), ("transfer", 19, 20, (1,)),
+                                ("boot", 20, 20, (0, 1))]
     assert s.images.ready_times("b", never=-1).tolist() == [10, 20]
     s.advance_to(5)
     s.cancel(5)
-    assert s.images.ready_times("b", never=-1).tolist() == [20, 20]
+    assert s.images.ready_times("b", never=-1).tolist() == [10, 20]
+    assert events(s, 4)[:2] == [("transfer", 9, 10, (0,)), ("transfer", 19, 20, (1,))]
     s.submit(LeaseRequest(7, LeaseKind.AR, 1, small, image, 10, 5, start=30))
-    assert events(s, 7)[:2] == [("transfer", 19, 20, (0, 1)), ("boot", 30, 30, (0,))]
+    assert events(s, 7)[:2] == [("transfer", 9, 10, (0,)), ("boot", 30, 30, (0,))]
+    s.run()
+    assert_valid(SITE, cfg, s.outcomes())
+
+
+def test_a_transfer_left_with_no_destination_is_cancelled() -> None:
+    """AR 4 (P1 at 20) gets image b by [19, 20); AR 5 (P1 at 10) sends it by [9, 10):
+    P1 needs it once, so AR 4's transfer goes nowhere and leaves the link (AR 4 boots
+    from AR 5's copy), and the link carries one transfer."""
+    cfg = replace(Config(), image_transfer=True, repository_bandwidth=8.0)
+    small, image = Resources(cpu=25, memory=128), DiskImage("b", 1)
+    s = Scheduler(SITE, cfg)
+    s.submit(LeaseRequest(4, LeaseKind.AR, 1, small, image, 60, 0, start=20))
+    s.submit(LeaseRequest(5, LeaseKind.AR, 1, small, image, 60, 0, start=10))
+    assert events(s, 4)[:2] == [("transfer", 9, 10, (0,)), ("boot", 20, 20, (0,))]
+    assert events(s, 5)[:2] == [("transfer", 9, 10, (0,)), ("boot", 10, 10, (0,))]
+    assert [(t.start, t.end, t.nodes) for t in s.images.transfers] == [(9, 10, (0,))]
     s.run()
     assert_valid(SITE, cfg, s.outcomes())
 
