@@ -711,8 +711,8 @@ class Scheduler:
                 for n in lease.image_nodes.intersection(t.nodes):
                     if n not in latest or t.start > latest[n].start:
                         latest[n] = t
-            lease.transfers = [t for t in lease.transfers
-                               if any(u is t for u in latest.values())]
+            kept = {id(t) for t in latest.values()}
+            lease.transfers = [t for t in lease.transfers if id(t) in kept]
             self._push(lease)
 
     def _unplan_waiting(self, lease: Lease) -> None:

@@ -39,12 +39,13 @@ class Copy:
     users: set[int] = field(default_factory=set)
     last_used: int = 0
     cached: bool = True
-    # Transfers that bring it too, later (a sooner one took over): if that one is
-    # cancelled, the copy still comes with the soonest of these.
+    # Transfers that bring it too, later (a sooner one took over without taking the
+    # node off them: see ImageStore._hand_over): if that one is cancelled, the copy
+    # still comes with the soonest of these.
     slower: list[Transfer] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class HandOver:
     """A sooner transfer took a node off a slower one (``slower``, cancelled if that
     left it no destination)."""
