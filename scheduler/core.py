@@ -1148,33 +1148,46 @@ class Scheduler:
         batches = ([tuple(missing)] if self.config.transfer_mode == "multicast"
                    else [(n,) for n in missing])
         made: list[Transfer] = []
-        for batch in batches:
-            if deadline is None:
-                s = self.images.link.earliest_gap(now, per)
-                tr: Transfer | None = self.images.new_transfer(img.id, batch, s, s + per, None)
-            else:
-                tr = self.images.place_ar_transfer(img.id, batch, per, deadline, now)
-            if tr is None:
-                for t in made:
-                    self.images.cancel_transfer(t)
-                return False
-            made.append(tr)
-        for tr in made:
-            tr.users.add(lease.id)
-            lease.transfers.append(tr)
-            for n in tr.nodes:
-                _, handed = self.images.add_copy(n, img.id, img.size_mb, tr.end, tr,
-                                                 lease.id, now)
-                lease.image_nodes.add(n)
-                if handed is not None:
-                    self._handed_over(tr, handed)
-        return True
+        # Other leases whose transfers this changes (AR transfers re-placed, nodes handed
+        # over): their schedules changed too.
+        touched: set[int] = set()
+        try:
+            for batch in batches:
+                if deadline is None:
+                    s = self.images.link.earliest_gap(now, per)
+                    tr: Transfer | None = self.images.new_transfer(img.id, batch, s,
+                                                                   s + per, None)
+                else:
+                    pending = {id(t): t.start for t in self.images.transfers
+                               if t.deadline is not None and t.start > now}
+                    tr = self.images.place_ar_transfer(img.id, batch, per, deadline, now)
+                    touched.update(u for t in self.images.transfers
+                                   if t.start != pending.get(id(t), t.start) for u in t.users)
+                if tr is None:
+                    for t in made:
+                        self.images.cancel_transfer(t)
+                    return False
+                made.append(tr)
+            for tr in made:
+                tr.users.add(lease.id)
+                lease.transfers.append(tr)
+                for n in tr.nodes:
+                    _, handed = self.images.add_copy(n, img.id, img.size_mb, tr.end, tr,
+                                                     lease.id, now)
+                    lease.image_nodes.add(n)
+                    if handed is not None:
+                        touched |= self._handed_over(tr, handed)
+            return True
+        finally:
+            for u in sorted(touched - {lease.id}):
+                if u in self.leases:
+                    self._push(self.leases[u])
 
-    def _handed_over(self, tr: Transfer, handed: HandOver) -> None:
+    def _handed_over(self, tr: Transfer, handed: HandOver) -> set[int]:
         """``tr`` now brings the image where ``handed.slower`` did: its users list it,
-        and nobody lists the slower one if it was dropped."""
-        dropped = handed.slower.users if handed.slower.cancelled else set()
-        for u in sorted(handed.users | dropped):
+        and nobody lists the slower one if it was dropped. The leases affected."""
+        affected = handed.users | handed.slower.users
+        for u in sorted(affected):
             other = self.leases.get(u)
             if other is None:
                 continue
@@ -1182,6 +1195,7 @@ class Scheduler:
                 other.transfers.remove(handed.slower)
             if u in handed.users and tr not in other.transfers:
                 other.transfers.append(tr)
+        return affected
 
     # ======================================================= advance reservations
     def _schedule_ar(self, lease: Lease) -> None:

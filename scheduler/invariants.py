@@ -319,11 +319,10 @@ def check_dependencies(site: Site, o: LeaseOutcome) -> list[str]:
     suspend < migrate < resume in time."""
     v: list[str] = []
     boots = sorted((e for e in o.events if e.kind is _K.BOOT), key=lambda e: e.start)
-    vm = [e for e in o.events if e.kind is not _K.TRANSFER]
-    restarted = any((a.kind, b.kind) == (_K.SHUTDOWN, _K.BOOT) for a, b in pairwise(vm))
     for t in (e for e in o.events if e.kind is _K.TRANSFER):
-        # A killed lease's restart may need new transfers: each serves its own boot.
-        i = served_boot(boots, t) if restarted else 0
+        # A killed lease's restart may need new transfers: each serves its own boot
+        # (none, if the lease was cancelled while its restart's transfer was under way).
+        i = served_boot(boots, t)
         first = boots[i] if i < len(boots) else None
         if first is not None and t.end > first.start:
             v.append(f"dependency: {_lease(o)}: {_ev(site, t)} ends after "

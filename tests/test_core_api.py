@@ -343,6 +343,25 @@ def test_a_sooner_transfer_takes_a_node_off_the_slower_one() -> None:
     assert_valid(SITE, cfg, s.outcomes())
 
 
+def test_a_lease_whose_transfer_another_moves_is_reported_changed() -> None:
+    """AR 4 (P1 at 20) gets image b by [19, 20). AR 5 (P1 at 20, image c) is due at the
+    same instant: EDF keeps request order, so AR 4's transfer moves to [18, 19). AR 4's
+    schedule changed though only AR 5 was submitted: a mirror of the core (the
+    service's database, its enactment) must hear of it (it used to hear of AR 5 only)."""
+    cfg = replace(Config(), image_transfer=True, repository_bandwidth=8.0)
+    small = Resources(cpu=25, memory=128)
+    s = Scheduler(SITE, cfg)
+    s.submit(LeaseRequest(4, LeaseKind.AR, 1, small, DiskImage("b", 1), 60, 0, start=20))
+    assert events(s, 4)[0] == ("transfer", 19, 20, (0,))
+    s.take_changed()
+    s.submit(LeaseRequest(5, LeaseKind.AR, 1, small, DiskImage("c", 1), 60, 0, start=20))
+    assert events(s, 4)[0] == ("transfer", 18, 19, (0,))
+    assert events(s, 5)[0] == ("transfer", 19, 20, (0,))
+    assert s.take_changed() == {4, 5}
+    s.run()
+    assert_valid(SITE, cfg, s.outcomes())
+
+
 def test_a_transfer_left_with_no_destination_is_cancelled() -> None:
     """AR 4 (P1 at 20) gets image b by [19, 20); AR 5 (P1 at 10) sends it by [9, 10):
     P1 needs it once, so AR 4's transfer goes nowhere and leaves the link (AR 4 boots
