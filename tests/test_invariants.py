@@ -439,6 +439,19 @@ def killed_and_restarted(second_transfer: tuple[int, int]) -> LeaseOutcome:
     return done(request(1, preemptible=True), *sorted(events, key=lambda e: e.start))
 
 
+def test_a_restart_transfer_under_way_when_the_lease_is_cancelled_serves_no_boot() -> None:
+    """Lease 1 (suspension off) is to be killed at 32 and start over on P2; the
+    restart's transfer begins at 20, and the lease is cancelled at 32 with it under way.
+    That transfer serves no boot (it used to be checked against the first one, at 10:
+    the checker took a lease that never booted again for one never killed)."""
+    no_suspension = replace(CONFIG, suspension=False)
+    events = (ev(K.TRANSFER, 0, 10, 0), ev(K.BOOT, 10, 12, 0), ev(K.RUN, 12, 32, 0),
+              ev(K.TRANSFER, 20, 40, 1), ev(K.SHUTDOWN, 32, 34, 0))
+    o = LeaseOutcome(request(1, preemptible=True), LeaseState.CANCELLED, events)
+    assert not [v for v in violations([o], no_suspension) if v.startswith("dependency")]
+    # (one beginning before the boot still serves it: test_transfer_ending_after_boot_start)
+
+
 def test_kill_and_restart_needs_suspension_off_and_transfers_before_the_restart() -> None:
     no_suspension = replace(CONFIG, suspension=False)
     assert violations([killed_and_restarted((40, 50))], no_suspension) == []
