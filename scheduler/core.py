@@ -1157,12 +1157,12 @@ class Scheduler:
                     s = self.images.link.earliest_gap(now, per)
                     tr: Transfer | None = self.images.new_transfer(img.id, batch, s,
                                                                    s + per, None)
+                elif (placed := self.images.place_ar_transfer(img.id, batch, per, deadline,
+                                                              now)) is None:
+                    tr = None
                 else:
-                    pending = {id(t): t.start for t in self.images.transfers
-                               if t.deadline is not None and t.start > now}
-                    tr = self.images.place_ar_transfer(img.id, batch, per, deadline, now)
-                    touched.update(u for t in self.images.transfers
-                                   if t.start != pending.get(id(t), t.start) for u in t.users)
+                    tr, moved = placed
+                    touched.update(u for t in moved for u in t.users)
                 if tr is None:
                     for t in made:
                         self.images.cancel_transfer(t)

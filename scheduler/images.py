@@ -264,8 +264,9 @@ class ImageStore:
                         self._drop(n, t.image)
 
     def place_ar_transfer(self, image: str, nodes: tuple[int, ...], length: int,
-                          deadline: int, now: int) -> Transfer | None:
-        """Schedule an AR transfer earliest-deadline-first, as late as possible.
+                          deadline: int, now: int) -> tuple[Transfer, list[Transfer]] | None:
+        """Schedule an AR transfer earliest-deadline-first, as late as possible; returns
+        it and the pending transfers that moved to make room.
 
         Pending (not yet begun) AR transfers are re-placed from the latest deadline
         backwards, so each ends as close to its deadline as the others allow. If any
@@ -295,6 +296,7 @@ class ImageStore:
             for t in pending:
                 t.link_id = self.link.add(t.start, t.end)
             return None
+        moved = [t for t, s, _, _ in placed if t is not new and s != t.start]
         for t, s, e, lid in placed:
             t.start, t.end, t.link_id = s, e, lid
             for n in t.nodes:
@@ -303,4 +305,4 @@ class ImageStore:
                     copy.ready = e
                     self._changed(t.image)
         self.transfers.append(new)
-        return new
+        return new, moved

@@ -305,9 +305,10 @@ def check_advance_reservation(site: Site, o: LeaseOutcome) -> list[str]:
 # ------------------------------------------------------------ 4. dependencies
 
 def served_boot(boots: Sequence[Event], transfer: Event) -> int:
-    """Of a killed and restarted lease's boots (in time order), the index of the one
-    ``transfer`` serves: the first from its start on one of its nodes (one starting with
-    it elsewhere is the attempt before); ``len(boots)`` if none."""
+    """Of a lease's boots (in time order), the index of the one ``transfer`` serves:
+    the first from its start on one of its nodes (one starting with it elsewhere is a
+    killed lease's attempt before); ``len(boots)`` if none (a restart cancelled while
+    its transfer was under way)."""
     return next((i for i, b in enumerate(boots)
                  if b.start >= transfer.start and not set(b.nodes).isdisjoint(transfer.nodes)),
                 len(boots))
