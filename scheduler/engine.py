@@ -79,6 +79,7 @@ from .store import (
     LeaseUpdate,
     Store,
     StoreError,
+    dump_json,
 )
 
 log = logging.getLogger(__name__)
@@ -417,7 +418,13 @@ class LeaseSpec:
 
 def spec_hash(spec: LeaseSpec) -> str:
     """A digest of the spec, to tell an idempotent retry from a reused request id."""
-    return _spec_digest(json.dumps(spec.as_json(), sort_keys=True))
+    return _spec_digest(dump_json(spec.as_json(), sort=True))
+
+
+def _legacy_spec_hash(spec_json: Mapping[str, Any]) -> str:
+    """The digest earlier versions stored (the standard library's JSON text): a retry
+    across an upgrade is still recognised."""
+    return _spec_digest(json.dumps(spec_json, sort_keys=True))
 
 
 def _spec_digest(spec_text: str) -> str:
@@ -1022,7 +1029,7 @@ class Engine:
             state, reason = str(outcome.state), outcome.reason
             events = [{"kind": str(e.kind), "start": e.start, "end": e.end,
                        "nodes": [names[n] for n in e.nodes]} for e in outcome.events]
-            events_json = json.dumps(events)
+            events_json = dump_json(events)
             if self._known.get(lease_id) == (state, events_json, reason):
                 continue
             self._revision += 1
@@ -1220,7 +1227,7 @@ class Engine:
         if image is None:
             raise InvalidField("spec.image_id", f"no registered image {spec.image_id!r}")
         spec_json = spec.as_json()
-        spec_text = json.dumps(spec_json, sort_keys=True)  # hashed, and stored as is
+        spec_text = dump_json(spec_json, sort=True)  # hashed, and stored as is
         digest = _spec_digest(spec_text)
 
         def body(step: _Step) -> CreateResult:
@@ -1230,7 +1237,7 @@ class Engine:
                 if seen is None:  # its first request is in a group commit under way
                     raise Unavailable(f"request id {request_id!r} is being committed: retry")
                 lease_id, known = seen
-                if known != digest:
+                if known != digest and known != _legacy_spec_hash(spec_json):
                     raise Conflict(f"request id {request_id!r} was used for lease "
                                    f"{lease_id} with a different spec")
                 record = self.store.lease(lease_id)

@@ -15,13 +15,14 @@ state; and the broker's signing key), outside the command log: it is not replaye
 
 SQLite (WAL, synchronous=NORMAL) by default, PostgreSQL by URL. The schema is owned by
 the Alembic environment in ``scheduler/migrations``; opening a store upgrades it to
-head. All times stored here are core seconds (see ``meta["origin"]``).
+head. All times stored here are core seconds (see ``meta["origin"]``). JSON columns are
+written by ``dump_json`` (orjson: the commit path encodes several documents per request,
+and the standard library's encoder cost ~3 % of the service's CPU).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 import threading
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import orjson
 from alembic import command as alembic_command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import (
@@ -231,8 +233,8 @@ class LeaseRecord:
     spec: Mapping[str, Any]
     events: Sequence[Mapping[str, Any]]  # {kind, start, end, nodes: [host names]}
     labels: Mapping[str, str] = field(default_factory=dict)
-    #: ``spec`` and ``events`` as the table stores them (``json.dumps(spec,
-    #: sort_keys=True)``, ``json.dumps(list(events))``), if the writer has them
+    #: ``spec`` and ``events`` as the table stores them (``dump_json(spec,
+    #: sort=True)``, ``dump_json(list(events))``), if the writer has them
     #: already: the commit then does not encode them again.
     spec_text: str | None = field(default=None, compare=False, repr=False)
     events_text: str | None = field(default=None, compare=False, repr=False)
@@ -379,12 +381,22 @@ def upgrade(engine: Engine) -> None:
         alembic_command.upgrade(alembic_config(conn), "head")
 
 
+def dump_json(value: Any, *, sort: bool = False) -> str:
+    """``value`` as compact JSON text (keys sorted if ``sort``; non-string keys as strings,
+    as the standard library writes them)."""
+    option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_SORT_KEYS if sort else 0)
+    return orjson.dumps(value, option=option).decode()
+
+
+load_json = orjson.loads
+
+
 def _lease_values(r: LeaseRecord) -> dict[str, Any]:
     return {"id": r.id, "request_id": r.request_id, "kind": r.kind, "state": r.state,
             "reason": r.reason, "revision": r.revision, "submit": r.submit, "start": r.start,
             "end": r.end,
-            "spec": r.spec_text if r.spec_text is not None else json.dumps(r.spec, sort_keys=True),
-            "events": r.events_text if r.events_text is not None else json.dumps(list(r.events))}
+            "spec": r.spec_text if r.spec_text is not None else dump_json(r.spec, sort=True),
+            "events": r.events_text if r.events_text is not None else dump_json(list(r.events))}
 
 
 def _host_values(h: HostRecord) -> dict[str, Any]:
@@ -484,13 +496,13 @@ class Store:
     # ---------------------------------------------------------------- meta
     def meta(self) -> dict[str, Any]:
         with self._session() as s:
-            return {row.key: json.loads(row.value) for row in s.scalars(select(MetaRow))}
+            return {row.key: load_json(row.value) for row in s.scalars(select(MetaRow))}
 
     def init_meta(self, values: Mapping[str, Any], hosts: Iterable[HostRecord],
                   images: Iterable[ImageRecord]) -> None:
         """First start: record the settings, initial hosts and images (all at once)."""
         with self._session.begin() as s:
-            s.execute(insert(MetaRow), [{"key": k, "value": json.dumps(v)}
+            s.execute(insert(MetaRow), [{"key": k, "value": dump_json(v)}
                                         for k, v in values.items()])
             host_rows = [_host_values(h) for h in hosts]
             if host_rows:
@@ -531,7 +543,7 @@ class Store:
             try:
                 if commands:
                     sql["commands"].run(cur, [
-                        {"at": c.at, "kind": c.kind, "body": json.dumps(c.body, sort_keys=True)}
+                        {"at": c.at, "kind": c.kind, "body": dump_json(c.body, sort=True)}
                         for c in commands])
                 if new_leases:
                     sql["leases"].run(cur, [_lease_values(r) for r in new_leases])
@@ -544,7 +556,7 @@ class Store:
                         {"_id": u.id, "state": u.state, "reason": u.reason,
                          "revision": u.revision, "start": u.start, "end": u.end,
                          "events": u.events_text if u.events_text is not None
-                         else json.dumps(list(u.events))} for u in changed])
+                         else dump_json(list(u.events))} for u in changed])
                 if changes:
                     sql["watch"].run(cur, [vars(c) for c in changes])
                 if forget is not None:  # before the inserts: an expired id may be reused
@@ -586,7 +598,7 @@ class Store:
         """The log, in order, without its first ``skip`` commands."""
         with self._session() as s:
             q = select(CommandRow).order_by(CommandRow.seq).offset(skip)
-            return [Command(r.kind, r.at, json.loads(r.body), r.seq) for r in s.scalars(q)]
+            return [Command(r.kind, r.at, load_json(r.body), r.seq) for r in s.scalars(q)]
 
     def checkpoint(self) -> Checkpoint | None:
         with self._session() as s:
@@ -769,18 +781,18 @@ class Store:
     @staticmethod
     def _record(row: LeaseRow, labels: dict[str, str]) -> LeaseRecord:
         return LeaseRecord(row.id, row.request_id, row.kind, row.state, row.reason,
-                           row.revision, row.submit, row.start, row.end, json.loads(row.spec),
-                           json.loads(row.events), labels)
+                           row.revision, row.submit, row.start, row.end, load_json(row.spec),
+                           load_json(row.events), labels)
 
 
 def _context_values(r: ContextVm) -> dict[str, Any]:
     return {**{f: getattr(r, f) for f in ("lease_id", "index", "instance_id", "address",
                                           "state", "deadline", "expires", "reported_at",
                                           "reason")},
-            "identity": None if r.identity is None else json.dumps(r.identity, sort_keys=True)}
+            "identity": None if r.identity is None else dump_json(r.identity, sort=True)}
 
 
 def _context_record(r: ContextVmRow) -> ContextVm:
     return ContextVm(r.lease_id, r.index, r.instance_id, r.address, r.state, r.deadline,
                      r.expires, r.reported_at,
-                     None if r.identity is None else json.loads(r.identity), r.reason)
+                     None if r.identity is None else load_json(r.identity), r.reason)

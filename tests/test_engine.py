@@ -18,6 +18,7 @@ from sqlalchemy import delete, update
 from scheduler.core import Scheduler
 from scheduler.enactment import SimulatedDriver
 from scheduler.engine import (
+    Conflict,
     Engine,
     EngineError,
     LeaseSpec,
@@ -31,7 +32,15 @@ from scheduler.engine import (
     spec_hash,
 )
 from scheduler.leases import DiskImage, Event, LeaseKind, LeaseRequest, Resources
-from scheduler.store import Batch, CheckpointRow, Store, sqlite_url
+from scheduler.store import (
+    Batch,
+    CheckpointRow,
+    IdempotencyRow,
+    Store,
+    dump_json,
+    load_json,
+    sqlite_url,
+)
 
 T0 = 1_800_000_000
 
@@ -210,16 +219,37 @@ def test_stop_refuses_new_commands_and_ends_the_threads(tmp_path: Path) -> None:
 def test_a_create_submits_the_request_its_logged_command_replays(spec: LeaseSpec) -> None:
     """A create gives the core the request built from the spec; a restart gives it the
     one read back from the command log: they must be equal, or the replay differs."""
-    logged = json.loads(json.dumps(
-        {"request": _request_json(7, 120, spec.as_json(), 64)}, sort_keys=True))
+    logged = load_json(dump_json({"request": _request_json(7, 120, spec.as_json(), 64)},
+                                 sort=True))
     assert _request_from_spec(7, 120, spec, 64) == _request_from_json(logged["request"])
 
 
 def test_the_stored_spec_text_is_the_hashed_one() -> None:
     spec = LeaseSpec(LeaseKind.AR, 1, Resources(cpu=100), "tiny", 600, start=5,
                      labels=(("z", "1"), ("a", "2")))
-    text = json.dumps(spec.as_json(), sort_keys=True)
+    text = dump_json(spec.as_json(), sort=True)
     assert _spec_digest(text) == spec_hash(spec)
+
+
+def test_a_retry_is_recognised_by_the_digest_earlier_versions_stored(tmp_path: Path) -> None:
+    """Earlier versions hashed the standard library's JSON text of the spec (spaces after
+    separators): a retry after an upgrade still gets its lease, not ALREADY_EXISTS."""
+    clock = ManualClock(T0)
+    store = Store(sqlite_url(str(tmp_path / "e.db")))
+    engine = Engine(store, demo_site(), SimulatedDriver(), clock)
+    try:
+        first = engine.create_lease(_besteffort(), "req-a")
+        legacy = _spec_digest(json.dumps(_besteffort().as_json(), sort_keys=True))
+        assert legacy != spec_hash(_besteffort())
+        with store.engine.begin() as conn:
+            conn.execute(update(IdempotencyRow).values(body_hash=legacy))
+        again = engine.create_lease(_besteffort(), "req-a")
+        assert again.replayed and again.lease.id == first.lease.id
+        with pytest.raises(Conflict):
+            engine.create_lease(_besteffort(vms=2), "req-a")
+    finally:
+        engine.stop()
+        store.close()
 
 
 def test_request_ids_are_forgotten_once_their_retention_is_over(db_url: str) -> None:
