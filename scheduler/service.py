@@ -6,7 +6,7 @@ messages and the engine's records (core seconds <-> Timestamps through the persi
 origin), maps engine errors to status codes, and builds the server with standard
 health checking and reflection.
 
-The server is gRPC's asyncio server, on an event loop of its own thread. CreateLease,
+The server is gRPC's asyncio server, on an event loop (uvloop's) of its own thread. CreateLease,
 the hot call, runs on the loop and awaits its commit; every other call may block (the
 engine's lock, the database) and runs in a thread pool. (The thread-per-call server
 cost ~10 % more CPU per create in Python's gRPC machinery, and a create is bound by
@@ -879,6 +879,16 @@ def freeze_heap_every(seconds: float, stop: threading.Event) -> threading.Thread
     return thread
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed (written in C: ~4 % less CPU per
+    create than asyncio's), asyncio's otherwise (uvloop has no Windows build)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def start_server(engine: Engine, address: str = "127.0.0.1:50051",
                  max_workers: int = 32) -> RunningServer:
     """Serve ``engine`` on ``address`` (``host:0`` picks a free port), from an event loop
@@ -886,7 +896,7 @@ def start_server(engine: Engine, address: str = "127.0.0.1:50051",
     open WatchLeases stream holds one, hence the generous pool, of which half at most
     go to watchers."""
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="wsched-grpc")
-    loop = asyncio.new_event_loop()
+    loop = _new_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True, name="wsched-grpc-loop")
     thread.start()
     health_servicer = health.aio.HealthServicer()

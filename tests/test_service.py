@@ -367,6 +367,15 @@ def test_health_and_reflection(svc: Service) -> None:
     assert {"wsched.v1.LeaseService", "wsched.v1.SiteService", "grpc.health.v1.Health"} <= names
 
 
+def test_the_server_runs_on_uvloop(svc: Service) -> None:
+    """uvloop is a dependency on this platform: the server's loop must be its loop (the
+    create throughput figure assumes it)."""
+    import uvloop
+
+    assert isinstance(svc.running.loop, uvloop.Loop)
+    assert svc.running.thread.is_alive()
+
+
 # ============================================================================ durability
 
 def _snapshot(s: Service) -> list[tpb.Lease]:
