@@ -249,6 +249,9 @@ class Scheduler:
         self._stop(lease, self.now)
         if not lease.finished and all(e.end <= self.now for e in lease.events()):
             self._finish(lease, LeaseState.CANCELLED)
+        else:  # a VM command or transfer under way completes first: say why it goes on
+            lease.reason = (f"cancelled at {self._at(self.now)}; ends when what is under "
+                            f"way ends at {self._at(max(e.end for e in lease.events()))}")
         self._replan = True
         self._schedule_queue()
         return lease

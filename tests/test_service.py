@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -222,9 +223,17 @@ def test_cancel(svc: Service) -> None:
     lease = create(svc, spec())
     svc.advance(lease.start.seconds - T0 + 10)
     cancelled = svc.leases.CancelLease(lpb.CancelLeaseRequest(id=lease.id))
-    assert cancelled.events[-1].kind == tpb.EVENT_KIND_SHUTDOWN
+    shutdown = cancelled.events[-1]
+    assert shutdown.kind == tpb.EVENT_KIND_SHUTDOWN
+    # Its VMs shut down first: still active until then, and the reason says so.
+    def iso(seconds: int) -> str:
+        return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+    why = (f"cancelled at {iso(lease.start.seconds + 10)}; ends when what is under way "
+           f"ends at {iso(shutdown.end.seconds)}")
+    assert (cancelled.state, cancelled.reason) == (tpb.LEASE_STATE_ACTIVE, why)
     svc.advance(60)
-    assert svc.leases.GetLease(lpb.GetLeaseRequest(id=1)).state == tpb.LEASE_STATE_CANCELLED
+    after = svc.leases.GetLease(lpb.GetLeaseRequest(id=1))
+    assert (after.state, after.reason) == (tpb.LEASE_STATE_CANCELLED, why)
     e = error(svc.leases.CancelLease, lpb.CancelLeaseRequest(id=lease.id))
     assert e.code() is grpc.StatusCode.FAILED_PRECONDITION
 
