@@ -6,11 +6,11 @@ messages and the engine's records (core seconds <-> Timestamps through the persi
 origin), maps engine errors to status codes, and builds the server with standard
 health checking and reflection.
 
-The server is gRPC's asyncio server, on an event loop (uvloop's) of its own thread. CreateLease,
-the hot call, runs on the loop and awaits its commit; every other call may block (the
-engine's lock, the database) and runs in a thread pool. (The thread-per-call server
-cost ~10 % more CPU per create in Python's gRPC machinery, and a create is bound by
-the one interpreter lock the engine needs too.)
+The server is gRPC's asyncio server, on an event loop (uvloop's) in a thread of its own.
+CreateLease, the hot call, runs on the loop and awaits its commit; every other call may
+block (the engine's lock, the database) and runs in a thread pool. (The thread-per-call
+server cost ~10 % more CPU per create in Python's gRPC machinery, and a create is bound
+by the one interpreter lock the engine needs too.)
 
 No request may produce UNKNOWN or INTERNAL: undecodable bytes are caught by a
 deserializer that never raises, and every handler maps every exception; only a bug in
