@@ -879,6 +879,29 @@ def freeze_heap_every(seconds: float, stop: threading.Event) -> threading.Thread
     return thread
 
 
+class _ClientGone(logging.Filter):
+    """gRPC's asyncio server logs an ERROR with a traceback when it cannot send an answer
+    because the call ended first (the client's deadline passed, or it cancelled):
+    routine for a service whose clients time out and retry (a retry with the same
+    request id gets the lease the first attempt created). Logged at DEBUG instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("ExecuteBatchError raised in core"):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = "%s (the call ended before its answer was sent)", (message,)
+        record.exc_info = record.exc_text = None
+        # As if logged at DEBUG: only where that level is enabled.
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _quiet_client_gone() -> None:
+    cygrpc = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _ClientGone) for f in cygrpc.filters):
+        cygrpc.addFilter(_ClientGone())
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
     """uvloop's event loop where it is installed (written in C: ~4 % less CPU per
     create than asyncio's), asyncio's otherwise (uvloop has no Windows build)."""
@@ -895,6 +918,7 @@ def start_server(engine: Engine, address: str = "127.0.0.1:50051",
     on a thread of its own. ``max_workers`` threads run the calls that may block; each
     open WatchLeases stream holds one, hence the generous pool, of which half at most
     go to watchers."""
+    _quiet_client_gone()
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="wsched-grpc")
     loop = _new_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True, name="wsched-grpc-loop")

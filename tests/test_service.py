@@ -3,6 +3,8 @@ on SQLite and PostgreSQL, with a hand-driven clock (no sleeps, nothing timing-se
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -374,6 +376,51 @@ def test_health_and_reflection(svc: Service) -> None:
         list_services="")]))
     names = {s.name for r in replies for s in r.list_services_response.service}
     assert {"wsched.v1.LeaseService", "wsched.v1.SiteService", "grpc.health.v1.Health"} <= names
+
+
+def test_an_answer_its_client_no_longer_waits_for_logs_no_error(
+        svc: Service, caplog: pytest.LogCaptureFixture) -> None:
+    """Clients that give up first (tiny deadlines) make gRPC's asyncio server fail to send
+    some answers; it logs each as an ERROR with a traceback. The service logs them at
+    DEBUG: routine, not an error. (The race does not always happen: rounds of concurrent
+    creates until it has, and the filter itself is checked below.)"""
+    caplog.set_level(logging.DEBUG, logger="grpc._cython.cygrpc")
+    for _ in range(50):
+        calls = [svc.leases.CreateLease.future(
+            lpb.CreateLeaseRequest(spec=spec(vms=1, cpu=1)), timeout=0.001)
+            for _ in range(100)]
+        for c in calls:
+            with contextlib.suppress(grpc.RpcError):
+                c.result()
+        if any("ExecuteBatchError" in r.getMessage() for r in caplog.records):
+            break
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_the_client_gone_filter(svc: Service, caplog: pytest.LogCaptureFixture) -> None:
+    """What gRPC logs when it cannot send an answer (as its server code does): dropped
+    at INFO, a one-line DEBUG record where DEBUG is enabled; other errors untouched."""
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")
+
+    def log_as_grpc_does() -> None:
+        try:
+            raise RuntimeError('Failed "execute_batch"')
+        except RuntimeError:
+            grpc_log.exception("ExecuteBatchError raised in core by servicer method [%s]",
+                               "/wsched.v1.LeaseService/CreateLease")
+
+    caplog.set_level(logging.INFO)
+    log_as_grpc_does()
+    grpc_log.error("something else")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, "something else")]
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="grpc._cython.cygrpc")
+    log_as_grpc_does()
+    [r] = caplog.records
+    assert (r.levelno, r.exc_info, r.getMessage()) == (
+        logging.DEBUG, None, "ExecuteBatchError raised in core by servicer method "
+        "[/wsched.v1.LeaseService/CreateLease] (the call ended before its answer was sent)")
 
 
 def test_the_server_runs_on_uvloop(svc: Service) -> None:
