@@ -912,12 +912,20 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+#: Calls in progress at once, beyond which new ones get RESOURCE_EXHAUSTED at once: an
+#: asyncio server takes every call it is sent, and a flood of creates would otherwise
+#: queue without bound (memory, and latency for everyone) instead of pushing back.
+MAX_CONCURRENT_RPCS = 1024
+
+
 def start_server(engine: Engine, address: str = "127.0.0.1:50051",
-                 max_workers: int = 32) -> RunningServer:
+                 max_workers: int = 32,
+                 max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS) -> RunningServer:
     """Serve ``engine`` on ``address`` (``host:0`` picks a free port), from an event loop
     on a thread of its own. ``max_workers`` threads run the calls that may block; each
     open WatchLeases stream holds one, hence the generous pool, of which half at most
-    go to watchers."""
+    go to watchers. Beyond ``max_concurrent_rpcs`` calls in progress, new calls are
+    refused with RESOURCE_EXHAUSTED (clients retry)."""
     _quiet_client_gone()
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="wsched-grpc")
     loop = _new_loop()
@@ -927,7 +935,8 @@ def start_server(engine: Engine, address: str = "127.0.0.1:50051",
     names = (LEASE_SERVICE, SITE_SERVICE)
 
     async def serve() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()  # on the loop: it binds to the running one
+        # (created on the loop: it binds to the running one)
+        server = grpc.aio.server(maximum_concurrent_rpcs=max_concurrent_rpcs)
         server.add_generic_rpc_handlers(generic_handlers(engine, pool, max(1, max_workers // 2)))
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

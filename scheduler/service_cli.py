@@ -55,6 +55,14 @@ def retention(text: str) -> int:
     return seconds
 
 
+def _positive(text: str) -> int:
+    """A whole number, 1 or more."""
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive count: {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     """A whole number, 0 or more."""
     try:
@@ -142,6 +150,9 @@ def add_commands(subparsers: Any) -> dict[str, Handler]:
                     help="write a checkpoint of the scheduler every N logged commands, so "
                     "a restart re-applies only the commands after it (0: never; default "
                     "50000)")
+    sp.add_argument("--max-concurrent-rpcs", type=_positive, default=None, metavar="N",
+                    help="calls in progress at once; more are refused with "
+                    "RESOURCE_EXHAUSTED, and clients retry (default 1024)")
     sp.add_argument("--seed-dir", type=Path, default=Path("wsched-seeds"), metavar="DIR",
                     help="where VMs' context seeds are written (default wsched-seeds)")
     _common(sp, client=False)
@@ -314,7 +325,7 @@ def _libvirt_driver(args: argparse.Namespace, images: Iterable[ImageRecord],
 def cmd_serve(args: argparse.Namespace) -> int:
     from .enactment import make_driver
     from .engine import Engine, SystemClock, demo_site, load_site
-    from .service import freeze_heap_every, start_server
+    from .service import MAX_CONCURRENT_RPCS, freeze_heap_every, start_server
     from .store import Store, StoreError, sqlite_url
 
     url = args.db if "://" in args.db else sqlite_url(str(Path(args.db).resolve()))
@@ -343,7 +354,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine = Engine(store, site, driver, clock, **durability)
     engine.start()
     try:
-        running = start_server(engine, args.listen)
+        running = start_server(engine, args.listen,
+                               max_concurrent_rpcs=args.max_concurrent_rpcs or MAX_CONCURRENT_RPCS)
     except (OSError, RuntimeError):
         engine.stop()
         if broker_server is not None:

@@ -540,6 +540,33 @@ def test_apscheduler_timer_fires_and_rearms_from_its_job() -> None:
         timer.stop()
 
 
+def test_calls_beyond_the_concurrency_bound_are_refused(tmp_path: Path) -> None:
+    """With 2 calls in progress (their engine step held up), a third and a fourth create
+    get RESOURCE_EXHAUSTED at once; the first two complete once the engine goes on."""
+    store = Store(f"sqlite+pysqlite:///{tmp_path / 'c.db'}")
+    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
+    engine.poll()
+    running = start_server(engine, "127.0.0.1:0", max_concurrent_rpcs=2)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    leases = lgrpc.LeaseServiceStub(channel)
+    try:
+        with engine._lock:  # the engine thread waits: calls stay in progress
+            first = [leases.CreateLease.future(lpb.CreateLeaseRequest(spec=spec(vms=1)),
+                                               timeout=30) for _ in range(2)]
+            time.sleep(0.5)  # both arrived, and wait for the engine
+            more = [leases.CreateLease.future(lpb.CreateLeaseRequest(spec=spec(vms=1)),
+                                              timeout=30) for _ in range(2)]
+            for f in more:
+                assert f.exception() is not None
+                assert f.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert not any(f.done() for f in first)
+        assert sorted(f.result().lease.id for f in first) == [1, 2]
+    finally:
+        channel.close()
+        running.stop(grace=None)
+        store.close()
+
+
 def test_watchers_cannot_take_every_server_thread(tmp_path: Path) -> None:
     """Each watch stream holds a worker thread: at most half the pool goes to them, the
     next gets RESOURCE_EXHAUSTED, other calls still work, and a closed stream frees its
