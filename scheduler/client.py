@@ -2,12 +2,16 @@
 
 ``WschedClient`` wraps the generated stubs with plain arguments (seconds, datetimes,
 dicts), pages through listings, gives every creation a request id (so a retry after
-a lost reply is idempotent) and turns RPC failures into ``WschedError`` with the
-server's field violations and counter-offer already decoded.
+a lost reply is idempotent), retries a create the server could not take at the moment
+(UNAVAILABLE, or RESOURCE_EXHAUSTED when too many calls are in progress) after a short
+randomized backoff, and turns RPC failures into ``WschedError`` with the server's field
+violations and counter-offer already decoded.
 """
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -94,6 +98,11 @@ def to_dict(message: Any) -> dict[str, Any]:
     return out
 
 
+#: Codes after which a create (idempotent: it carries a request id) is tried again.
+_RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+_BACKOFF = 0.05  # seconds before the first retry
+
+
 class WschedClient:
     """Calls one server. Thread-safe (gRPC channels are); close it when done."""
 
@@ -122,7 +131,9 @@ class WschedClient:
                 return method(request, timeout=self.timeout)
             except grpc.RpcError as e:
                 call: Any = e
-                if attempt < retries and call.code() is grpc.StatusCode.UNAVAILABLE:
+                if attempt < retries and call.code() in _RETRIED:
+                    # doubling, and jittered so that clients refused together spread out
+                    time.sleep(_BACKOFF * 2**attempt * random.uniform(0.5, 1.0))
                     continue
                 raise _error(e) from None
         raise AssertionError("unreachable")

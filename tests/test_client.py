@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from scheduler import service_cli
@@ -55,6 +58,40 @@ def test_client_round_trip(client: WschedClient) -> None:
     assert client.utilization().hosts == 8
     with pytest.raises(ValueError):
         client.create_lease(kind="nope", image_id="tiny", duration=1)
+
+
+def test_a_create_refused_for_load_is_retried(tmp_path: Path) -> None:
+    """The server takes one call at a time; while one create is held up in the engine, a
+    client's create is refused (RESOURCE_EXHAUSTED), retried after a backoff, and
+    succeeds once the first is done."""
+    store = Store(f"sqlite+pysqlite:///{tmp_path / 'r.db'}")
+    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(1_800_000_000))
+    engine.poll()
+    running = start_server(engine, "127.0.0.1:0", max_concurrent_rpcs=1)
+    results: dict[str, int] = {}
+    try:
+        with WschedClient(f"127.0.0.1:{running.port}") as first, \
+                WschedClient(f"127.0.0.1:{running.port}") as second:
+
+            def create(name: str, client: WschedClient) -> None:
+                lease = client.create_lease(image_id="tiny", duration=600)
+                results[name] = lease.id
+
+            for c in (first, second):
+                grpc.channel_ready_future(c.channel).result(timeout=10)
+            with engine._lock:  # the engine waits: the first create stays in progress
+                held = threading.Thread(target=create, args=("first", first))
+                held.start()
+                time.sleep(0.3)
+                retried = threading.Thread(target=create, args=("second", second))
+                retried.start()
+                time.sleep(0.05)  # refused, and backing off
+            held.join(10)
+            retried.join(10)
+    finally:
+        running.stop(grace=None)
+        store.close()
+    assert results == {"first": 1, "second": 2}
 
 
 def test_client_errors(client: WschedClient) -> None:
