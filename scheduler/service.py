@@ -841,7 +841,9 @@ class RunningServer:
     pool: ThreadPoolExecutor
 
     def stop(self, grace: float | None = 2.0) -> None:
-        """Stop serving (watch streams end), then stop the engine's timer."""
+        """Stop serving (watch streams end), then stop the engine's timer. Again: nothing."""
+        if self.loop.is_closed():
+            return
         asyncio.run_coroutine_threadsafe(self.health.enter_graceful_shutdown(),
                                          self.loop).result()
         self.engine.stop()

@@ -432,6 +432,16 @@ def test_the_server_runs_on_uvloop(svc: Service) -> None:
     assert svc.running.thread.is_alive()
 
 
+def test_stopping_twice_is_harmless(tmp_path: Path) -> None:
+    store = Store(f"sqlite+pysqlite:///{tmp_path / 's.db'}")
+    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
+    running = start_server(engine, "127.0.0.1:0")
+    running.stop(grace=None)
+    running.stop(grace=None)
+    assert running.loop.is_closed() and not running.thread.is_alive()
+    store.close()
+
+
 # ============================================================================ durability
 
 def _snapshot(s: Service) -> list[tpb.Lease]:
