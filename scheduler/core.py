@@ -1183,8 +1183,9 @@ class Scheduler:
             return True
         finally:
             for u in sorted(touched - {lease.id}):
-                if u in self.leases:
-                    self._push(self.leases[u])
+                other = self.leases.get(u)
+                if other is not None and not other.finished:  # (a finished one keeps its state)
+                    self._push(other)
 
     def _handed_over(self, tr: Transfer, handed: HandOver) -> set[int]:
         """``tr`` now brings the image where ``handed.slower`` did: its users list it,

@@ -213,6 +213,13 @@ class ImageStore:
             copy.users.discard(lease)
             copy.last_used = now
             self._users_changed(image)
+            # A slower transfer the lease made is still its own (see add_copy): once
+            # nobody needs one that has not begun, it leaves the link.
+            for slower in [s for s in copy.slower if lease in s.users]:
+                slower.users.discard(lease)
+                if not slower.users and slower.start > now:
+                    copy.slower.remove(slower)
+                    self.cancel_transfer(slower)
             t = copy.transfer
             if t is not None:
                 t.users.discard(lease)

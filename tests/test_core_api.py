@@ -503,6 +503,41 @@ def test_a_replanned_lease_keeps_the_copy_a_multicast_still_brings() -> None:
     assert_valid(site, cfg, s.outcomes())
 
 
+def test_a_cancelled_lease_takes_its_redundant_transfer_off_the_link() -> None:
+    """Two nodes, unicast, no sharing. AR 1 (2 VMs at 5) sends its image to P1 [3, 4)
+    and P2 [4, 5). AR 4 (1 VM on P1 at 2) sends it to P1 sooner, [1, 2): their copies
+    merge, arriving at 2, and lease 1's [3, 4) is kept only in case [1, 2) is dropped.
+    Lease 1 is cancelled: both its transfers leave the link. (The one to P1 stayed, and
+    the next AR's placement moved it and made lease 1 pending again.)"""
+    cfg = replace(load_profile("test-transfer"), transfer_mode=TransferMode.UNICAST,
+                  piggybacking=False, image_cache_mb=0, enactment_overhead=0,
+                  migration=Migration.NO, backfilling=Backfilling.OFF)
+    site = Site.uniform(2, NODE)
+    small, img = Resources(cpu=25, memory=128), DiskImage("b", 1)
+
+    def ar(i: int, vms: int, submit: int, start: int) -> LeaseRequest:
+        return LeaseRequest(i, LeaseKind.AR, vms, small, img, 60, submit, start=start,
+                            preemptible=True)
+
+    s = Scheduler(site, cfg)
+
+    def link() -> list[tuple[int, int, tuple[int, ...], list[int]]]:
+        return sorted((t.start, t.end, t.nodes, sorted(t.users)) for t in s.images.transfers)
+
+    s.submit(ar(1, 2, 0, 5))
+    s.advance_to(1)
+    s.submit(ar(4, 1, 1, 2))
+    assert link() == [(1, 2, (0,), [4]), (3, 4, (0,), [1]), (4, 5, (1,), [1])]
+    s.cancel(1)
+    assert s.leases[1].state is LeaseState.CANCELLED
+    assert link() == [(1, 2, (0,), [4])]
+    s.submit(ar(9, 1, 1, 3))
+    assert events(s, 9)[0] == ("transfer", 2, 3, (0,))
+    assert s.leases[1].state is LeaseState.CANCELLED and events(s, 1) == []
+    s.run()
+    assert_valid(site, cfg, s.outcomes())
+
+
 def test_forget_drops_a_finished_lease_and_nothing_else_changes() -> None:
     s = Scheduler(SITE, CONFIG)
     s.submit(req(1, LeaseKind.BESTEFFORT, 1, 100))  # boot [0,2), run [2,102), shutdown [102,104)
