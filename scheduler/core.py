@@ -128,14 +128,39 @@ class Lease:
         vm += migrations
         # In time order; at equal times transfers first, then the VM events' own order.
         # (a transfer cancelled after it was listed never happens)
-        keyed = [(t.start, t.end, 0, i, Event(EventKind.TRANSFER, t.start, t.end, t.nodes))
-                 for i, t in enumerate(self.transfers) if not t.cancelled]
+        transfers = [t for t in self.transfers if not t.cancelled]
+        serves = self._transfer_nodes(transfers)
+        keyed = [(t.start, t.end, 0, i, Event(EventKind.TRANSFER, t.start, t.end, nodes))
+                 for i, (t, nodes) in enumerate(zip(transfers, serves, strict=True))]
         keyed += [(e.start, e.end, 1, i, e) for i, e in enumerate(vm)]
         keyed.sort()  # (the indices make every key distinct: events are never compared)
         return [k[4] for k in keyed]
 
     def outcome(self) -> LeaseOutcome:
         return LeaseOutcome(self.request, self.state, tuple(self.events()), self.reason)
+
+    def _transfer_nodes(self, transfers: list[Transfer]) -> list[tuple[int, ...]]:
+        """The nodes where each transfer serves this lease: for each node it boots on,
+        the latest transfer there before that boot. (A multicast shared with other
+        leases goes to nodes this lease never uses, and a node it was re-planned onto
+        after its copy there was gone is served by the new transfer, not the old one.)
+        A transfer that serves no boot (the lease never booted from it) is listed whole."""
+        if not transfers:
+            return []
+        served: list[set[int]] = [set() for _ in transfers]
+        for seg in self.segments:
+            if seg.opens is not EventKind.BOOT:
+                continue
+            for n in seg.nodes:
+                latest = -1
+                for i, t in enumerate(transfers):
+                    if t.start <= seg.start and n in t.nodes and (
+                            latest < 0 or t.start > transfers[latest].start):
+                        latest = i
+                if latest >= 0:
+                    served[latest].add(n)
+        return [tuple(n for n in t.nodes if n in mine) if mine else t.nodes
+                for t, mine in zip(transfers, served, strict=True)]
 
 
 @dataclass

@@ -154,19 +154,21 @@ class Metrics:
 def transfer_stats(outcomes: Iterable[LeaseOutcome], multicast: bool = True) -> tuple[int, int]:
     """(distinct transfers, MB moved) over all leases' transfer events.
 
-    Leases that piggyback on a transfer each list it, with the same (start, end, nodes):
-    it counts once. The repository link carries one transfer at a time, so that key
-    cannot mix two transfers. A multicast transfer sends the image once whatever the
-    number of nodes; a unicast one (the core lists each node's separately) once per node.
+    Leases that share a transfer (a multicast, or piggybacking) each list it, with its
+    interval and the nodes where it serves them: it counts once. The repository link
+    carries one transfer at a time, so the interval names it. A multicast transfer sends
+    the image once whatever the number of nodes; a unicast one (the core lists each
+    node's separately) once per node.
     """
-    sizes: dict[tuple[int, int, tuple[int, ...]], int] = {}
+    sizes: dict[tuple[int, int], int] = {}
+    nodes: dict[tuple[int, int], set[int]] = {}
     for o in outcomes:
         for e in o.events:
             if e.kind is EventKind.TRANSFER:
-                key = (e.start, e.end, tuple(sorted(e.nodes)))
+                key = (e.start, e.end)
                 sizes.setdefault(key, o.request.image.size_mb)
-    mb = sum(size * (1 if multicast else len(nodes))
-             for (_, _, nodes), size in sizes.items())
+                nodes.setdefault(key, set()).update(e.nodes)
+    mb = sum(size * (1 if multicast else len(nodes[key])) for key, size in sizes.items())
     return len(sizes), mb
 
 

@@ -50,7 +50,8 @@ class ReplayResult:
             "states": dict(sorted(states.items())),
             "makespan": makespan,
             "utilization": round(busy / (makespan * len(self.site.nodes)), 6) if makespan else 0,
-            "transfers": len({(e.start, e.end, e.nodes) for o in self.outcomes
+            # one transfer at a time on the link: its interval names it
+            "transfers": len({(e.start, e.end) for o in self.outcomes
                               for e in o.events if e.kind is EventKind.TRANSFER}),
             "suspensions": kinds[EventKind.SUSPEND],
             "migrations": kinds[EventKind.MIGRATE],

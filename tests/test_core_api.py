@@ -476,7 +476,8 @@ def test_a_lease_ending_early_with_no_shutdown_lets_go_of_its_image_at_once() ->
 def test_a_replanned_lease_keeps_the_copy_a_multicast_still_brings() -> None:
     """Three nodes, multicast, a cache, no piggybacking. Lease 4 (3 VMs) waits for the
     others on P1; its image goes to P2 and P3 by one multicast [1, 2), which lease 6
-    (1 VM on P2) shares through the cache. Lease 1 is cancelled: lease 4 is re-planned
+    (1 VM on P2) shares through the cache (and lists for P2, where it serves lease 6).
+    Lease 1 is cancelled: lease 4 is re-planned
     and boots at 2 on all three nodes, from the multicast that still goes on. (P3's copy
     used to be dropped with lease 4's old plan, while the multicast still went there,
     and the image was sent to P3 again, [2, 3).)"""
@@ -495,7 +496,7 @@ def test_a_replanned_lease_keeps_the_copy_a_multicast_still_brings() -> None:
     s.submit(LeaseRequest(5, LeaseKind.AR, 1, Resources(cpu=25, memory=128), img, 60, 0,
                           start=0, preemptible=True))  # rejected: no image by 0
     s.submit(be(6, 1, 25))
-    assert events(s, 6)[0] == ("transfer", 1, 2, (1, 2))
+    assert events(s, 6)[0] == ("transfer", 1, 2, (1,))
     s.cancel(1)
     assert [e for e in events(s, 4) if e[0] in ("transfer", "boot")] == [
         ("transfer", 0, 1, (0,)), ("transfer", 1, 2, (1, 2)), ("boot", 2, 2, (0, 1, 2))]
@@ -535,6 +536,35 @@ def test_a_cancelled_lease_takes_its_redundant_transfer_off_the_link() -> None:
     assert events(s, 9)[0] == ("transfer", 2, 3, (0,))
     assert s.leases[1].state is LeaseState.CANCELLED and events(s, 1) == []
     s.run()
+    assert_valid(site, cfg, s.outcomes())
+
+
+def test_a_lease_lists_a_transfer_for_the_nodes_where_it_serves_it() -> None:
+    """Four nodes, multicast, piggybacking, no cache (Hypothesis seed 13). Lease 1 (4 VMs)
+    sends the image to all four nodes [0, 82); lease 3 (3 VMs, waiting for it) will use
+    the copies on P1-P3. At 164 lease 1 is cancelled: P4's copy goes with it (no cache),
+    lease 2 resumes on P1, and lease 3 is re-planned onto P2-P4, sending the image to P4
+    again, [164, 246). Lease 3 lists the multicast for P2 and P3 only, the new transfer
+    for P4: the image reached each of its nodes once for it. (It used to list the
+    multicast whole, P4 included: twice to P4.) Lease 1 lists the multicast whole."""
+    cfg = replace(load_profile("test-transfer"), enactment_overhead=0, migration=Migration.NO)
+    site = Site.uniform(4, NODE)
+    img_c, empty = DiskImage("c", 1024), DiskImage("b", 0)
+    s = Scheduler(site, cfg)
+    for r in (
+            LeaseRequest(1, LeaseKind.BESTEFFORT, 4, NODE, img_c, 243, 0),
+            LeaseRequest(2, LeaseKind.BESTEFFORT, 1, Resources(cpu=100, memory=512), empty,
+                         325, 0, preemptible=True),
+            LeaseRequest(3, LeaseKind.BESTEFFORT, 3, NODE, img_c, 189, 0)):
+        s.submit(r)
+    s.advance_to(164)
+    s.cancel(1)
+    s.run()
+    transfers = [e for e in events(s, 3) if e[0] == "transfer"]
+    assert transfers == [("transfer", 0, 82, (1, 2)), ("transfer", 164, 246, (3,))]
+    assert events(s, 3)[len(transfers)] == ("boot", 246, 246, (1, 2, 3))
+    assert [e for e in events(s, 1) if e[0] == "transfer"] == [
+        ("transfer", 0, 82, (0, 1, 2, 3))]
     assert_valid(site, cfg, s.outcomes())
 
 

@@ -199,6 +199,12 @@ def test_transfers_multicast_vs_unicast() -> None:
               lease(3, BE, 5, DONE, ev(T, 30, 60, 2), size=300)]  # a different one
     assert transfer_stats(shared) == (2, 600)
     assert summarize(shared, SITE).transfers == 2
+    # each lease lists a shared transfer for the nodes where it serves it: one transfer
+    # [0, 30) to nodes 0, 1 and 2; multicast 300 MB once, unicast-style 3 copies
+    subsets = [lease(1, BE, 0, DONE, ev(T, 0, 30, 0, 1), size=300),
+               lease(2, BE, 5, DONE, ev(T, 0, 30, 1, 2), size=300)]
+    assert transfer_stats(subsets) == (1, 300)
+    assert transfer_stats(subsets, multicast=False) == (1, 900)
 
 
 def test_utilization_series() -> None:

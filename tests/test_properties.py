@@ -410,13 +410,13 @@ def _check_immediate(expect: Expect, sc: Scenario, run: Run, o: LeaseOutcome) ->
 
 def _check_shared_transfers(expect: Expect, outcomes: tuple[LeaseOutcome, ...]) -> None:
     """The checker takes transfer events with identical intervals for one shared
-    (multicast or piggybacked) transfer; then they must also carry the same image to
-    the same nodes, or the link carried two transfers at once."""
-    seen: dict[tuple[int, int], set[tuple[str, tuple[int, ...]]]] = {}
+    (multicast or piggybacked) transfer; then they must also carry the same image (each
+    lease lists the nodes where it serves it), or the link carried two at once."""
+    seen: dict[tuple[int, int], set[str]] = {}
     for o in outcomes:
         for e in o.events:
             if e.kind is EventKind.TRANSFER and e.end > e.start:
-                seen.setdefault((e.start, e.end), set()).add((o.request.image.id, e.nodes))
+                seen.setdefault((e.start, e.end), set()).add(o.request.image.id)
     for (start, end), transfers in seen.items():
         expect(len(transfers) == 1, f"repository link: distinct transfers at once in "
                f"[{start},{end}): {sorted(transfers)}")
@@ -444,18 +444,8 @@ _Recognise = Callable[[Scenario, "Run | None", str], bool]
 
 
 KNOWN_BUGS: dict[str, _Recognise] = {
-    # A lease lists transfers that carry its image to the same node twice, in two
-    # cases left (the case of a sooner transfer planned after a slower one is fixed:
-    # test_core_api's test_a_sooner_transfer_takes_a_node_off_the_slower_one):
-    # - without piggybacking or a cache, a lease re-planned after its own transfer has
-    #   begun sends the image again to a node whose copy (which that transfer brings)
-    #   another lease now holds: the copies merged, and the re-planned lease, having
-    #   let go of it, may not use another's;
-    # - a waiting lease re-planned onto a node whose copy is gone (no cache: deleted
-    #   when its last user let go) sends it there again, and still lists the earlier
-    #   multicast it uses for its other nodes, which went to that node too.
-    "image-listed-twice-after-replan": lambda sc, run, text: (
-        "transfers its image twice" in text and sc.config.image_transfer),
+    # None at present. (The last, a lease listing two transfers to one node after a
+    # re-plan, is gone: a lease lists each transfer for the nodes where it serves it.)
 }
 
 
