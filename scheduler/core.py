@@ -1123,7 +1123,7 @@ class Scheduler:
                             self.images.use(copy, lease.id, now)
                         lease.image_nodes.add(n)
         elif self.config.image_transfer:
-            self._deploy_images(lease, prop.nodes, now)
+            self._deploy_images(lease, prop.nodes, now, prop.start)
             # transfers still under way when it boots are not what it boots from
             lease.transfers = [t for t in lease.transfers if t.end <= prop.start]
         entry = self.profile.add(prop.nodes, prop.start, prop.end, req.resources.as_array(),
@@ -1149,10 +1149,11 @@ class Scheduler:
             for tl in self._channels_for(seg.nodes):
                 seg.channels.append((tl, tl.add(start, end), start))
 
-    def _deploy_images(self, lease: Lease, nodes: tuple[int, ...], now: int,
+    def _deploy_images(self, lease: Lease, nodes: tuple[int, ...], now: int, boot: int,
                        deadline: int | None = None) -> bool:
         """Reuse copies already on (or on their way to) ``nodes``; transfer the image to
-        the others: FIFO for best-effort, EDF as late as possible for ARs."""
+        the others: FIFO for best-effort, EDF as late as possible for ARs. The VMs boot
+        at ``boot``."""
         req = lease.request
         img = req.image
         missing = []
@@ -1163,8 +1164,15 @@ class Scheduler:
             else:
                 self.images.use(copy, lease.id, now)
                 lease.image_nodes.add(n)
-                if copy.transfer is not None and copy.transfer not in lease.transfers:
-                    lease.transfers.append(copy.transfer)
+                t = copy.transfer
+                if t is not None:
+                    if t not in lease.transfers:
+                        lease.transfers.append(t)
+                    if t.deadline is not None and boot < t.deadline:
+                        # An AR transfer, placed as late as its deadline allows (and
+                        # moved again when other AR transfers need the link): it now
+                        # serves a boot that comes sooner, and must not pass it.
+                        t.deadline = boot
         per = self.overheads.transfer(img)
         if per == 0:  # nothing to send: the (empty) image is there at once
             for n in missing:
@@ -1343,7 +1351,7 @@ class Scheduler:
         if isinstance(placed, int):
             return self._ar_shortage(req, start, end, placed)
         nodes, victims, plan = placed
-        if self.config.image_transfer and not self._deploy_images(lease, nodes, now,
+        if self.config.image_transfer and not self._deploy_images(lease, nodes, now, start,
                                                                   deadline=start):
             self._release_images(lease)
             return self._transfer_shortage(req, start)

@@ -568,6 +568,36 @@ def test_a_lease_lists_a_transfer_for_the_nodes_where_it_serves_it() -> None:
     assert_valid(site, cfg, s.outcomes())
 
 
+def test_an_ar_transfer_a_sooner_boot_shares_never_moves_past_it() -> None:
+    """Three nodes, unicast, piggybacking (Hypothesis seed 31). AR 6 (3 VMs at 61) sends
+    its image to P2 [59, 60) and P3 [60, 61), as late as its start allows. Lease 7 (best
+    effort) waits for P2 until 60 and piggybacks on [59, 60). AR 6 is cancelled; AR 11
+    (at 3) needs the link [2, 3), and the pending AR transfers are placed again: [59, 60)
+    must still end by 60, when lease 7 boots from it. (It kept AR 6's deadline, 61, and
+    moved to [60, 61): lease 7 booted before its image was there.)"""
+    cfg = replace(load_profile("test-transfer"), transfer_mode=TransferMode.UNICAST,
+                  enactment_overhead=0, migration=Migration.NO, backfilling=Backfilling.OFF)
+    site = Site.uniform(3, NODE)
+    small, img = Resources(cpu=25, memory=128), DiskImage("a", 1)
+    s = Scheduler(site, cfg)
+    s.submit(LeaseRequest(1, LeaseKind.BESTEFFORT, 1, Resources(cpu=100, memory=128), img,
+                          60, 0, preemptible=True))  # P1 [1, 61)
+    s.submit(LeaseRequest(5, LeaseKind.BESTEFFORT, 1, Resources(cpu=25, memory=1024),
+                          DiskImage("b", 0), 60, 0, preemptible=True))  # P2 [0, 60)
+    s.advance_to(1)
+    s.submit(LeaseRequest(6, LeaseKind.AR, 3, small, img, 60, 1, start=61, preemptible=True))
+    s.submit(LeaseRequest(7, LeaseKind.BESTEFFORT, 1, small, img, 60, 1, preemptible=True))
+    assert events(s, 6)[:2] == [("transfer", 59, 60, (1,)), ("transfer", 60, 61, (2,))]
+    assert events(s, 7)[:2] == [("transfer", 59, 60, (1,)), ("boot", 60, 60, (1,))]
+    s.cancel(6)
+    s.advance_to(2)
+    s.submit(LeaseRequest(11, LeaseKind.AR, 1, small, img, 60, 2, start=3, preemptible=True))
+    assert events(s, 11)[:2] == [("transfer", 2, 3, (2,)), ("boot", 3, 3, (2,))]
+    assert events(s, 7)[:2] == [("transfer", 59, 60, (1,)), ("boot", 60, 60, (1,))]
+    s.run()
+    assert_valid(site, cfg, s.outcomes())
+
+
 def test_forget_drops_a_finished_lease_and_nothing_else_changes() -> None:
     s = Scheduler(SITE, CONFIG)
     s.submit(req(1, LeaseKind.BESTEFFORT, 1, 100))  # boot [0,2), run [2,102), shutdown [102,104)
