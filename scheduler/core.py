@@ -141,26 +141,19 @@ class Lease:
 
     def _transfer_nodes(self, transfers: list[Transfer]) -> list[tuple[int, ...]]:
         """The nodes where each transfer serves this lease: for each node it boots on,
-        the latest transfer there before that boot. (A multicast shared with other
-        leases goes to nodes this lease never uses, and a node it was re-planned onto
-        after its copy there was gone is served by the new transfer, not the old one.)
-        A transfer that serves no boot (the lease never booted from it) is listed whole."""
+        the latest transfer there by that boot. (A multicast shared with other leases
+        goes to nodes this lease never uses, and a node it was re-planned onto after its
+        copy there was gone is served by the new transfer, not the old one.) A transfer
+        that serves no boot (the lease never booted from it) is listed whole."""
         if not transfers:
             return []
-        served: list[set[int]] = [set() for _ in transfers]
+        served: dict[int, set[int]] = {}  # id(transfer) -> nodes
         for seg in self.segments:
-            if seg.opens is not EventKind.BOOT:
-                continue
-            for n in seg.nodes:
-                latest = -1
-                for i, t in enumerate(transfers):
-                    if t.start <= seg.start and n in t.nodes and (
-                            latest < 0 or t.start > transfers[latest].start):
-                        latest = i
-                if latest >= 0:
-                    served[latest].add(n)
-        return [tuple(n for n in t.nodes if n in mine) if mine else t.nodes
-                for t, mine in zip(transfers, served, strict=True)]
+            if seg.opens is EventKind.BOOT:
+                for n, t in _latest_transfers(transfers, set(seg.nodes), seg.start).items():
+                    served.setdefault(id(t), set()).add(n)
+        return [tuple(n for n in t.nodes if n in mine)
+                if (mine := served.get(id(t))) else t.nodes for t in transfers]
 
 
 @dataclass
@@ -186,6 +179,19 @@ def _as_hard(a: _Need, b: _Need) -> bool:
     A partial fit is one more way to succeed: ``a`` may try it only if ``b`` did."""
     return (a[0] >= b[0] and a[2] >= b[2] and a[3] >= b[3] and (b[4] or not a[4])
             and a[1].covers(b[1]))
+
+
+def _latest_transfers(transfers: list[Transfer], nodes: set[int],
+                      by: int = INF) -> dict[int, Transfer]:
+    """Per node of ``nodes``, the latest-starting of ``transfers`` there that starts by
+    ``by`` (the first listed, of equals)."""
+    latest: dict[int, Transfer] = {}
+    for t in transfers:
+        if t.start <= by:
+            for n in nodes.intersection(t.nodes):
+                if n not in latest or t.start > latest[n].start:
+                    latest[n] = t
+    return latest
 
 
 def _seconds(t: int) -> str:
@@ -734,12 +740,7 @@ class Scheduler:
                 lease.image_nodes -= stale
             # A transfer begun for nodes it no longer uses is no longer its own, nor one
             # whose copy there is gone, sent again by a later transfer of its new plan.
-            latest: dict[int, Transfer] = {}
-            for t in lease.transfers:
-                for n in lease.image_nodes.intersection(t.nodes):
-                    if n not in latest or t.start > latest[n].start:
-                        latest[n] = t
-            kept = {id(t) for t in latest.values()}
+            kept = {id(t) for t in _latest_transfers(lease.transfers, lease.image_nodes).values()}
             lease.transfers = [t for t in lease.transfers if id(t) in kept]
             self._push(lease)
 

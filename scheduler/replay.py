@@ -19,6 +19,7 @@ from . import batch
 from .config import Config
 from .core import Scheduler
 from .leases import EventKind, LeaseOutcome, LeaseRequest, LeaseState, Site
+from .metrics import transfer_stats
 
 
 @dataclass
@@ -50,9 +51,7 @@ class ReplayResult:
             "states": dict(sorted(states.items())),
             "makespan": makespan,
             "utilization": round(busy / (makespan * len(self.site.nodes)), 6) if makespan else 0,
-            # one transfer at a time on the link: its interval names it
-            "transfers": len({(e.start, e.end) for o in self.outcomes
-                              for e in o.events if e.kind is EventKind.TRANSFER}),
+            "transfers": transfer_stats(self.outcomes)[0],
             "suspensions": kinds[EventKind.SUSPEND],
             "migrations": kinds[EventKind.MIGRATE],
         }
