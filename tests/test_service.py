@@ -56,12 +56,14 @@ class Service:
         self.engine.poll()
 
 
-def start(url: str, clock: ManualClock, driver: SimulatedDriver | None = None) -> Service:
+def start(url: str, clock: ManualClock, driver: SimulatedDriver | None = None,
+          **server: int) -> Service:
+    """A served engine; ``server``: start_server's options."""
     driver = driver or SimulatedDriver()
     store = Store(url)
     engine = Engine(store, demo_site(), driver, clock)
     engine.poll()
-    running = start_server(engine, "127.0.0.1:0")
+    running = start_server(engine, "127.0.0.1:0", **server)
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     return Service(url, clock, driver, store, engine, running, channel,
                    lgrpc.LeaseServiceStub(channel), sgrpc.SiteServiceStub(channel))
@@ -433,13 +435,10 @@ def test_the_server_runs_on_uvloop(svc: Service) -> None:
 
 
 def test_stopping_twice_is_harmless(tmp_path: Path) -> None:
-    store = Store(f"sqlite+pysqlite:///{tmp_path / 's.db'}")
-    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
-    running = start_server(engine, "127.0.0.1:0")
-    running.stop(grace=None)
-    running.stop(grace=None)
-    assert running.loop.is_closed() and not running.thread.is_alive()
-    store.close()
+    s = start(f"sqlite+pysqlite:///{tmp_path / 's.db'}", ManualClock(T0))
+    s.running.stop(grace=None)
+    s.stop()  # stops the server again
+    assert s.running.loop.is_closed() and not s.running.thread.is_alive()
 
 
 # ============================================================================ durability
@@ -553,28 +552,22 @@ def test_apscheduler_timer_fires_and_rearms_from_its_job() -> None:
 def test_calls_beyond_the_concurrency_bound_are_refused(tmp_path: Path) -> None:
     """With 2 calls in progress (their engine step held up), a third and a fourth create
     get RESOURCE_EXHAUSTED at once; the first two complete once the engine goes on."""
-    store = Store(f"sqlite+pysqlite:///{tmp_path / 'c.db'}")
-    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
-    engine.poll()
-    running = start_server(engine, "127.0.0.1:0", max_concurrent_rpcs=2)
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    leases = lgrpc.LeaseServiceStub(channel)
+    s = start(f"sqlite+pysqlite:///{tmp_path / 'c.db'}", ManualClock(T0),
+              max_concurrent_rpcs=2)
     try:
-        with engine._lock:  # the engine thread waits: calls stay in progress
-            first = [leases.CreateLease.future(lpb.CreateLeaseRequest(spec=spec(vms=1)),
-                                               timeout=30) for _ in range(2)]
+        with s.engine._lock:  # the engine thread waits: calls stay in progress
+            first = [s.leases.CreateLease.future(lpb.CreateLeaseRequest(spec=spec(vms=1)),
+                                                 timeout=30) for _ in range(2)]
             time.sleep(0.5)  # both arrived, and wait for the engine
-            more = [leases.CreateLease.future(lpb.CreateLeaseRequest(spec=spec(vms=1)),
-                                              timeout=30) for _ in range(2)]
+            more = [s.leases.CreateLease.future(lpb.CreateLeaseRequest(spec=spec(vms=1)),
+                                                timeout=30) for _ in range(2)]
             for f in more:
                 assert f.exception() is not None
                 assert f.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert not any(f.done() for f in first)
         assert sorted(f.result().lease.id for f in first) == [1, 2]
     finally:
-        channel.close()
-        running.stop(grace=None)
-        store.close()
+        s.stop()
 
 
 def test_watchers_cannot_take_every_server_thread(tmp_path: Path) -> None:
