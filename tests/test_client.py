@@ -65,7 +65,7 @@ def test_a_create_refused_for_load_is_retried(tmp_path: Path) -> None:
     client's create is refused (RESOURCE_EXHAUSTED), retried after a backoff, and
     succeeds once the first is done."""
     store = Store(f"sqlite+pysqlite:///{tmp_path / 'r.db'}")
-    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(1_800_000_000))
+    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
     engine.poll()
     running = start_server(engine, "127.0.0.1:0", max_concurrent_rpcs=1)
     results: dict[str, int] = {}
