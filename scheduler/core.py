@@ -70,6 +70,8 @@ class Segment:
     entry: int  # availability-profile entry holding the VMs' resources
     channels: list[tuple[Timeline, int, int]] = field(default_factory=list)  # (tl, id, start)
     lost: bool = False  # killed by a preemption with suspension off: its work starts over
+    # transfers it resumes from after migrating (copies on their way to its new nodes)
+    transfers: list[Transfer] = field(default_factory=list)
 
     def events(self) -> list[Event]:
         # Opening and closing events are listed even when they take no time, so every
@@ -148,9 +150,14 @@ class Lease:
         if not transfers:
             return []
         served: dict[int, set[int]] = {}  # id(transfer) -> nodes
+        before: tuple[int, ...] = ()
         for seg in self.segments:
-            if seg.opens is EventKind.BOOT:
-                for n, t in _latest_transfers(transfers, set(seg.nodes), seg.start).items():
+            # a boot needs the image on its nodes; a resumption after migrating, on the
+            # nodes the lease moved to
+            need = set(seg.nodes) if seg.opens is EventKind.BOOT else set(seg.nodes) - set(before)
+            before = seg.nodes
+            if need:
+                for n, t in _latest_transfers(transfers, need, seg.start).items():
                     served.setdefault(id(t), set()).add(n)
         return [tuple(n for n in t.nodes if n in mine)
                 if (mine := served.get(id(t))) else t.nodes for t in transfers]
@@ -634,9 +641,7 @@ class Scheduler:
         # A resumption planned for this very instant (free suspension and resumption
         # make that possible) has not begun either: the work is done, drop it too.
         while lease.segments and lease.segments[-1] is not seg:
-            later = lease.segments.pop()
-            self.profile.remove(later.entry)
-            self._release_channels(later, after=-INF)
+            self._drop_last_segment(lease)
             lease.migrations = [m for m in lease.migrations if m.start < t]
         self._cut_segment(lease, seg, t, graceful)
         if lease in self._queue:  # it was waiting to resume: nothing is left to do
@@ -689,12 +694,17 @@ class Scheduler:
                 keep.append((tl, tid, start))
         seg.channels = keep
 
+    def _drop_last_segment(self, lease: Lease) -> None:
+        seg = lease.segments.pop()
+        self.profile.remove(seg.entry)
+        self._release_channels(seg, after=-INF)
+        for t in seg.transfers:  # no longer what it resumes from
+            lease.transfers.remove(t)
+
     def _drop_plans_after(self, lease: Lease, t: int) -> None:
         """Remove segments and migrations that begin after ``t``."""
         while lease.segments and lease.segments[-1].start > t:
-            seg = lease.segments.pop()
-            self.profile.remove(seg.entry)
-            self._release_channels(seg, after=-INF)
+            self._drop_last_segment(lease)
         lease.migrations = [m for m in lease.migrations if m.start <= t]
         if lease in self._waiting:
             self._waiting.remove(lease)
@@ -801,13 +811,15 @@ class Scheduler:
             orig[list(last.nodes)] = True
             if self.config.migration is Migration.NO:
                 ready[~orig] = INF
-            else:  # the image moves too, to nodes that lack it
-                lacks = self.images.ready_times(req.image.id, never=INF) == INF
-                if not self.config.image_transfer:
-                    lacks[:] = False
-                moving = np.where(lacks, self.overheads.migration(req, True),
-                                  self.overheads.migration(req, False))
-                ready[~orig] = base + moving[~orig]
+            elif not self.config.image_transfer:
+                ready[~orig] = base + self.overheads.migration(req, False)
+            else:
+                # The image moves too, to nodes that lack it; where a copy is on its way,
+                # the lease waits for it, or brings the image along if that is sooner.
+                light = base + self.overheads.migration(req, False)
+                heavy = base + self.overheads.migration(req, True)
+                copies = self.images.ready_times(req.image.id, never=INF)
+                ready[~orig] = np.minimum(np.maximum(copies, light), heavy)[~orig]
             return ready, orig, None
         if not self.config.image_transfer:
             return ready, has, None
@@ -1103,6 +1115,7 @@ class Scheduler:
     def _commit(self, lease: Lease, prop: _Proposal) -> None:
         req, now = lease.request, self.now
         img = req.image.id
+        relied: list[Transfer] = []  # copies on their way that a migration resumes from
         if lease.live:  # resume, maybe after migrating
             orig = lease.live[-1].nodes
             stay = set(orig) & set(prop.nodes)  # (tuples of up to hundreds of nodes)
@@ -1110,18 +1123,27 @@ class Scheduler:
             if moved_to:
                 moved_from = [n for n in orig if n not in stay]
                 mig = max(self.overheads.migration(
-                    req, self.config.image_transfer and self.images.usable(n, img) is None)
+                    req, self.config.image_transfer and self._lacks_copy(n, img, prop.start))
                     for n in moved_to)
                 lease.migrations.append(Event(EventKind.MIGRATE, prop.start - mig, prop.start,
                                               tuple(sorted(moved_from + moved_to))))
                 if self.config.image_transfer:
                     for n in moved_to:
                         copy = self.images.usable(n, img)
-                        if copy is None:
+                        if copy is None or copy.ready > prop.start:
+                            # the image moves with the state (a copy on its way comes
+                            # too late: the one moved is there sooner)
                             self.images.add_copy(n, img, req.image.size_mb, prop.start, None,
                                                  lease.id, now)
                         else:
                             self.images.use(copy, lease.id, now)
+                            t = copy.transfer
+                            if t is not None:  # it resumes from the copy on its way
+                                if t not in lease.transfers:
+                                    lease.transfers.append(t)
+                                    relied.append(t)
+                                if t.deadline is not None and prop.start < t.deadline:
+                                    t.deadline = prop.start  # (see _deploy_images)
                         lease.image_nodes.add(n)
         elif self.config.image_transfer:
             self._deploy_images(lease, prop.nodes, now, prop.start)
@@ -1130,7 +1152,8 @@ class Scheduler:
         entry = self.profile.add(prop.nodes, prop.start, prop.end, req.resources.as_array(),
                                  owner=lease.id, preemptible=req.preemptible)
         seg = Segment(prop.nodes, prop.start, prop.run_start, prop.run_end, prop.end,
-                      EventKind.RESUME if lease.live else EventKind.BOOT, prop.closes, entry)
+                      EventKind.RESUME if lease.live else EventKind.BOOT, prop.closes, entry,
+                      transfers=relied)
         if seg.opens is EventKind.RESUME:
             self._book_channels(seg, seg.start, seg.run_start)
         if seg.closes is EventKind.SUSPEND:
@@ -1144,6 +1167,11 @@ class Scheduler:
         if seg.closes is EventKind.SUSPEND:
             self._enqueue(lease)  # its remaining work waits for a later resume
         self._push(lease)
+
+    def _lacks_copy(self, node: int, image: str, by: int) -> bool:
+        """Must a migration onto ``node`` by ``by`` bring the image along?"""
+        copy = self.images.usable(node, image)
+        return copy is None or copy.ready > by
 
     def _book_channels(self, seg: Segment, start: int, end: int) -> None:
         if end > start:

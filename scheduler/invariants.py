@@ -316,15 +316,23 @@ def served_boot(boots: Sequence[Event], transfer: Event) -> int:
 
 def check_dependencies(site: Site, o: LeaseOutcome) -> list[str]:
     """Transfers end before the first boot (of the attempt they serve, when a killed
-    lease starts over: the first boot from the transfer's start on one of its nodes);
-    suspend < migrate < resume in time."""
+    lease starts over: the first boot from the transfer's start on one of its nodes),
+    or before a resumption from that start on one of its nodes that comes sooner (a
+    migration onto a copy still on its way); suspend < migrate < resume in time."""
     v: list[str] = []
     boots = sorted((e for e in o.events if e.kind is _K.BOOT), key=lambda e: e.start)
+    resumes = [e for e in o.events if e.kind is _K.RESUME]
     for t in (e for e in o.events if e.kind is _K.TRANSFER):
         # A killed lease's restart may need new transfers: each serves its own boot
         # (none, if the lease was cancelled while its restart's transfer was under way).
         i = served_boot(boots, t)
         first = boots[i] if i < len(boots) else None
+        # A suspended lease that migrates onto a node whose copy is on its way resumes
+        # from that copy: the transfer serves that resumption, if it comes first.
+        resume = next((r for r in resumes if r.start >= t.start
+                       and not set(r.nodes).isdisjoint(t.nodes)), None)
+        if resume is not None and (first is None or resume.start < first.start):
+            first = resume
         if first is not None and t.end > first.start:
             v.append(f"dependency: {_lease(o)}: {_ev(site, t)} ends after "
                      f"{_ev(site, first)} starts (t={first.start})")

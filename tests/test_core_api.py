@@ -598,6 +598,40 @@ def test_an_ar_transfer_a_sooner_boot_shares_never_moves_past_it() -> None:
     assert_valid(site, cfg, s.outcomes())
 
 
+def test_a_migration_never_resumes_before_the_copy_it_uses_is_there() -> None:
+    """Three nodes, unicast, piggybacking, no backfilling; image b takes 164 s to send
+    (2,048 MB at 100 Mbit/s). Lease 2 (3 VMs) sends it to P1 [0, 164), P2 [164, 328)
+    and P3 [328, 492), FIFO, and boots at 492; lease 3 (2 VMs) piggybacks on P1 and P2
+    and runs [328, 411). Lease 4 (one VM holding a node's whole memory) piggybacks on
+    P1 at 164 and runs until lease 3 needs P1: suspended [296, 328) (1,024 MB at 32 MB/s).
+    It used to migrate to P3 [328, 410) (its memory only: 82 s), counting P3's copy as
+    there, and resume at 410: 82 s before that copy arrived. Now P3 is ready at 492 (the
+    copy; bringing the image along too takes 246 s, to 574): it resumes on P1 when
+    lease 3 ends, [411, 443), and runs its last 33 s (Hypothesis found it with the
+    schedule's own check of the copy's arrival)."""
+    cfg = replace(load_profile("test-transfer"), transfer_mode=TransferMode.UNICAST,
+                  enactment_overhead=0, backfilling=Backfilling.OFF)
+    site = Site.uniform(3, NODE)
+    small, b = Resources(cpu=25, memory=128), DiskImage("b", 2048)
+    be = LeaseKind.BESTEFFORT
+    s = Scheduler(site, cfg)
+    for r in (LeaseRequest(1, be, 1, small, DiskImage("a", 0), 60, 0, preemptible=True),
+              LeaseRequest(2, be, 3, small, b, 60, 0, preemptible=True),
+              LeaseRequest(3, be, 2, small, b, 83, 0, preemptible=True),
+              LeaseRequest(4, be, 1, Resources(cpu=25, memory=1024), b, 165, 0,
+                           preemptible=True)):
+        s.submit(r)
+    s.run()
+    assert events(s, 2)[:4] == [("transfer", 0, 164, (0,)), ("transfer", 164, 328, (1,)),
+                                ("transfer", 328, 492, (2,)), ("boot", 492, 492, (0, 1, 2))]
+    assert events(s, 3)[2:4] == [("boot", 328, 328, (0, 1)), ("run", 328, 411, (0, 1))]
+    assert events(s, 4) == [
+        ("transfer", 0, 164, (0,)), ("boot", 164, 164, (0,)), ("run", 164, 296, (0,)),
+        ("suspend", 296, 328, (0,)), ("resume", 411, 443, (0,)), ("run", 443, 476, (0,)),
+        ("shutdown", 476, 476, (0,))]
+    assert_valid(site, cfg, s.outcomes())
+
+
 def test_forget_drops_a_finished_lease_and_nothing_else_changes() -> None:
     s = Scheduler(SITE, CONFIG)
     s.submit(req(1, LeaseKind.BESTEFFORT, 1, 100))  # boot [0,2), run [2,102), shutdown [102,104)

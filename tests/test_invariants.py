@@ -295,6 +295,20 @@ def test_transfer_ending_after_boot_start() -> None:
     assert "lease 1" in found and "transfer [0,11) on P1" in found and "t=10" in found
 
 
+def test_transfer_to_a_migration_destination_ending_after_the_resume() -> None:
+    """Lease 1 migrates to P2 and resumes there at 60 from a copy whose transfer (listed
+    for P2) is still on its way until 61; ending at 60 is fine."""
+    o = preempted()
+
+    def listing(end: int) -> LeaseOutcome:
+        return with_events(o, *sorted([*o.events, ev(K.TRANSFER, 20, end, 1)],
+                                      key=lambda e: e.start))
+
+    found = only([listing(61)], "dependency:")
+    assert "transfer [20,61) on P2" in found and "resume [60,65) on P2" in found, found
+    assert violations([listing(60)]) == []
+
+
 def test_migrate_before_suspend_ends_and_resume_before_migrate_ends() -> None:
     o = preempted()
     events = list(o.events)
