@@ -46,7 +46,7 @@ from .leases import (
 )
 from .overheads import Overheads
 from .policies import HostCandidates, Policies, make_policies
-from .slottable import INF, AvailabilityProfile, Timeline, earliest_common_gap, latest_common_gap
+from .slottable import INF, AvailabilityProfile, Channels
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Segment:
     opens: EventKind  # BOOT or RESUME
     closes: EventKind  # SHUTDOWN or SUSPEND
     entry: int  # availability-profile entry holding the VMs' resources
-    channels: list[tuple[Timeline, int, int]] = field(default_factory=list)  # (tl, id, start)
+    channels: list[tuple[int, int]] = field(default_factory=list)  # (booking, its start)
     lost: bool = False  # killed by a preemption with suspension off: its work starts over
     # transfers it resumes from after migrating (copies on their way to its new nodes)
     transfers: list[Transfer] = field(default_factory=list)
@@ -228,8 +228,7 @@ class Scheduler:
         self._capable: dict[Resources, int] = {}  # per VM shape: nodes that can host one
         self.profile = AvailabilityProfile(self._capacity)
         self.images = ImageStore(len(site.nodes), config.image_cache_mb, config.piggybacking)
-        n_channels = len(site.nodes) if config.suspendresume_exclusion is Exclusion.LOCAL else 1
-        self._channels = [Timeline() for _ in range(n_channels)]
+        self._channels = Channels(config.suspendresume_exclusion is Exclusion.GLOBAL)
         self._closed = np.zeros(len(site.nodes), dtype=bool)  # drained or removed nodes
         self.now = 0
         self.leases: dict[int, Lease] = {}
@@ -322,8 +321,6 @@ class Scheduler:
         self.profile.add_node(node.capacity.as_array())
         self.images.add_node()
         self._closed = np.append(self._closed, False)
-        if self.config.suspendresume_exclusion is Exclusion.LOCAL:
-            self._channels.append(Timeline())
         log.info("node added", extra={"node": node.name})
         self._replan = True  # new capacity: waiting leases may move earlier
         self._schedule_queue()
@@ -687,11 +684,11 @@ class Scheduler:
 
     def _release_channels(self, seg: Segment, after: int) -> None:
         keep = []
-        for tl, tid, start in seg.channels:
+        for bid, start in seg.channels:
             if start >= after:
-                tl.remove(tid)
+                self._channels.remove(bid)
             else:
-                keep.append((tl, tid, start))
+                keep.append((bid, start))
         seg.channels = keep
 
     def _drop_last_segment(self, lease: Lease) -> None:
@@ -1006,7 +1003,7 @@ class Scheduler:
                     if best is None or s < best.start:
                         best = prop
                     break
-                t0 = earliest_common_gap(self._channels_for(prop.nodes), s, opening)
+                t0 = self._channels.earliest_gap(prop.nodes, s, opening)
         return best
 
     def _prepared(self, lease: Lease, unicasts: int | None) -> _Prepared:
@@ -1089,28 +1086,21 @@ class Scheduler:
         nodes = pick(candidates, start)
         if nodes is None or int(ready[list(nodes)].max()) != start:
             return None
-        s_start = latest_common_gap(self._channels_for(nodes), horizon, susp)
+        s_start = self._channels.latest_gap(nodes, horizon, susp)
         run_start = start + opening
         if s_start - run_start < min_run:
             return None
-        if lease.live and not all(tl.is_free(start, run_start)
-                                      for tl in self._channels_for(nodes)):
+        if lease.live and not self._channels.is_free(nodes, start, run_start):
             return None  # the resumption it opens with needs the exclusion channel
         if s_start + susp - run_start >= lease.run_needed - lease.run_done() + susp:
             return None  # it would fit whole: not a partial fit
         return _Proposal(nodes, start, run_start, s_start, s_start + susp,
                          EventKind.SUSPEND, False)
 
-    def _channels_for(self, nodes: tuple[int, ...]) -> list[Timeline]:
-        if self.config.suspendresume_exclusion is Exclusion.GLOBAL:
-            return self._channels
-        return [self._channels[n] for n in nodes]
-
     def _channels_ok(self, lease: Lease, prop: _Proposal) -> bool:
         if not lease.live:
             return True
-        return all(tl.is_free(prop.start, prop.run_start)
-                   for tl in self._channels_for(prop.nodes))
+        return self._channels.is_free(prop.nodes, prop.start, prop.run_start)
 
     def _commit(self, lease: Lease, prop: _Proposal) -> None:
         req, now = lease.request, self.now
@@ -1175,8 +1165,7 @@ class Scheduler:
 
     def _book_channels(self, seg: Segment, start: int, end: int) -> None:
         if end > start:
-            for tl in self._channels_for(seg.nodes):
-                seg.channels.append((tl, tl.add(start, end), start))
+            seg.channels.append((self._channels.add(seg.nodes, start, end), start))
 
     def _deploy_images(self, lease: Lease, nodes: tuple[int, ...], now: int, boot: int,
                        deadline: int | None = None) -> bool:
@@ -1433,7 +1422,7 @@ class Scheduler:
         that it holds nothing from ``by`` on; suspensions are placed one after another
         on the exclusion channels. Returns the first victim that cannot make way."""
         plan: dict[int, int | None] = {}
-        booked: list[tuple[Timeline, int]] = []
+        booked: list[int] = []
         length = 0
         try:
             for v in victims:
@@ -1459,11 +1448,11 @@ class Scheduler:
                     return v
                 plan[v.id] = s
                 length = self.overheads.suspend(v.request)
-                booked += [(tl, tl.add(s, s + length)) for tl in self._channels_for(cur.nodes)]
+                booked.append(self._channels.add(cur.nodes, s, s + length))
             return plan
         finally:
-            for tl, tid in booked:
-                tl.remove(tid)
+            for bid in booked:
+                self._channels.remove(bid)
 
     def _current_segment(self, lease: Lease) -> Segment | None:
         # A killed attempt still stopping counts: a later preemption may need its nodes
@@ -1473,15 +1462,12 @@ class Scheduler:
 
     def _suspend_start(self, victim: Lease, seg: Segment, by: int) -> int | None:
         length = self.overheads.suspend(victim.request)
-        tls = [tl for tl in self._channels_for(seg.nodes)]
-        own = [(tl, tid) for tl, tid, s in seg.channels if s >= seg.run_end]
-        for tl, tid in own:  # its own planned suspension will be replaced
-            tl.remove(tid)
-        s = latest_common_gap(tls, by, length)
-        for i, (tl, _) in enumerate(own):
-            own[i] = (tl, tl.add(seg.run_end, seg.end))
-        seg.channels = [c for c in seg.channels if c[2] < seg.run_end] + [
-            (tl, tid, seg.run_end) for tl, tid in own]
+        own = [bid for bid, s in seg.channels if s >= seg.run_end]
+        for bid in own:  # its own planned suspension will be replaced
+            self._channels.remove(bid)
+        s = self._channels.latest_gap(seg.nodes, by, length)
+        seg.channels = [c for c in seg.channels if c[1] < seg.run_end] + [
+            (self._channels.add(seg.nodes, seg.run_end, seg.end), seg.run_end) for _ in own]
         if s <= max(self.now, seg.run_start):
             return None
         return s

@@ -8,8 +8,9 @@ shifting the whole table. Rows before the present are pruned as time advances.
 The breakpoint lists are ``array.array``s: numpy reads a stretch of them in place
 (``_view``) where converting a list slice cost more than the query itself.
 
-``Timeline`` is a much simpler structure for exclusive channels (the image
-repository's link, suspend/resume exclusion): a sorted list of busy intervals.
+``Timeline`` is a much simpler structure for an exclusive channel (the image
+repository's link): a sorted list of busy intervals. ``Channels`` holds the
+suspend/resume exclusion channels of every node: intervals, each on a set of nodes.
 """
 
 from __future__ import annotations
@@ -567,19 +568,61 @@ class Timeline:
         return e - length
 
 
-def earliest_common_gap(timelines: list[Timeline], t: int, length: int) -> int:
-    s = t
-    while True:
-        nxt = max((tl.earliest_gap(s, length) for tl in timelines), default=s)
-        if nxt == s:
-            return s
-        s = nxt
+class Channels:
+    """Suspend/resume exclusion: one channel per node (local) or one for the whole site.
+    A booking holds the channels of a set of nodes over an interval; two bookings clash
+    when they overlap in time and share a channel (site-wide, always). One booking per
+    segment, where a ``Timeline`` per node took one per node of the segment."""
 
+    def __init__(self, site_wide: bool) -> None:
+        self.site_wide = site_wide
+        self._starts: list[int] = []  # sorted
+        self._ids: list[int] = []  # the bookings, in the order of _starts
+        self._booked: dict[int, tuple[int, int, frozenset[int]]] = {}
+        self._longest = 0  # no booking lasts longer: how far back a clash can start
+        self._next = 1
 
-def latest_common_gap(timelines: list[Timeline], deadline: int, length: int) -> int:
-    e = deadline
-    while True:
-        s = min((tl.latest_gap(e, length) for tl in timelines), default=e - length)
-        if s + length == e:
-            return s
-        e = s + length
+    def add(self, nodes: tuple[int, ...], start: int, end: int) -> int:
+        bid = self._next
+        self._next += 1
+        i = bisect.bisect_left(self._starts, start)
+        self._starts.insert(i, start)
+        self._ids.insert(i, bid)
+        self._booked[bid] = (start, end, frozenset(nodes))
+        self._longest = max(self._longest, end - start)
+        return bid
+
+    def remove(self, bid: int) -> None:
+        start = self._booked.pop(bid)[0]
+        i = self._ids.index(bid, bisect.bisect_left(self._starts, start))
+        del self._starts[i], self._ids[i]
+
+    def _clashes(self, nodes: tuple[int, ...], start: int, end: int
+                 ) -> list[tuple[int, int]]:
+        """(start, end) of the bookings on ``nodes``' channels that overlap [start, end)."""
+        lo = bisect.bisect_left(self._starts, start - self._longest)
+        hi = bisect.bisect_left(self._starts, end)
+        found = []
+        for bid in self._ids[lo:hi]:
+            s, e, held = self._booked[bid]
+            if e > start and (self.site_wide or not held.isdisjoint(nodes)):
+                found.append((s, e))
+        return found
+
+    def is_free(self, nodes: tuple[int, ...], start: int, end: int) -> bool:
+        return end <= start or not self._clashes(nodes, start, end)
+
+    def earliest_gap(self, nodes: tuple[int, ...], t: int, length: int) -> int:
+        """Earliest ``s >= t`` with [s, s + length) free on every channel of ``nodes``."""
+        s = t
+        while length > 0 and (clashes := self._clashes(nodes, s, s + length)):
+            s = max(e for _, e in clashes)  # nothing clashing ends later: no sooner fit
+        return s
+
+    def latest_gap(self, nodes: tuple[int, ...], deadline: int, length: int) -> int:
+        """Latest ``s`` with [s, s + length) free on every channel of ``nodes`` and
+        ``s + length <= deadline``."""
+        e = deadline
+        while length > 0 and (clashes := self._clashes(nodes, e - length, e)):
+            e = min(s for s, _ in clashes)
+        return e - length
