@@ -1,4 +1,5 @@
-"""The availability profile's window query against a brute-force reading of the table.
+"""The availability profile's window query against a brute-force reading of the table,
+and the suspend/resume exclusion channels' gaps against a brute-force search.
 
 ``fits_window`` only reads the rows where usage can rise (the window's first and those
 where an entry begins); here random additions, removals, truncations and prunes are
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.slottable import AvailabilityProfile
+from scheduler.slottable import AvailabilityProfile, Channels
 
 NODES = 3
 CAPACITY = np.array([[100, 1024, 0, 0, 0]] * NODES, dtype=np.int64)
@@ -83,3 +84,47 @@ def test_forget_drops_only_an_entry_that_is_over() -> None:
     p.forget(eid)  # twice: nothing left to drop
     assert p.owners_overlapping([0, 1], 0, 20) == set()
     assert p.fits_window(10, 30, vec).tolist() == [True, True, True]
+
+
+def test_channels_clash_on_shared_nodes_or_site_wide() -> None:
+    """Bookings on P1+P2 over [10, 20) and on P3 over [15, 30): a window on P2 clashes
+    with the first only; earliest and latest gaps step around what clashes."""
+    local, site = Channels(site_wide=False), Channels(site_wide=True)
+    for ch in (local, site):
+        ch.add((0, 1), 10, 20)
+        ch.add((2,), 15, 30)
+    assert local.is_free((1,), 20, 25) and not local.is_free((1,), 19, 25)
+    assert local.earliest_gap((1,), 12, 5) == 20
+    assert local.earliest_gap((1, 2), 12, 5) == 30
+    assert local.latest_gap((2,), 32, 5) == 10
+    assert local.latest_gap((0, 2), 32, 5) == 5
+    assert not site.is_free((1,), 20, 25)  # P3's booking holds the one channel
+    assert site.earliest_gap((1,), 12, 5) == 30
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.booleans(),
+       st.lists(st.tuples(st.frozensets(st.integers(0, NODES - 1), min_size=1),
+                          st.integers(0, 60), st.integers(0, 15)), max_size=8),
+       st.frozensets(st.integers(0, NODES - 1), min_size=1), st.integers(0, 80),
+       st.integers(0, 12), st.data())
+def test_channels_gaps_are_the_earliest_and_latest_free_windows(
+        site_wide: bool, bookings: list[tuple[frozenset[int], int, int]],
+        nodes: frozenset[int], t: int, length: int, data: st.DataObject) -> None:
+    ch = Channels(site_wide)
+    ids = [ch.add(tuple(sorted(ns)), s, s + d) for ns, s, d in bookings]
+    gone = data.draw(st.sets(st.sampled_from(range(len(ids)))) if ids else st.just(set()))
+    for i in gone:
+        ch.remove(ids[i])
+    kept = [b for i, b in enumerate(bookings) if i not in gone]
+    query = tuple(sorted(nodes))
+
+    def free(s: int, e: int) -> bool:
+        return e <= s or not any(bs < e and bs + d > s and (site_wide or ns & nodes)
+                                 for ns, bs, d in kept)
+
+    assert ch.is_free(query, t, t + length) == free(t, t + length)
+    assert ch.earliest_gap(query, t, length) == next(s for s in range(t, 200)
+                                                     if free(s, s + length))
+    latest = ch.latest_gap(query, t, length)
+    assert latest == next(s for s in range(t - length, -200, -1) if free(s, s + length))
