@@ -117,7 +117,10 @@ class Lease:
         return sum(s.run_end - s.run_start for s in self.segments
                    if s.closes is EventKind.SUSPEND)
 
-    def events(self) -> list[Event]:
+    def events(self, *, served_nodes: bool = True) -> list[Event]:
+        """Its events in time order. ``served_nodes=False`` lists each transfer with all
+        of its destinations (the same instants, kinds and order: what state changes
+        need), sparing the work of finding where each serves this lease."""
         # VM events in their logical order (a migration just before the resume it leads
         # to), which breaks ties between zero-length events at the same instant.
         vm: list[Event] = []
@@ -131,7 +134,8 @@ class Lease:
         # In time order; at equal times transfers first, then the VM events' own order.
         # (a transfer cancelled after it was listed never happens)
         transfers = [t for t in self.transfers if not t.cancelled]
-        serves = self._transfer_nodes(transfers)
+        serves = (self._transfer_nodes(transfers) if served_nodes
+                  else [t.nodes for t in transfers])
         keyed = [(t.start, t.end, 0, i, Event(EventKind.TRANSFER, t.start, t.end, nodes))
                  for i, (t, nodes) in enumerate(zip(transfers, serves, strict=True))]
         keyed += [(e.start, e.end, 1, i, e) for i, e in enumerate(vm)]
@@ -549,7 +553,7 @@ class Scheduler:
         """(Re)register the instants at which ``lease`` changes state."""
         lease.version += 1
         self._changed.add(lease.id)
-        evs = lease.events()
+        evs = lease.events(served_nodes=False)
         times = {t for e in evs for t in (e.start, e.end) if t > self.now}
         for t in sorted(times):
             self._seq += 1
@@ -574,7 +578,7 @@ class Scheduler:
 
     def _state_at(self, lease: Lease, t: int, evs: list[Event] | None = None) -> LeaseState:
         if evs is None:
-            evs = lease.events()
+            evs = lease.events(served_nodes=False)
         current = [e for e in evs if e.start <= t < e.end]
         if current:
             current.sort(key=lambda e: e.kind is EventKind.TRANSFER)
@@ -604,7 +608,7 @@ class Scheduler:
             self._retry = True
         if lease in self._waiting and lease.segments and lease.segments[-1].start <= t:
             self._waiting.remove(lease)
-        evs = lease.events()
+        evs = lease.events(served_nodes=False)
         state = self._state_at(lease, t, evs)
         if state in (LeaseState.DONE, LeaseState.CANCELLED, LeaseState.FAILED) and \
                 all(e.end <= t for e in evs) and lease not in self._queue:
