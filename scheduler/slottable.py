@@ -170,10 +170,17 @@ class AvailabilityProfile:
     def _refresh_last_end(self) -> None:
         """Recompute the last ends that removals and truncations may have lowered
         (lazily: only queries need them)."""
-        for n in self._stale_last_end:
-            self._last_end[n] = max((self._entries[e].end for e in self._by_node[n]),
-                                    default=-INF)
+        if not self._stale_last_end:
+            return
+        stale = list(self._stale_last_end)
         self._stale_last_end.clear()
+        self._last_end[stale] = -INF
+        # Each entry once, however many stale nodes it is on (an entry often spans many
+        # nodes; on its other nodes its end is no later than their last end already).
+        entries = [self._entries[e] for e in set().union(*(self._by_node[n] for n in stale))]
+        if entries:
+            np.maximum.at(self._last_end, np.concatenate([e.nodes for e in entries]),
+                          np.repeat([e.end for e in entries], [len(e.nodes) for e in entries]))
 
     def owners_overlapping(self, nodes: np.ndarray | list[int], start: int, end: int,
                            *, preemptible_only: bool = False) -> set[int]:
