@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .config import Config, Exclusion, Migration
-from .images import HandOver, ImageStore, Transfer
+from .images import Copy, HandOver, ImageStore, Transfer
 from .leases import (
     Event,
     EventKind,
@@ -1116,29 +1116,25 @@ class Scheduler:
             moved_to = [n for n in prop.nodes if n not in stay]
             if moved_to:
                 moved_from = [n for n in orig if n not in stay]
-                mig = max(self.overheads.migration(
-                    req, self.config.image_transfer and self._lacks_copy(n, img, prop.start))
-                    for n in moved_to)
-                lease.migrations.append(Event(EventKind.MIGRATE, prop.start - mig, prop.start,
-                                              tuple(sorted(moved_from + moved_to))))
+                # Per new node, the copy there by the resume (None: the image moves with
+                # the state, sooner than a copy still on its way, if any, comes).
+                copies: dict[int, Copy | None] = {}
                 if self.config.image_transfer:
                     for n in moved_to:
                         copy = self.images.usable(n, img)
-                        if copy is None or copy.ready > prop.start:
-                            # the image moves with the state (a copy on its way comes
-                            # too late: the one moved is there sooner)
-                            self.images.add_copy(n, img, req.image.size_mb, prop.start, None,
-                                                 lease.id, now)
-                        else:
-                            self.images.use(copy, lease.id, now)
-                            t = copy.transfer
-                            if t is not None:  # it resumes from the copy on its way
-                                if t not in lease.transfers:
-                                    lease.transfers.append(t)
-                                    relied.append(t)
-                                if t.deadline is not None and prop.start < t.deadline:
-                                    t.deadline = prop.start  # (see _deploy_images)
+                        copies[n] = copy if copy is not None and copy.ready <= prop.start \
+                            else None
+                mig = max(self.overheads.migration(
+                    req, self.config.image_transfer and copies[n] is None) for n in moved_to)
+                lease.migrations.append(Event(EventKind.MIGRATE, prop.start - mig, prop.start,
+                                              tuple(sorted(moved_from + moved_to))))
+                for n, copy in copies.items():
+                    if copy is None:
+                        self.images.add_copy(n, img, req.image.size_mb, prop.start, None,
+                                             lease.id, now)
                         lease.image_nodes.add(n)
+                    elif (t := self._use_copy(lease, copy, prop.start)) is not None:
+                        relied.append(t)  # it resumes from the copy on its way
         elif self.config.image_transfer:
             self._deploy_images(lease, prop.nodes, now, prop.start)
             # transfers still under way when it boots are not what it boots from
@@ -1162,10 +1158,22 @@ class Scheduler:
             self._enqueue(lease)  # its remaining work waits for a later resume
         self._push(lease)
 
-    def _lacks_copy(self, node: int, image: str, by: int) -> bool:
-        """Must a migration onto ``node`` by ``by`` bring the image along?"""
-        copy = self.images.usable(node, image)
-        return copy is None or copy.ready > by
+    def _use_copy(self, lease: Lease, copy: Copy, by: int) -> Transfer | None:
+        """``lease`` holds ``copy`` and needs it by ``by``: it lists the transfer still
+        bringing it (returned if newly listed). An AR transfer, placed as late as its
+        deadline allows (and moved again when other AR transfers need the link), now
+        serves a boot or resume that may come sooner, and must not pass it."""
+        self.images.use(copy, lease.id, self.now)
+        lease.image_nodes.add(copy.node)
+        t = copy.transfer
+        if t is None:
+            return None
+        if t.deadline is not None and by < t.deadline:
+            t.deadline = by
+        if t in lease.transfers:
+            return None
+        lease.transfers.append(t)
+        return t
 
     def _book_channels(self, seg: Segment, start: int, end: int) -> None:
         if end > start:
@@ -1184,17 +1192,7 @@ class Scheduler:
             if copy is None or (deadline is not None and copy.ready > deadline):
                 missing.append(n)
             else:
-                self.images.use(copy, lease.id, now)
-                lease.image_nodes.add(n)
-                t = copy.transfer
-                if t is not None:
-                    if t not in lease.transfers:
-                        lease.transfers.append(t)
-                    if t.deadline is not None and boot < t.deadline:
-                        # An AR transfer, placed as late as its deadline allows (and
-                        # moved again when other AR transfers need the link): it now
-                        # serves a boot that comes sooner, and must not pass it.
-                        t.deadline = boot
+                self._use_copy(lease, copy, boot)
         per = self.overheads.transfer(img)
         if per == 0:  # nothing to send: the (empty) image is there at once
             for n in missing:
