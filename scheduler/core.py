@@ -699,8 +699,9 @@ class Scheduler:
         seg = lease.segments.pop()
         self.profile.remove(seg.entry)
         self._release_channels(seg, after=-INF)
-        for t in seg.transfers:  # no longer what it resumes from
-            lease.transfers.remove(t)
+        for t in seg.transfers:  # no longer what it resumes from (if still listed: a
+            if t in lease.transfers:  # sooner transfer may have taken over, see add_copy)
+                lease.transfers.remove(t)
 
     def _drop_plans_after(self, lease: Lease, t: int) -> None:
         """Remove segments and migrations that begin after ``t``."""
