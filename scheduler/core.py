@@ -440,6 +440,7 @@ class Scheduler:
             self.images.finish_transfers(now)
         self.now = max(self.now, t)
         self.profile.prune(self.now)
+        self._channels.prune(self.now)
         self.images.finish_transfers(self.now)
 
     def next_event_time(self) -> int | None:

@@ -600,9 +600,22 @@ class Channels:
         return bid
 
     def remove(self, bid: int) -> None:
-        start = self._booked.pop(bid)[0]
+        booking = self._booked.pop(bid, None)
+        if booking is None:
+            return  # pruned: it was over
+        start = booking[0]
         i = self._ids.index(bid, bisect.bisect_left(self._starts, start))
         del self._starts[i], self._ids[i]
+
+    def prune(self, now: int) -> None:
+        """Forget bookings over by ``now`` (no query looks before it), so that a service
+        running for months does not keep every suspension it ever made. Now and then
+        only: each cut copies the lists."""
+        cut = bisect.bisect_right(self._starts, now - self._longest)  # all ended by now
+        if cut > 64:
+            for bid in self._ids[:cut]:
+                del self._booked[bid]
+            del self._starts[:cut], self._ids[:cut]
 
     def _clashes(self, nodes: tuple[int, ...], start: int, end: int
                  ) -> list[tuple[int, int]]:

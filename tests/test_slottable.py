@@ -102,6 +102,20 @@ def test_channels_clash_on_shared_nodes_or_site_wide() -> None:
     assert site.earliest_gap((1,), 12, 5) == 30
 
 
+def test_channels_forget_bookings_over_by_now() -> None:
+    """200 bookings of 10 s on P1, one every 20 s from 0: pruned at 2,000, the 100 over
+    by then are forgotten (removing one again is harmless), those after stay."""
+    ch = Channels(site_wide=False)
+    ids = [ch.add((0,), 20 * i, 20 * i + 10) for i in range(200)]
+    ch.prune(2_000)
+    assert len(ch._booked) == 100 and min(s for s, _, _ in ch._booked.values()) == 2_000
+    ch.remove(ids[0])
+    assert ch.earliest_gap((0,), 2_000, 10) == 2_010
+    assert not ch.is_free((0,), 2_005, 2_011)
+    ch.prune(2_100)  # too few over to be worth a cut: kept for now
+    assert len(ch._booked) == 100
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.booleans(),
        st.lists(st.tuples(st.frozensets(st.integers(0, NODES - 1), min_size=1),
