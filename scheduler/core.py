@@ -230,6 +230,9 @@ class Scheduler:
         self.overheads = Overheads(config)
         self._capacity = site.capacity_matrix()  # ~1 ms at 500 nodes: build it once
         self._capable: dict[Resources, int] = {}  # per VM shape: nodes that can host one
+        # per VM shape: the nodes it fills (no second one fits), and whether that is all
+        # of them / none of them (a queue pass asks for every lease)
+        self._fills: dict[bytes, tuple[np.ndarray, bool, bool]] = {}
         self.profile = AvailabilityProfile(self._capacity)
         self.images = ImageStore(len(site.nodes), config.image_cache_mb, config.piggybacking)
         self._channels = Channels(config.suspendresume_exclusion is Exclusion.GLOBAL)
@@ -322,6 +325,7 @@ class Scheduler:
         self.site = Site((*self.site.nodes, node))
         self._capacity = self.site.capacity_matrix()
         self._capable.clear()
+        self._fills.clear()
         self.profile.add_node(node.capacity.as_array())
         self.images.add_node()
         self._closed = np.append(self._closed, False)
@@ -501,6 +505,7 @@ class Scheduler:
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_fills", {})  # (checkpoints written before it)
         self._at = _seconds
 
     # ============================================================ bookkeeping
@@ -1060,8 +1065,13 @@ class Scheduler:
         Both cost scans of the profile, and they matter for VMs that fill a node (as in
         batch workloads, where they make aggressive backfilling exactly EASY): for VMs
         that can share a node, every candidate looks alike and index order decides."""
-        exclusive = len(nodes) > k and bool(
-            (2 * vec > self._capacity[nodes]).any(axis=1).all())
+        key = vec.tobytes()
+        fills = self._fills.get(key)
+        if fills is None:
+            filled = np.asarray((2 * vec > self._capacity).any(axis=1))
+            fills = self._fills[key] = (filled, bool(filled.all()), not filled.any())
+        mask, every, no = fills
+        exclusive = len(nodes) > k and not no and (every or bool(mask[nodes].all()))
 
         def soonest(positions: np.ndarray, r: int) -> np.ndarray:
             if not exclusive or len(positions) <= r:
