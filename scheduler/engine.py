@@ -561,10 +561,15 @@ class _Step:
     checkpoint: Checkpoint | None = None
 
     def batch(self) -> Batch:
+        """What the commit thread writes. It compresses the checkpoint, if any, off the
+        engine thread (zlib lets the GIL go: the engine goes on meanwhile)."""
+        checkpoint = self.checkpoint
+        if checkpoint is not None:
+            checkpoint = dataclasses.replace(checkpoint, data=zlib.compress(checkpoint.data, 1))
         return Batch(tuple(self.commands), tuple(self.new.values()),
                      tuple(self.updates.values()), tuple(self.changes), self.idempotency,
                      tuple(self.hosts), tuple(self.enactments), self.forget_requests_before,
-                     self.checkpoint)
+                     checkpoint)
 
 
 _TERMINAL = {str(s) for s in LeaseState if s.terminal}
@@ -766,9 +771,10 @@ class Engine:
         self._log_length += 1
 
     def _checkpoint(self) -> Checkpoint:
-        """The core as it is now, after the ``_log_length`` commands logged so far."""
+        """The core as it is now, after the ``_log_length`` commands logged so far
+        (not compressed yet: the commit thread does that, see ``_Step.batch``)."""
         started = time.perf_counter()
-        data = zlib.compress(self.core.dumps(), 1)
+        data = self.core.dumps()
         self._checkpointed = self._log_length
         log.info("checkpoint taken", extra={"commands": self._log_length, "bytes": len(data),
                                             "seconds": round(time.perf_counter() - started, 3)})

@@ -38,6 +38,11 @@ class Resources:
         scheduler asks for it with every placement it tries)."""
         return self._array
 
+    def __getstate__(self) -> dict[str, int]:
+        # without the cached array: a checkpoint holds one Resources per lease, and a
+        # small array costs ~10x its values to pickle
+        return {k: v for k, v in self.__dict__.items() if k != "_array"}
+
     @cached_property
     def _array(self) -> np.ndarray:
         vec = np.array([self.cpu, self.memory, self.disk, self.net_in, self.net_out],
