@@ -42,6 +42,7 @@ from .leases import (
     LeaseState,
     Node,
     Resources,
+    SentImage,
     Site,
 )
 from .overheads import Overheads
@@ -220,7 +221,11 @@ class SchedulingError(ValueError):
 
 class Scheduler:
     def __init__(self, site: Site, config: Config, policies: Policies | None = None, *,
-                 show_time: Callable[[int], str] | None = None) -> None:
+                 show_time: Callable[[int], str] | None = None,
+                 record_transfers: bool = False) -> None:
+        """``record_transfers``: keep a record of every image transfer made
+        (``sent_images``), for a replay's report; a service, running for months, does
+        not."""
         self.site = site
         # How messages name an instant: seconds from the origin in replays, the wall
         # clock in the service (the core only knows integer seconds).
@@ -234,7 +239,8 @@ class Scheduler:
         # of them / none of them (a queue pass asks for every lease)
         self._fills: dict[bytes, tuple[np.ndarray, bool, bool]] = {}
         self.profile = AvailabilityProfile(self._capacity)
-        self.images = ImageStore(len(site.nodes), config.image_cache_mb, config.piggybacking)
+        self.images = ImageStore(len(site.nodes), config.image_cache_mb, config.piggybacking,
+                                 record=record_transfers)
         self._channels = Channels(config.suspendresume_exclusion is Exclusion.GLOBAL)
         self._closed = np.zeros(len(site.nodes), dtype=bool)  # drained or removed nodes
         self.now = 0
@@ -483,6 +489,13 @@ class Scheduler:
     def outcomes(self) -> list[LeaseOutcome]:
         return [lease.outcome() for lease in self.leases.values()]
 
+    def sent_images(self) -> tuple[SentImage, ...] | None:
+        """Every image transfer over by now, in the order they ended (None unless
+        recorded: see ``__init__``). Leases list the transfers they depend on; one begun
+        for a plan its lease dropped since is here only."""
+        sent = self.images.sent
+        return None if sent is None else tuple(sent)
+
     def dumps(self) -> bytes:
         """The whole state, for ``loads`` by the same code (a checkpoint: the service
         restarts from it instead of re-applying its whole command log)."""
@@ -505,7 +518,6 @@ class Scheduler:
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("_fills", {})  # (checkpoints written before it)
         self._at = _seconds
 
     # ============================================================ bookkeeping
@@ -1223,10 +1235,10 @@ class Scheduler:
             for batch in batches:
                 if deadline is None:
                     s = self.images.link.earliest_gap(now, per)
-                    tr: Transfer | None = self.images.new_transfer(img.id, batch, s,
-                                                                   s + per, None)
-                elif (placed := self.images.place_ar_transfer(img.id, batch, per, deadline,
-                                                              now)) is None:
+                    tr: Transfer | None = self.images.new_transfer(
+                        img.id, img.size_mb, batch, s, s + per, None)
+                elif (placed := self.images.place_ar_transfer(
+                        img.id, img.size_mb, batch, per, deadline, now)) is None:
                     tr = None
                 else:
                     tr, moved = placed

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .leases import SentImage
 from .slottable import Timeline
 
 
 @dataclass(eq=False)
 class Transfer:
     image: str
+    size_mb: int
     nodes: tuple[int, ...]
     start: int
     end: int
@@ -55,8 +57,12 @@ class HandOver:
 
 
 class ImageStore:
-    def __init__(self, nodes: int, cache_mb: int, share: bool) -> None:
+    def __init__(self, nodes: int, cache_mb: int, share: bool, *, record: bool = False
+                 ) -> None:
         self.cache_mb = cache_mb
+        # with ``record``, every transfer the link has carried (a replay reports them:
+        # leases list those they depend on, not one begun for a plan they dropped)
+        self.sent: list[SentImage] | None = [] if record else None
         self.share = share  # may a lease use a copy another lease brought (piggybacking)?
         self.link = Timeline()
         self.transfers: list[Transfer] = []
@@ -251,15 +257,17 @@ class ImageStore:
             copy.slower = [s for s in slower if s is not copy.transfer]
             self._changed(t.image)
 
-    def new_transfer(self, image: str, nodes: tuple[int, ...], start: int, end: int,
-                     deadline: int | None) -> Transfer:
-        t = Transfer(image, nodes, start, end, deadline, self.link.add(start, end))
+    def new_transfer(self, image: str, size_mb: int, nodes: tuple[int, ...], start: int,
+                     end: int, deadline: int | None) -> Transfer:
+        t = Transfer(image, size_mb, nodes, start, end, deadline, self.link.add(start, end))
         self.transfers.append(t)
         return t
 
     def finish_transfers(self, now: int) -> None:
         """Forget transfers that are over (their copies stay, ready)."""
         done = [t for t in self.transfers if t.end <= now]
+        if self.sent is not None:
+            self.sent += [SentImage(t.image, t.size_mb, t.nodes, t.start, t.end) for t in done]
         for t in done:
             self.transfers.remove(t)
             self.link.remove(t.link_id)
@@ -270,7 +278,7 @@ class ImageStore:
                     if not copy.users and not copy.cached:  # arrived for nobody
                         self._drop(n, t.image)
 
-    def place_ar_transfer(self, image: str, nodes: tuple[int, ...], length: int,
+    def place_ar_transfer(self, image: str, size_mb: int, nodes: tuple[int, ...], length: int,
                           deadline: int, now: int) -> tuple[Transfer, list[Transfer]] | None:
         """Schedule an AR transfer earliest-deadline-first, as late as possible; returns
         it and the pending transfers that moved to make room.
@@ -282,7 +290,7 @@ class ImageStore:
         pending = [t for t in self.transfers if t.deadline is not None and t.start > now]
         for t in pending:
             self.link.remove(t.link_id)
-        new = Transfer(image, nodes, 0, 0, deadline, 0)
+        new = Transfer(image, size_mb, nodes, 0, 0, deadline, 0)
         seq = {id(t): i for i, t in enumerate([*self.transfers, new])}
         # Latest deadline placed first; equal deadlines keep request order in time.
         order = sorted([*pending, new], key=lambda t: (t.deadline or 0, seq[id(t)]),

@@ -219,6 +219,18 @@ def transfer_seconds(megabytes: float, mbit_per_s: float) -> int:
 
 
 @dataclass(frozen=True)
+class SentImage:
+    """One image transfer the repository link carried: ``size_mb`` sent once, to
+    ``nodes`` (multicast) or to its one node (unicast)."""
+
+    image: str
+    size_mb: int
+    nodes: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
 class LeaseOutcome:
     """What happened to (or is planned for) one lease: its request, state and events.
 

@@ -18,7 +18,7 @@ from typing import Any
 from . import batch
 from .config import Config
 from .core import Scheduler
-from .leases import EventKind, LeaseOutcome, LeaseRequest, LeaseState, Site
+from .leases import EventKind, LeaseOutcome, LeaseRequest, LeaseState, SentImage, Site
 from .metrics import transfer_stats
 
 
@@ -39,6 +39,15 @@ class ReplayResult:
     site: Site
     config: Config
     outcomes: tuple[LeaseOutcome, ...]
+    # every transfer the repository link carried (None: not known, e.g. a result built
+    # from outcomes alone; then counted from the leases' transfer events)
+    sent: tuple[SentImage, ...] | None = None
+
+    def transfer_stats(self) -> tuple[int, int]:
+        """(transfers, MB sent) over the link."""
+        if self.sent is None:
+            return transfer_stats(self.outcomes, self.config.transfer_mode == "multicast")
+        return len(self.sent), sum(s.size_mb for s in self.sent)
 
     def summary(self) -> dict[str, Any]:
         states = Counter(str(o.state) for o in self.outcomes)
@@ -51,14 +60,19 @@ class ReplayResult:
             "states": dict(sorted(states.items())),
             "makespan": makespan,
             "utilization": round(busy / (makespan * len(self.site.nodes)), 6) if makespan else 0,
-            "transfers": transfer_stats(self.outcomes)[0],
+            "transfers": self.transfer_stats()[0],
             "suspensions": kinds[EventKind.SUSPEND],
             "migrations": kinds[EventKind.MIGRATE],
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {"leases": [lease_json(o, self.site) for o in self.outcomes],
-                "summary": self.summary()}
+        out: dict[str, Any] = {"leases": [lease_json(o, self.site) for o in self.outcomes]}
+        if self.sent:
+            out["transfers"] = [{"image": s.image, "size_mb": s.size_mb, "start": s.start,
+                                 "end": s.end, "nodes": [self.site.nodes[n].name for n in s.nodes]}
+                                for s in self.sent]
+        out["summary"] = self.summary()
+        return out
 
 
 def lease_json(o: LeaseOutcome, site: Site) -> dict[str, Any]:
@@ -84,14 +98,14 @@ def replay(site: Site, config: Config, requests: Iterable[LeaseRequest],
         outcomes = batch.replay_batch(site, config, requests, progress)
         if any(a.id > b.id for a, b in pairwise(requests)):
             outcomes = tuple(sorted(outcomes, key=lambda o: o.request.id))
-        return ReplayResult(site, config, outcomes)
+        return ReplayResult(site, config, outcomes, sent=())  # (no images to send)
     return replay_general(site, config, requests, progress)
 
 
 def replay_general(site: Site, config: Config, requests: Iterable[LeaseRequest],
                    progress: Callable[[int], None] | None = None) -> ReplayResult:
     """``replay`` through the general core, whatever the workload."""
-    sched = Scheduler(site, config)
+    sched = Scheduler(site, config, record_transfers=True)
     clock = SimulatedClock()
     for i, req in enumerate(requests, 1):
         clock.advance(req.submit)
@@ -106,7 +120,7 @@ def replay_general(site: Site, config: Config, requests: Iterable[LeaseRequest],
     unfinished = [o.request.id for o in outcomes if not o.state.terminal]
     if unfinished:  # the core guarantees this; a failure here is a scheduler bug
         raise RuntimeError(f"replay ended with leases not finished: {unfinished[:10]}")
-    return ReplayResult(site, config, outcomes)
+    return ReplayResult(site, config, outcomes, sched.sent_images())
 
 
 def write_json(result: ReplayResult, path: Path) -> None:

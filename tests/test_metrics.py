@@ -175,6 +175,33 @@ def test_skip_first_five_percent() -> None:
     assert s.besteffort_bsld_mean_skip5pct == pytest.approx(1.1)
 
 
+def test_a_transfer_begun_for_a_dropped_plan_still_counts() -> None:
+    """Two full nodes, test-transfer (image b: 1,250 MB, 100 s at 100 Mbit/s). Leases 1
+    and 2 run on P1 and P2; lease 3 waits for P2 (free first, at 1,004) and its image is
+    sent there [0, 100). Lease 1 ends early, at 152: lease 3 moves to P1 and its image is
+    sent again, [152, 252). The first transfer is no longer one it depends on, so its
+    events list the second only; the replay's record of the link has both, and the
+    metrics count both (2 transfers, 2,500 MB), not 1."""
+    cfg = load_profile("test-transfer")
+    site = Site.uniform(2, Resources(cpu=100, memory=1024))
+    full = Resources(cpu=100, memory=1024)
+    a, b = DiskImage("a", 0), DiskImage("b", 1250)
+    result = replay(site, cfg, [LeaseRequest(1, BE, 1, full, a, 2000, 0, real_duration=150),
+                                LeaseRequest(2, BE, 1, full, a, 1000, 0),
+                                LeaseRequest(3, BE, 1, full, b, 100, 0)])
+    third = result.outcomes[2]
+    assert [(e.kind, e.start, e.end, e.nodes) for e in third.events][:2] == [
+        (T, 152, 252, (0,)), (B, 252, 254, (0,))]
+    assert [(s.image, s.size_mb, s.nodes, s.start, s.end) for s in result.sent or ()] == [
+        ("b", 1250, (1,), 0, 100), ("b", 1250, (0,), 152, 252)]
+    assert transfer_stats(result.outcomes) == (1, 1250)  # what the leases' events show
+    summary = compute(result).summary
+    assert (summary.transfers, summary.transfer_mb) == (2, 2500)
+    assert result.summary()["transfers"] == 2
+    assert result.to_json()["transfers"][0] == {"image": "b", "size_mb": 1250, "start": 0,
+                                                "end": 100, "nodes": ["P2"]}
+
+
 @pytest.mark.parametrize(("n", "skipped"), [(0, 0), (19, 0), (20, 1), (39, 1), (40, 2),
                                              (59, 2), (60, 3), (1000, 50)])
 def test_skipped_count(n: int, skipped: int) -> None:
