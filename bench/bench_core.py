@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         from scheduler.invariants import check_schedule
 
-        violations = check_schedule(site, config, result.outcomes)
+        violations = check_schedule(site, config, result.outcomes, sent=result.sent)
         print(f"invariant violations: {len(violations)}")
         for v in violations[:10]:
             print(f"  - {v}")

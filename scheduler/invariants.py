@@ -17,7 +17,9 @@ Invariants (one small function each):
 4. dependencies -- transfers before the first boot, suspend before migrate/resume,
    migrate before resume;
 5. the image repository link carries one transfer at a time (identical intervals are
-   one shared multicast/piggybacked transfer);
+   one shared multicast/piggybacked transfer); given the record of every transfer the
+   link carried (a replay's), those never overlap, and each lease's transfer is one of
+   them;
 6. suspend/resume exclusion (per node or site-wide);
 7. work -- total run time matches the (slowed-down) duration; only preemptible
    leases are suspended, or (with suspension off) killed and started over;
@@ -41,7 +43,16 @@ import numpy as np
 import numpy.typing as npt
 
 from .config import Config, Exclusion, Migration
-from .leases import DIMENSIONS, Event, EventKind, LeaseKind, LeaseOutcome, LeaseState, Site
+from .leases import (
+    DIMENSIONS,
+    Event,
+    EventKind,
+    LeaseKind,
+    LeaseOutcome,
+    LeaseState,
+    SentImage,
+    Site,
+)
 
 #: Events during which a lease's VMs hold CPU/memory/... on their nodes.
 HOLDING_KINDS = frozenset({EventKind.BOOT, EventKind.RUN, EventKind.SHUTDOWN,
@@ -66,10 +77,12 @@ class InvariantViolation(AssertionError):
 
 
 def check_schedule(site: Site, config: Config, outcomes: Sequence[LeaseOutcome], *,
-                   finished: bool = True) -> list[str]:
+                   finished: bool = True, sent: Sequence[SentImage] | None = None
+                   ) -> list[str]:
     """All invariant violations of ``outcomes`` (empty: the schedule is valid).
 
     ``finished`` says the run is over, so every lease must be in a terminal state.
+    ``sent``: every transfer the link carried (``Scheduler.sent_images``), when known.
     """
     v: list[str] = []
     v += check_states(site, outcomes, finished=finished)
@@ -80,15 +93,17 @@ def check_schedule(site: Site, config: Config, outcomes: Sequence[LeaseOutcome],
         v += check_work(site, config, o)
     v += check_capacity(site, outcomes)
     v += check_repository_link(site, outcomes)
+    if sent is not None:
+        v += check_sent(site, outcomes, sent, finished=finished)
     v += check_suspend_resume_exclusion(site, config, outcomes)
     v += check_config_features(site, config, outcomes)
     return v
 
 
 def assert_valid(site: Site, config: Config, outcomes: Sequence[LeaseOutcome],
-                 finished: bool = True) -> None:
+                 finished: bool = True, sent: Sequence[SentImage] | None = None) -> None:
     """Raise :class:`InvariantViolation` if ``outcomes`` break any invariant."""
-    violations = check_schedule(site, config, outcomes, finished=finished)
+    violations = check_schedule(site, config, outcomes, finished=finished, sent=sent)
     if violations:
         raise InvariantViolation(violations)
 
@@ -367,6 +382,31 @@ def check_repository_link(site: Site, outcomes: Sequence[LeaseOutcome]) -> list[
 
     v += [f"repository link: {msg}"
           for msg in _overlaps(sorted(shared), label)]
+    return v
+
+
+def check_sent(site: Site, outcomes: Sequence[LeaseOutcome], sent: Sequence[SentImage], *,
+               finished: bool = True) -> list[str]:
+    """The link's record: its transfers never overlap (a shared one is recorded once),
+    and once the run is over, each transfer a lease lists is one of them (same
+    interval and image, its nodes among the destinations)."""
+    v: list[str] = []
+    carried = sorted((s for s in sent if s.end > s.start), key=lambda s: (s.start, s.end))
+    for a, b in pairwise(carried):
+        if b.start < a.end:
+            v.append(f"repository link: transfers of {a.image} [{a.start},{a.end}) and "
+                     f"{b.image} [{b.start},{b.end}) at once")
+    if not finished:
+        return v  # transfers still under way are not recorded yet
+    by_interval = {(s.start, s.end): s for s in carried}
+    for o in outcomes:
+        for e in o.events:
+            if e.kind is not _K.TRANSFER or e.end <= e.start:
+                continue
+            s = by_interval.get((e.start, e.end))
+            if s is None or s.image != o.request.image.id or not set(e.nodes) <= set(s.nodes):
+                v.append(f"repository link: {_lease(o)}'s {_ev(site, e)} is not a transfer "
+                         "the link carried")
     return v
 
 

@@ -20,6 +20,7 @@ from scheduler.leases import (
     LeaseRequest,
     LeaseState,
     Resources,
+    SentImage,
     Site,
 )
 
@@ -334,6 +335,26 @@ def test_identical_transfer_intervals_are_one_shared_transfer() -> None:
     assert violations([preempted(), shared]) == []
     other_image = replace(shared, request=replace(shared.request, image=DiskImage("b", 1)))
     assert "different images" in only([preempted(), other_image], "repository link:")
+
+
+def test_the_links_record_of_what_it_carried() -> None:
+    """The valid schedule's two transfers, [0, 10) to P1 and [10, 20) to P1, recorded
+    with a third no lease lists (begun for a plan its lease dropped), [20, 30) to P2:
+    valid. Recorded overlapping, or without one a lease lists, or to other nodes: not."""
+    first, second = SentImage("img", 1024, (0,), 0, 10), SentImage("img", 1024, (0,), 10, 20)
+    orphan = SentImage("img", 1024, (1,), 20, 30)
+    assert check_schedule(SITE, CONFIG, valid(), sent=[first, second, orphan]) == []
+    late = replace(orphan, start=15)
+    assert check_schedule(SITE, CONFIG, valid(), sent=[first, second, late]) == [
+        "repository link: transfers of img [10,20) and img [15,30) at once"]
+    assert check_schedule(SITE, CONFIG, valid(), sent=[first, orphan]) == [
+        "repository link: lease 2's transfer [10,20) on P1 is not a transfer the link "
+        "carried"]
+    elsewhere = replace(second, nodes=(2,))
+    assert len(check_schedule(SITE, CONFIG, valid(), sent=[first, elsewhere])) == 1
+    # still running: a transfer not over yet is not recorded yet
+    assert (check_schedule(SITE, CONFIG, valid(), sent=[first], finished=False)
+            == check_schedule(SITE, CONFIG, valid(), finished=False))
 
 
 # ------------------------------------------------- 6. suspend/resume exclusion

@@ -47,6 +47,7 @@ from scheduler.leases import (
     LeaseState,
     Node,
     Resources,
+    SentImage,
     Site,
 )
 
@@ -187,6 +188,7 @@ class Run:
     room_at_submit: dict[int, int]
     #: immediate leases: their plan when submit returned
     planned_at_submit: dict[int, LeaseOutcome]
+    sent: tuple[SentImage, ...]  # every transfer the link carried
 
 
 def drive(sc: Scenario, restore_after: int | None = None) -> Run:
@@ -198,7 +200,7 @@ def drive(sc: Scenario, restore_after: int | None = None) -> Run:
     A cancellation of a lease that exists and is not terminal must succeed; of an
     unknown or terminal lease it must raise SchedulingError. (A lease already cancelled
     by the driver, still shutting down, is not cancelled again.)"""
-    sched = Scheduler(sc.site, sc.config)
+    sched = Scheduler(sc.site, sc.config, record_transfers=True)
     actions: list[tuple[int, int, int]] = [(r.submit, 0, i) for i, r in enumerate(sc.requests)]
     actions += [(t, 1, i) for i, (t, _) in enumerate(sc.cancels)]
     actions.sort()  # at one instant: submissions first, then cancellations
@@ -242,7 +244,7 @@ def drive(sc: Scenario, restore_after: int | None = None) -> Run:
     open_ = [lease.id for lease in sched.leases.values() if not lease.finished]
     assert not open_, f"leases {open_} were never closed"
     outcomes = tuple(sorted(sched.outcomes(), key=lambda o: o.request.id))
-    return Run(outcomes, cancelled, after_submit, room, planned)
+    return Run(outcomes, cancelled, after_submit, room, planned, sched.sent_images() or ())
 
 
 def _window(config: Config, req: LeaseRequest, now: int) -> tuple[int, int] | None:
@@ -310,7 +312,8 @@ def check_properties(sc: Scenario, run: Run) -> None:
     expect = Expect()
     assert [o.request for o in run.outcomes] == sorted(sc.requests, key=lambda r: r.id)
     # (1) the independent checker
-    expect.problems += check_schedule(sc.site, config, run.outcomes, finished=True)
+    expect.problems += check_schedule(sc.site, config, run.outcomes, finished=True,
+                                      sent=run.sent)
     _check_shared_transfers(expect, run.outcomes)
     for o in run.outcomes:
         req = o.request
