@@ -184,7 +184,7 @@ def skipped_count(n: int) -> int:
 
 def summarize(outcomes: Sequence[LeaseOutcome], site: Site, *,
               baseline_completion: float | None = None, tau: int = TAU,
-              multicast: bool = True, sent: tuple[int, int] | None = None) -> Summary:
+              multicast: bool = True, link: tuple[int, int] | None = None) -> Summary:
     """Summary of a schedule on ``site``.
 
     - Best-effort means: over the best-effort leases that are done (others have no wait
@@ -200,7 +200,8 @@ def summarize(outcomes: Sequence[LeaseOutcome], site: Site, *,
     - ARs and immediate leases: accepted = not rejected (an accepted lease cancelled
       later still counts as accepted).
     - ``suspensions``/``migrations``: suspend/migrate events; ``transfers``/``transfer_mb``:
-      ``sent`` (what the repository link carried, as a replay records it) where given,
+      ``link`` (transfers and MB the repository link carried, as a replay records them)
+      where given,
       else :func:`transfer_stats` of the leases' events (which miss a transfer begun
       for a plan its lease dropped since).
     """
@@ -227,7 +228,7 @@ def summarize(outcomes: Sequence[LeaseOutcome], site: Site, *,
 
     ar_ok, ar_no = admitted(LeaseKind.AR)
     im_ok, im_no = admitted(LeaseKind.IMMEDIATE)
-    transfers, mb = sent if sent is not None else transfer_stats(outcomes, multicast)
+    transfers, mb = link if link is not None else transfer_stats(outcomes, multicast)
     states = Counter(o.state for o in outcomes)
     return Summary(
         leases=len(outcomes), besteffort_leases=len(be), besteffort_skipped=skip,
@@ -271,12 +272,12 @@ def utilization_series(outcomes: Iterable[LeaseOutcome]) -> UtilizationSeries:
 
 def compute_from(outcomes: Sequence[LeaseOutcome], site: Site, *,
                  baseline_completion: float | None = None, tau: int = TAU,
-                 multicast: bool = True, sent: tuple[int, int] | None = None) -> Metrics:
-    """All metrics of ``outcomes`` on ``site`` (``multicast``, ``sent``: see
+                 multicast: bool = True, link: tuple[int, int] | None = None) -> Metrics:
+    """All metrics of ``outcomes`` on ``site`` (``multicast``, ``link``: see
     :func:`summarize`)."""
     return Metrics(
         summary=summarize(outcomes, site, baseline_completion=baseline_completion, tau=tau,
-                          multicast=multicast, sent=sent),
+                          multicast=multicast, link=link),
         leases=tuple(lease_metrics(o, tau) for o in outcomes),
         utilization=utilization_series(outcomes))
 
@@ -285,7 +286,7 @@ def compute(result: ReplayResult, *, baseline_completion: float | None = None,
             tau: int = TAU) -> Metrics:
     """All metrics of a replay (transfers: those its link carried)."""
     return compute_from(result.outcomes, result.site, baseline_completion=baseline_completion,
-                        tau=tau, sent=result.transfer_stats())
+                        tau=tau, link=result.transfer_stats())
 
 
 def compare(a: Summary, b: Summary) -> dict[str, dict[str, Any]]:
