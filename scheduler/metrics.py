@@ -201,9 +201,8 @@ def summarize(outcomes: Sequence[LeaseOutcome], site: Site, *,
       later still counts as accepted).
     - ``suspensions``/``migrations``: suspend/migrate events; ``transfers``/``transfer_mb``:
       ``link`` (transfers and MB the repository link carried, as a replay records them)
-      where given,
-      else :func:`transfer_stats` of the leases' events (which miss a transfer begun
-      for a plan its lease dropped since).
+      where given, else :func:`transfer_stats` of the leases' events (which miss a
+      transfer begun for a plan its lease dropped since).
     """
     per = [lease_metrics(o, tau) for o in outcomes]
     be = sorted((m for m in per if m.kind == LeaseKind.BESTEFFORT), key=lambda m: (m.submit, m.id))
