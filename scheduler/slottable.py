@@ -278,9 +278,10 @@ class AvailabilityProfile:
     def _rows_at(self, instants: np.ndarray | list[int]) -> np.ndarray:
         """The rows holding the usage at each of ``instants`` (none before the first
         breakpoint)."""
-        if len(instants) <= 4:
+        if isinstance(instants, list) and len(instants) <= 4:
             # bisect keeps the GIL: numpy's searchsorted lets it go on a long breakpoint
             # list, and in the service taking it back waits behind the other threads.
+            # (And it is faster on a few Python ints; not on numpy's, which compare slowly.)
             times, table_rows = self._times, self._rows
             return np.array([table_rows[bisect.bisect_right(times, t) - 1]
                              for t in instants], dtype=np.int64)
