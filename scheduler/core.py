@@ -195,11 +195,13 @@ def _as_hard(a: _Need, b: _Need) -> bool:
 
 def _latest_transfers(transfers: list[Transfer], nodes: set[int],
                       by: int = INF) -> dict[int, Transfer]:
-    """Per node of ``nodes``, the latest-starting of ``transfers`` there that starts by
-    ``by`` (the first listed, of equals)."""
+    """Per node of ``nodes``, the latest-starting of ``transfers`` there that has ended
+    by ``by`` (the first listed, of equals): what a boot or resumption at ``by`` uses.
+    (One that starts by then but ends later is another's copy on its way, on a node the
+    lease migrates to later.)"""
     latest: dict[int, Transfer] = {}
     for t in transfers:
-        if t.start <= by:
+        if t.end <= by:
             for n in nodes.intersection(t.nodes):
                 if n not in latest or t.start > latest[n].start:
                     latest[n] = t

@@ -632,6 +632,34 @@ def test_a_migration_never_resumes_before_the_copy_it_uses_is_there() -> None:
     assert_valid(site, cfg, s.outcomes())
 
 
+def test_a_transfer_is_listed_for_the_nodes_it_serves_once_it_has_ended() -> None:
+    """Four nodes, multicast, no piggybacking, no cache; image c takes 30 s to send.
+    Lease 1 (1 VM) gets it on P1 [0, 30) and boots at 30. Lease 2 (2 VMs) gets it on P1
+    and P2 [30, 60) to boot at 60, but the AR (3 whole nodes at 60) takes P1, P3 and P4:
+    lease 2's plan is dropped (its copies, on their way, are nobody's now) and lease 1 is
+    suspended [56, 60), migrates to P2 [60, 71) and resumes there at 71 from the copy
+    that arrived at 60. That transfer serves lease 1 on P2 only: it used to be listed on
+    P1 too (it had begun by lease 1's boot there, at 30), as if the boot had not waited
+    for it (Hypothesis found it with the schedule's own dependency check)."""
+    cfg = replace(load_profile("test-transfer"), piggybacking=False, enactment_overhead=0,
+                  backfilling=Backfilling.OFF)
+    site = Site.uniform(4, NODE)
+    small, c = Resources(cpu=25, memory=128), DiskImage("c", 363)
+    be = LeaseKind.BESTEFFORT
+    s = Scheduler(site, cfg, record_transfers=True)
+    s.submit(LeaseRequest(1, be, 1, small, c, 60, 0, preemptible=True))
+    s.submit(LeaseRequest(2, be, 2, small, c, 60, 0, preemptible=True))
+    s.advance_to(42)
+    s.submit(LeaseRequest(3, LeaseKind.AR, 3, NODE, DiskImage("b", 0), 60, 42, start=60))
+    s.run()
+    assert events(s, 1) == [
+        ("transfer", 0, 30, (0,)), ("boot", 30, 30, (0,)), ("run", 30, 56, (0,)),
+        ("transfer", 30, 60, (1,)), ("suspend", 56, 60, (0,)), ("migrate", 60, 71, (0, 1)),
+        ("resume", 71, 75, (1,)), ("run", 75, 109, (1,)), ("shutdown", 109, 109, (1,))]
+    assert events(s, 3)[0] == ("boot", 60, 60, (0, 2, 3))
+    assert_valid(site, cfg, s.outcomes(), sent=s.sent_images())
+
+
 def test_forget_drops_a_finished_lease_and_nothing_else_changes() -> None:
     s = Scheduler(SITE, CONFIG)
     s.submit(req(1, LeaseKind.BESTEFFORT, 1, 100))  # boot [0,2), run [2,102), shutdown [102,104)
