@@ -151,7 +151,9 @@ class Lease:
         the latest transfer there by that boot. (A multicast shared with other leases
         goes to nodes this lease never uses, and a node it was re-planned onto after its
         copy there was gone is served by the new transfer, not the old one.) A transfer
-        that serves no boot (the lease never booted from it) is listed whole."""
+        that serves no boot (the lease never booted from it) is listed for the nodes
+        where no later one of its transfers goes (a lease re-planned off a node, its
+        copy there gone, and back needs the image there again), or whole."""
         if not transfers:
             return []
         served: dict[int, set[int]] = {}  # id(transfer) -> nodes
@@ -164,8 +166,14 @@ class Lease:
             if need:
                 for n, t in _latest_transfers(transfers, need, seg.start).items():
                     served.setdefault(id(t), set()).add(n)
-        return [tuple(n for n in t.nodes if n in mine)
-                if (mine := served.get(id(t))) else t.nodes for t in transfers]
+        last = _latest_transfers(transfers, {n for t in transfers for n in t.nodes})
+        out = []
+        for t in transfers:
+            if mine := served.get(id(t)):
+                out.append(tuple(n for n in t.nodes if n in mine))
+            else:
+                out.append(tuple(n for n in t.nodes if last[n] is t) or t.nodes)
+        return out
 
 
 @dataclass

@@ -12,7 +12,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from scheduler.config import Backfilling, Config, Migration, TransferMode, load_profile
-from scheduler.core import Scheduler, SchedulingError
+from scheduler.core import Lease, Scheduler, SchedulingError
+from scheduler.images import Transfer
 from scheduler.invariants import assert_valid
 from scheduler.leases import (
     DiskImage,
@@ -658,6 +659,19 @@ def test_a_transfer_is_listed_for_the_nodes_it_serves_once_it_has_ended() -> Non
         ("resume", 71, 75, (1,)), ("run", 75, 109, (1,)), ("shutdown", 109, 109, (1,))]
     assert events(s, 3)[0] == ("boot", 60, 60, (0, 2, 3))
     assert_valid(site, cfg, s.outcomes(), sent=s.sent_images())
+
+
+def test_a_transfer_serving_no_boot_is_listed_where_no_later_one_goes() -> None:
+    """A waiting lease got its image on P1-P4 [348, 356), was re-planned off P1 and P2
+    (no cache: those copies went) and back, which sent it there again [610, 618); then
+    it was cancelled before booting. Neither transfer served a boot: each is listed for
+    the nodes where it is the lease's latest, not the first one whole (which read as the
+    image sent twice to P1 and P2 for one attempt; Hypothesis, strict, seed 75)."""
+    lease = Lease(req(7, LeaseKind.BESTEFFORT, 4, 435), 0, 435, 435)
+    lease.transfers = [Transfer("img", 91, (0, 1, 2, 3), 348, 356, None, 1),
+                       Transfer("img", 91, (0, 1), 610, 618, None, 2)]
+    assert [(e.start, e.end, e.nodes) for e in lease.events()] == [
+        (348, 356, (2, 3)), (610, 618, (0, 1))]
 
 
 def test_forget_drops_a_finished_lease_and_nothing_else_changes() -> None:
