@@ -148,7 +148,7 @@ class Lease:
 
     def _transfer_nodes(self, transfers: list[Transfer]) -> list[tuple[int, ...]]:
         """The nodes where each transfer serves this lease: for each node it boots on,
-        the latest transfer there by that boot. (A multicast shared with other leases
+        the latest transfer there to have ended by that boot. (A multicast shared with other leases
         goes to nodes this lease never uses, and a node it was re-planned onto after its
         copy there was gone is served by the new transfer, not the old one.) A transfer
         that serves no boot (the lease never booted from it) is listed for the nodes
