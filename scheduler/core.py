@@ -148,12 +148,12 @@ class Lease:
 
     def _transfer_nodes(self, transfers: list[Transfer]) -> list[tuple[int, ...]]:
         """The nodes where each transfer serves this lease: for each node it boots on,
-        the latest transfer there to have ended by that boot. (A multicast shared with other leases
-        goes to nodes this lease never uses, and a node it was re-planned onto after its
-        copy there was gone is served by the new transfer, not the old one.) A transfer
-        that serves no boot (the lease never booted from it) is listed for the nodes
-        where no later one of its transfers goes (a lease re-planned off a node, its
-        copy there gone, and back needs the image there again), or whole."""
+        the latest transfer there to have ended by that boot. (A multicast shared with
+        other leases goes to nodes this lease never uses, and a node it was re-planned
+        onto after its copy there was gone is served by the new transfer, not the old
+        one.) A transfer that serves no boot (the lease never booted from it) is listed
+        for the nodes where no later one of its transfers goes (a lease re-planned off
+        a node, its copy there gone, and back needs the image there again), or whole."""
         if not transfers:
             return []
         served: dict[int, set[int]] = {}  # id(transfer) -> nodes
