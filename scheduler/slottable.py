@@ -87,6 +87,9 @@ class AvailabilityProfile:
         self.version = 0  # changes whenever any commitment does
         self._memo: dict[tuple[int, int, bool, bytes], np.ndarray] = {}
         self._memo_version = 0
+        # per VM shape (vec's bytes): the dimensions it uses, each with what is left per
+        # node once it is placed (a query needs them all; few shapes recur)
+        self._rooms: dict[bytes, list[tuple[int, np.ndarray]]] = {}
 
     def __getstate__(self) -> dict[str, object]:
         # Only the rows in use, in time order (the table has room for up to twice as
@@ -97,6 +100,7 @@ class AvailabilityProfile:
         state["_rows"] = array("q", range(len(self._rows)))
         state["_spare"] = []
         state["_memo"] = {}
+        state["_rooms"] = {}
         return state
 
     def add_node(self, capacity: np.ndarray) -> None:
@@ -109,11 +113,21 @@ class AvailabilityProfile:
                                       np.zeros((s, rows, 1), self._dtype)], axis=2)
         self._by_node.append(set())
         self._last_end = np.append(self._last_end, -INF)
+        self._rooms.clear()
         self.version += 1
 
     @property
     def node_count(self) -> int:
         return int(self.capacity.shape[0])
+
+    def _room(self, vec: np.ndarray, key: bytes) -> list[tuple[int, np.ndarray]]:
+        """The dimensions ``vec`` (whose bytes are ``key``) uses, each with the usage a
+        node may have for it to fit: its capacity less ``vec``. Empty if it uses none."""
+        room = self._rooms.get(key)
+        if room is None:
+            room = self._rooms[key] = [
+                (d, self.capacity[:, d] - vec[d]) for d in np.flatnonzero(vec).tolist()]
+        return room
 
     # ----------------------------------------------------------- reservations
     def add(self, nodes: tuple[int, ...], start: int, end: int, vec: np.ndarray,
@@ -319,31 +333,32 @@ class AvailabilityProfile:
         (Only the nodes ``cols``, in that order, if given.)"""
         rows = _view(self._rows, i, j)
         ok: np.ndarray | None = None
-        for d in np.flatnonzero(vec).tolist():
-            cap = self.capacity[:, d] if cols is None else self.capacity[cols, d]
+        for d, room in self._room(vec, vec.tobytes()):
+            if cols is not None:
+                room = room[cols]
             used = self._gather(self._used_slab, d, rows, cols)
             if used is None:  # nothing ever used this dimension
-                fits = np.tile(cap >= vec[d], (len(rows), 1))
+                fits = np.tile(room >= 0, (len(rows), 1))
             else:
                 if ignore_preemptible and (pre := self._gather(
                         self._pre_slab, d, rows, cols)) is not None:
                     used = used - pre
-                fits = used <= cap - vec[d]
+                fits = used <= room
             ok = fits if ok is None else ok & fits
         assert ok is not None
         return ok
 
     def fits_at(self, instants: list[int], vec: np.ndarray) -> np.ndarray:
         """(instants, nodes) booleans: can the node host ``vec`` at that instant?"""
-        key = (len(instants), -3, False, np.array(instants, dtype=np.int64).tobytes()
-               + vec.tobytes())
+        shape = vec.tobytes()
+        key = (len(instants), -3, False, np.array(instants, dtype=np.int64).tobytes() + shape)
         if (hit := self._recall(key)) is not None:
             return hit
         rows = self._rows_at(instants)
         ok = np.ones((len(rows), self.node_count), dtype=bool)
-        for d in np.flatnonzero(vec).tolist():
+        for d, room in self._room(vec, shape):
             used = self._gather(self._used_slab, d, rows, None)
-            ok &= (0 if used is None else used) <= self.capacity[:, d] - vec[d]
+            ok &= (0 if used is None else used) <= room
         return self._remember(key, ok)
 
     def free_until(self, t: int, vec: np.ndarray, *,
@@ -414,9 +429,11 @@ class AvailabilityProfile:
     def fits_window(self, start: int, end: int, vec: np.ndarray, *,
                     ignore_preemptible: bool = False) -> np.ndarray:
         """For each node, whether it can host ``vec`` throughout [start, end)."""
-        if not vec.any():
+        shape = vec.tobytes()
+        dims = self._room(vec, shape)
+        if not dims:
             return np.ones(self.node_count, dtype=bool)
-        key = (start, end, ignore_preemptible, vec.tobytes())
+        key = (start, end, ignore_preemptible, shape)
         if (hit := self._recall(key)) is not None:
             return hit
         i = bisect.bisect_right(self._times, start) - 1
@@ -432,8 +449,7 @@ class AvailabilityProfile:
         else:
             rows = _view(self._rows, i, j)
         fits = np.ones(self.node_count, dtype=bool)
-        for d in np.flatnonzero(vec).tolist():
-            room = self.capacity[:, d] - vec[d]
+        for d, room in dims:
             used = self._gather(self._used_slab, d, rows, None)
             if used is None:
                 fits &= room >= 0
