@@ -489,9 +489,42 @@ class Subscription:
         self.overflowed = False
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():  # not cancelled (its caller went away)
-        future.set_result(None)
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():  # not cancelled (its caller went away)
+            future.set_result(None)
+
+
+class _Wake:
+    """Notifies an asyncio caller: resolves ``future`` on its loop. A group commit
+    wakes each loop once for all its steps (``_wake_all``): every wake-up is a
+    system call and a loop iteration, paid on the server's one interpreter lock."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+        self.loop = loop
+        self.future = future
+
+    def __call__(self) -> None:
+        _wake(self.loop, [self.future])
+
+
+def _wake(loop: asyncio.AbstractEventLoop, futures: list[asyncio.Future[None]]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+        loop.call_soon_threadsafe(_resolve, futures)
+
+
+def _wake_all(notifies: list[Callable[[], None]]) -> None:
+    """Call every notify, waking each event loop once."""
+    loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for notify in notifies:
+        if isinstance(notify, _Wake):
+            loops.setdefault(notify.loop, []).append(notify.future)
+        else:
+            notify()
+    for loop, futures in loops.items():
+        _wake(loop, futures)
 
 
 class _Latch:
@@ -965,8 +998,7 @@ class Engine:
         if timer is not None:  # the latest step knows the core's next due time
             due = requests[-1].due
             timer.schedule(None if due is None else float(self.to_wall(due)))
-        for r in requests:
-            r.notify()
+        _wake_all([r.notify for r in requests])
 
     def _catch_up(self, now: int, step: _Step) -> None:
         """Apply, instant by instant, everything due up to ``now``."""
@@ -1216,12 +1248,7 @@ class Engine:
         instead of holding a thread until then."""
         loop = asyncio.get_running_loop()
         committed: asyncio.Future[None] = loop.create_future()
-
-        def notify() -> None:  # on the commit (or engine) thread
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(_resolve, committed)
-
-        request = self._enqueue(self._create(spec, request_id), notify)
+        request = self._enqueue(self._create(spec, request_id), _Wake(loop, committed))
         await committed
         result: CreateResult = request.outcome()
         return result
