@@ -27,24 +27,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def serve(db: str, nodes: int) -> int:
-    """The server process: print the bound port, serve until stdin closes."""
+def serve(db: str, nodes: int, cpu: str) -> int:
+    """The server process: print the bound port and the CPU it is kept on, serve until
+    stdin closes."""
     from scheduler.config import load_profile
     from scheduler.enactment import SimulatedDriver
     from scheduler.engine import Engine, SiteDefinition, SystemClock
     from scheduler.leases import Resources, Site
-    from scheduler.service import freeze_heap_every, start_server
+    from scheduler.service import freeze_heap_every, pin_to_one_cpu, start_server
     from scheduler.store import ImageRecord, Store
 
     site = SiteDefinition(load_profile("test-notransfer"),
                           Site.uniform(nodes, Resources(cpu=6400, memory=262144)).nodes,
                           (ImageRecord("tiny", 64),))
+    # as `wsched serve --cpu` does (first: the threads started below inherit it)
+    pinned = None if cpu == "any" else pin_to_one_cpu(None if cpu == "lowest" else int(cpu))
     store = Store(db)
     engine = Engine(store, site, SimulatedDriver(), SystemClock())
     engine.start()
     running = start_server(engine, "127.0.0.1:0", max_workers=32)
     freeze_heap_every(5.0, threading.Event())  # as `wsched serve` does
-    sys.stdout.write(f"{running.port}\n")
+    sys.stdout.write(f"{running.port} {'any' if pinned is None else pinned}\n")
     sys.stdout.flush()
     sys.stdin.read()
     running.stop(grace=1.0)
@@ -125,21 +128,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--nodes", type=int, default=500)
     p.add_argument("--db", help="database URL (default: a fresh SQLite file)")
+    p.add_argument("--server-cpu", default="lowest", metavar="N|any",
+                   help="the CPU the server is kept on, as `wsched serve --cpu` (default: "
+                   "the lowest it may use, as wsched serve's default)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        return serve(args.db, args.nodes)
+        return serve(args.db, args.nodes, args.server_cpu)
 
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or f"sqlite+pysqlite:///{Path(tmp) / 'bench.db'}"
         proc = subprocess.Popen([sys.executable, __file__, "--serve", "--db", db,
-                                 "--nodes", str(args.nodes)],
+                                 "--nodes", str(args.nodes), "--server-cpu", args.server_cpu],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None and proc.stdin is not None
-            port = int(proc.stdout.readline())
+            port, cpu = proc.stdout.readline().split()
             target = f"127.0.0.1:{port}"
+            print(f"server on CPU {cpu}")
             t0 = time.monotonic()
             pre, pre_err = _run(target, args.clients, None, args.preload, args.seed + 1)
             print(f"preloaded {len(pre)} leases ({pre_err} refused) in "

@@ -74,6 +74,19 @@ def _count(text: str) -> int:
     return value
 
 
+def _cpu(text: str) -> int | str:
+    """A CPU number, or ``any``."""
+    if text == "any":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a CPU: {text!r} (a CPU number, or any)")
+    return value
+
+
 def instant(text: str) -> int:
     """``+10m`` (from now), seconds since the epoch, or ISO 8601 -> epoch seconds."""
     text = text.strip()
@@ -153,6 +166,11 @@ def add_commands(subparsers: Any) -> dict[str, Handler]:
     sp.add_argument("--max-concurrent-rpcs", type=_positive, default=None, metavar="N",
                     help="calls in progress at once; more are refused with "
                     "RESOURCE_EXHAUSTED, and clients retry (default 1024)")
+    sp.add_argument("--cpu", type=_cpu, default=None, metavar="N|any",
+                    help="keep the service on CPU N: its threads share one interpreter "
+                    "lock, so it uses one core at most, and handing the lock across CPUs "
+                    "costs (default: the lowest CPU it may use; any: let the system move "
+                    "its threads)")
     sp.add_argument("--seed-dir", type=Path, default=Path("wsched-seeds"), metavar="DIR",
                     help="where VMs' context seeds are written (default wsched-seeds)")
     _common(sp, client=False)
@@ -325,9 +343,15 @@ def _libvirt_driver(args: argparse.Namespace, images: Iterable[ImageRecord],
 def cmd_serve(args: argparse.Namespace) -> int:
     from .enactment import make_driver
     from .engine import Engine, SystemClock, demo_site, load_site
-    from .service import MAX_CONCURRENT_RPCS, freeze_heap_every, start_server
+    from .service import MAX_CONCURRENT_RPCS, freeze_heap_every, pin_to_one_cpu, start_server
     from .store import Store, StoreError, sqlite_url
 
+    if args.cpu != "any":  # first: the threads started below inherit it
+        try:
+            pin_to_one_cpu(args.cpu)  # (None: the lowest it may use)
+        except (OSError, ValueError) as e:
+            print(f"wsched: error: --cpu: {e}", file=sys.stderr)
+            return EXIT_USAGE
     url = args.db if "://" in args.db else sqlite_url(str(Path(args.db).resolve()))
     site = load_site(args.site) if args.site is not None else demo_site()
     try:
