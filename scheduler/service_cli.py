@@ -167,10 +167,10 @@ def add_commands(subparsers: Any) -> dict[str, Handler]:
                     help="calls in progress at once; more are refused with "
                     "RESOURCE_EXHAUSTED, and clients retry (default 1024)")
     sp.add_argument("--cpu", type=_cpu, default=None, metavar="N|any",
-                    help="keep the service on CPU N: its threads share one interpreter "
-                    "lock, so it uses one core at most, and handing the lock across CPUs "
-                    "costs (default: the lowest CPU it may use; any: let the system move "
-                    "its threads)")
+                    help="keep the service on CPU N, as batch threads: they share one "
+                    "interpreter lock, so the service uses one core at most, and handing "
+                    "the lock across CPUs costs (default: the lowest CPU it may use; any: "
+                    "let the system place its threads)")
     sp.add_argument("--seed-dir", type=Path, default=Path("wsched-seeds"), metavar="DIR",
                     help="where VMs' context seeds are written (default wsched-seeds)")
     _common(sp, client=False)

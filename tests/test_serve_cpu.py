@@ -1,4 +1,5 @@
-"""``wsched serve --cpu``: the service process and every thread of it stay on one CPU."""
+"""``wsched serve --cpu``: the service process and every thread of it stay on one CPU, as
+batch threads."""
 
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def test_serve_keeps_every_thread_on_the_cpu_chosen(tmp_path: Path, choice: str)
             status = Path(f"/proc/{proc.pid}/task/{tid}/status").read_text()
             listed = re.search(r"^Cpus_allowed_list:\s*(\S+)$", status, re.M)
             assert listed and _cpus(listed.group(1)) == expected[choice], (tid, status)
+            policy = os.SCHED_OTHER if choice == "any" else os.SCHED_BATCH
+            assert os.sched_getscheduler(int(tid)) == policy, tid
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
