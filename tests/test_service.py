@@ -615,15 +615,19 @@ def test_freeze_heap_every_freezes_until_stopped() -> None:
     from scheduler.service import freeze_heap_every
 
     stop = threading.Event()
+    before = gc.get_threshold()
     try:
         thread = freeze_heap_every(0.01, stop)
         deadline = time.monotonic() + 5
         while gc.get_freeze_count() == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert gc.get_freeze_count() > 0
+        # full collections are the freezer's alone while it runs
+        assert gc.get_threshold() == (before[0], before[1], 2**31 - 1)
         stop.set()
         thread.join(timeout=5)
         assert not thread.is_alive()
+        assert gc.get_threshold() == before
     finally:
         stop.set()
         gc.unfreeze()
