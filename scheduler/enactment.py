@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from .leases import Resources
+
+#: Actions ``make_driver("simulated")`` (``wsched serve``'s default) keeps: the latest.
+SIMULATED_KEEP = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +109,16 @@ class Action:
 
 class SimulatedDriver:
     """Records every action and touches nothing. ``fail`` decides, per action, whether
-    it fails (returns the reason) — for tests of the failure path."""
+    it fails (returns the reason) — for tests of the failure path. ``keep``: how many of
+    the latest actions to keep (None: all; a service running for months keeps a tail)."""
 
     name = "simulated"
 
-    def __init__(self, fail: Callable[[Action], str | None] | None = None) -> None:
+    def __init__(self, fail: Callable[[Action], str | None] | None = None, *,
+                 keep: int | None = None) -> None:
         self._fail = fail
         self._lock = threading.Lock()  # the engine is serial, but tests read concurrently
-        self._actions: list[Action] = []
+        self._actions: deque[Action] = deque(maxlen=keep)
 
     @property
     def actions(self) -> list[Action]:
@@ -157,8 +163,8 @@ class SimulatedDriver:
 
 
 def make_driver(name: str) -> Driver:
-    """A driver by name: ``simulated`` (``libvirt_driver.LibvirtDriver`` needs its host URIs:
-    ``service_cli`` builds it)."""
+    """A driver by name: ``simulated``, keeping its latest ``SIMULATED_KEEP`` actions
+    (``libvirt_driver.LibvirtDriver`` needs its host URIs: ``service_cli`` builds it)."""
     if name == "simulated":
-        return SimulatedDriver()
+        return SimulatedDriver(keep=SIMULATED_KEEP)
     raise ValueError(f"unknown enactment driver {name!r} (known: simulated)")

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import delete, update
 
 from scheduler.core import Scheduler
-from scheduler.enactment import SimulatedDriver
+from scheduler.enactment import SIMULATED_KEEP, Action, SimulatedDriver, make_driver
 from scheduler.engine import (
     Conflict,
     Engine,
@@ -421,3 +421,20 @@ def test_a_negative_checkpoint_period_is_refused(tmp_path: Path) -> None:
     for bad in ("-1", "ten", "1.5"):
         with pytest.raises(argparse.ArgumentTypeError, match="not a count"):
             _count(bad)
+
+
+def test_the_services_simulated_driver_keeps_only_its_latest_actions() -> None:
+    """``wsched serve``'s default driver runs for months: its record of actions is a tail,
+    not every action ever made (a test's own SimulatedDriver keeps them all)."""
+    driver = make_driver("simulated")
+    assert isinstance(driver, SimulatedDriver)
+    for i in range(SIMULATED_KEEP + 5):
+        driver.prepare_image(f"img-{i}", "h1")
+    actions = driver.actions
+    assert len(actions) == SIMULATED_KEEP
+    assert actions[0] == Action("prepare_image", "img-5", "h1")
+    assert actions[-1] == Action("prepare_image", f"img-{SIMULATED_KEEP + 4}", "h1")
+    everything = SimulatedDriver()
+    for i in range(SIMULATED_KEEP + 5):
+        everything.prepare_image(f"img-{i}", "h1")
+    assert len(everything.actions) == SIMULATED_KEEP + 5
