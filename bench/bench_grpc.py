@@ -8,6 +8,7 @@ then runs ``--clients`` concurrent clients creating best-effort and AR leases fo
 
     .venv/bin/python bench/bench_grpc.py                    # 16 clients, 10,000 preloaded
     .venv/bin/python bench/bench_grpc.py --clients 4 --preload 1000 --seconds 5
+    .venv/bin/python bench/bench_grpc.py --server-cpu any   # not kept on one CPU
 """
 
 from __future__ import annotations
