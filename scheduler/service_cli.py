@@ -79,12 +79,10 @@ def _cpu(text: str) -> int | str:
     if text == "any":
         return text
     try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not a CPU: {text!r} (a CPU number, or any)")
-    return value
+        return _count(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"not a CPU: {text!r} (a CPU number, or any)") from None
 
 
 def instant(text: str) -> int:
