@@ -348,8 +348,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             pin_to_one_cpu(args.cpu)  # (None: the lowest it may use)
         except (OSError, ValueError) as e:
-            print(f"wsched: error: --cpu: {e}", file=sys.stderr)
-            return EXIT_USAGE
+            if args.cpu is not None:
+                print(f"wsched: error: --cpu: {e}", file=sys.stderr)
+                return EXIT_USAGE
+            # by default only an optimisation: a system that forbids it still serves
+            log.warning("not kept on one CPU", extra={"error": str(e)})
     url = args.db if "://" in args.db else sqlite_url(str(Path(args.db).resolve()))
     site = load_site(args.site) if args.site is not None else demo_site()
     try:

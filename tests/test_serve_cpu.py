@@ -27,11 +27,31 @@ def _cpus(text: str) -> set[int]:
     return out
 
 
-def _serve(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
+# `wsched serve` on a system that forbids changing CPU affinity
+_FORBIDDEN = """
+import os, sys
+def forbidden(*args):
+    raise PermissionError(1, "Operation not permitted")
+os.sched_setaffinity = forbidden
+from scheduler.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _serve(tmp_path: Path, *extra: str, forbidden: bool = False) -> subprocess.Popen[str]:
+    start = ["-c", _FORBIDDEN] if forbidden else ["-m", "scheduler.cli"]
     return subprocess.Popen(
-        [sys.executable, "-m", "scheduler.cli", "serve", "--db", str(tmp_path / "w.db"),
+        [sys.executable, *start, "serve", "--db", str(tmp_path / "w.db"),
          "--listen", "127.0.0.1:0", "--seed-dir", str(tmp_path / "seeds"), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _port(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    m = re.search(r"serving on 127\.0\.0\.1:(\d+) ", line)
+    assert m, (line, proc.stderr.read() if proc.stderr else "")
+    return m.group(1)
 
 
 @pytest.mark.parametrize("choice", ["default", "highest", "any"])
@@ -41,11 +61,7 @@ def test_serve_keeps_every_thread_on_the_cpu_chosen(tmp_path: Path, choice: str)
     expected = {"default": {min(allowed)}, "highest": {max(allowed)}, "any": allowed}
     proc = _serve(tmp_path, *extra[choice])
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        m = re.search(r"serving on 127\.0\.0\.1:(\d+) ", line)
-        assert m, (line, proc.stderr.read() if proc.stderr else "")
-        with WschedClient(f"127.0.0.1:{m.group(1)}", timeout=30) as client:
+        with WschedClient(f"127.0.0.1:{_port(proc)}", timeout=30) as client:
             lease = client.create_lease(image_id="debian-12", duration=600)  # it serves
         assert lease.id == 1
         threads = os.listdir(f"/proc/{proc.pid}/task")
@@ -75,3 +91,24 @@ def test_serve_refuses_a_cpu_that_is_not_a_number(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "argument --cpu: not a CPU: 'first' (a CPU number, or any)" in err, err
+
+
+def test_serve_still_serves_where_it_may_not_choose_its_cpu(tmp_path: Path) -> None:
+    """By default the CPU is only an optimisation: a system that forbids it gets a warning
+    and a working service; asked for explicitly, it is an error."""
+    proc = _serve(tmp_path, forbidden=True)
+    try:
+        with WschedClient(f"127.0.0.1:{_port(proc)}", timeout=30) as client:
+            assert client.create_lease(image_id="debian-12", duration=600).id == 1
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        listed = re.search(r"^Cpus_allowed_list:\s*(\S+)$", status, re.M)
+        assert listed and _cpus(listed.group(1)) == os.sched_getaffinity(0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert "not kept on one CPU" in err and "Operation not permitted" in err, err
+    proc = _serve(tmp_path, "--cpu", str(min(os.sched_getaffinity(0))), forbidden=True)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "wsched: error: --cpu: [Errno 1] Operation not permitted" in err, err
