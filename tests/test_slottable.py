@@ -8,6 +8,8 @@ followed by windows checked against every instant's usage, recomputed from the e
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -142,3 +144,54 @@ def test_channels_gaps_are_the_earliest_and_latest_free_windows(
                                                      if free(s, s + length))
     latest = ch.latest_gap(query, t, length)
     assert latest == next(s for s in range(t - length, -200, -1) if free(s, s + length))
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories(), st.integers(0, 100))
+def test_a_pickled_profile_rebuilds_the_same_table_from_its_entries(
+        ops: list[tuple[str, int, int, int, int, int]], forget_at: int) -> None:
+    """A checkpoint stores the entries, not the table: unpickled, every row (in time
+    order) is what it was, the present's row included when entries over by then were
+    forgotten, and the profile goes on as the original would."""
+    profile = AvailabilityProfile(CAPACITY)
+    live: list[int] = []
+    now = 0
+    for op, s, e, node, amount, pick in ops:
+        s, e = max(s, now), max(e, now)
+        if op == "add":
+            live.append(profile.add((node, (node + 1) % NODES), s, e,
+                                    np.array([amount, pick % 3 * 100, 0, 0, 0]), owner=1,
+                                    preemptible=pick % 2 == 0))
+        elif live and op in ("remove", "truncate"):
+            eid = live[pick % len(live)]
+            entry = profile._entries[eid]
+            if op == "remove" or s <= entry.start:
+                profile.remove(eid)
+                live.remove(eid)
+            elif s < entry.end:
+                profile.truncate(eid, s)
+        elif op == "prune":
+            now = max(now, s)
+            profile.prune(now)
+    for eid in list(live):  # what the service forgets: entries over by the last prune
+        entry = profile._entries[eid]
+        if entry.end <= min(now, forget_at):
+            profile.forget(eid)
+            live.remove(eid)
+    copy = pickle.loads(pickle.dumps(profile))
+    rows = list(profile._rows)
+    assert copy._usage.dtype == profile._usage.dtype
+    assert np.array_equal(copy._usage, profile._usage[:, rows])
+    assert list(copy._times) == list(profile._times)
+    vec = np.array([30, 100, 0, 0, 0], dtype=np.int64)
+    for p in (profile, copy):  # both go on alike
+        p.add((0,), now + 5, now + 50, vec, owner=2, preemptible=True)
+        if live:
+            p.truncate(live[0], max(now, p._entries[live[0]].start))
+    assert np.array_equal(copy._usage[:, list(copy._rows)],
+                          profile._usage[:, list(profile._rows)])
+    for start in range(now, now + 120, 7):
+        for ignore in (False, True):
+            assert copy.fits_window(start, start + 30, vec, ignore_preemptible=ignore).tolist() \
+                == profile.fits_window(start, start + 30, vec,
+                                       ignore_preemptible=ignore).tolist()
