@@ -257,7 +257,7 @@ class Scheduler:
         self.leases: dict[int, Lease] = {}
         self._changed: set[int] = set()  # leases whose state or schedule changed
         self._hosts_now_key: tuple[int, int, bytes] | None = None
-        self._hosts_now_count = 0
+        self._hosts_now_fit = np.zeros(len(site.nodes), dtype=bool)
         # Readiness of fresh leases per (image, size, unicasts), while nothing it depends
         # on changes: a queue pass asks it for every waiting lease, mostly of few images.
         self._prep_memo: dict[tuple[str | bytes, int, int | None], _Prepared] = {}
@@ -270,6 +270,10 @@ class Scheduler:
         # *replan* pass also rebuilds waiting reservations (capacity came free early).
         self._retry = False
         self._replan = False
+        # Fresh queued leases that found too few nodes to start on: (the profile's count
+        # of releases then, and how many nodes they could have used at most). See
+        # ``_still_stuck``.
+        self._stuck: dict[int, tuple[int, int]] = {}
 
     # ================================================================ public API
     def submit(self, request: LeaseRequest) -> Lease:
@@ -646,6 +650,7 @@ class Scheduler:
             self._changed.add(lease.id)
 
     def _finish(self, lease: Lease, state: LeaseState) -> None:
+        self._stuck.pop(lease.id, None)
         lease.state = state
         lease.finished = True
         lease.version += 1
@@ -763,7 +768,8 @@ class Scheduler:
         used = sum(1 for lease in self._waiting if lease.future)
         failed: _Failures = {}
         for lease in candidates:
-            if self._try_start(lease, future=False, partial=True, failed=failed):
+            if not self._still_stuck(lease) and \
+                    self._try_start(lease, future=False, partial=True, failed=failed):
                 continue
             if limit is not None and used >= limit:
                 if limit == 0:
@@ -940,8 +946,10 @@ class Scheduler:
         vec = req.resources.as_array()
         k = req.vms
         resuming = bool(lease.segments) and bool(lease.live)
-        if not future and not lease.segments and not self.config.image_transfer \
-                and self._hosts_now(vec) < k:
+        # A fresh lease without transfers is ready now on every open node.
+        uniform = not future and not lease.segments and not self.config.image_transfer
+        if uniform and (hosts := int(np.count_nonzero(self._hosts_now(vec)))) < k:
+            self._note_stuck(lease, hosts)
             return None  # it could only start now, on nodes with room now: too few
         opening = ovh.resume(req) if resuming else ovh.boot
         run = lease.run_needed - (lease.run_done() if lease.segments else 0)
@@ -986,19 +994,23 @@ class Scheduler:
             # Cheap and exact: a start at g (whole or partial) needs k eligible nodes that
             # can host a VM at g itself, one of them where preparation ends at g (else the
             # readiness check rejects the choice). One query for all groups at once.
+            usable = 0  # uniform: how many nodes could host it from now (at most)
             if groups:
                 at = np.array(groups, dtype=np.int64)[:, None]
                 fit = self.profile.fits_at(groups, vec)  # (groups, nodes)
-                viable = ((np.count_nonzero(fit & (ready <= at), axis=1) >= k)
-                          & (fit & (ready == at)).any(axis=1))
+                counts = np.count_nonzero(fit & (ready <= at), axis=1)
+                viable = (counts >= k) & (fit & (ready == at)).any(axis=1)
+                usable = int(counts.max())
                 groups = [g for g, v in zip(groups, viable.tolist(), strict=True) if v]
+            usable_whole = usable_partial = usable
             for g in groups:
                 # Starting at g must be what preparation dictates (on one of the chosen
                 # nodes at least); otherwise the lease is waiting for resources, and that
                 # is a reservation in the future. (Without k candidates, one of them
                 # ready at g, no choice can be: skip the costly host selection.)
                 mask = (ready <= g) & self.profile.fits_window(g, g + whole, vec)
-                if np.count_nonzero(mask) < k or not (mask & (ready == g)).any():
+                usable_whole = int(np.count_nonzero(mask))
+                if usable_whole < k or not (mask & (ready == g)).any():
                     continue
                 prop = full(g, mask)
                 if prop is not None and int(ready[list(prop.nodes)].max()) == g \
@@ -1009,7 +1021,8 @@ class Scheduler:
                 shortest = opening + max(1, susp + ovh.resume(req)) + susp  # see _partial
                 for g in groups:
                     window = self.profile.fits_window(g, g + shortest, vec) & (ready <= g)
-                    if np.count_nonzero(window) < k or not (window & (ready == g)).any():
+                    usable_partial = int(np.count_nonzero(window))
+                    if usable_partial < k or not (window & (ready == g)).any():
                         continue  # _partial would find too few nodes, or fail its readiness
                     prop = self._partial(lease, g, (ready <= g), self.profile.free_until(g, vec),
                                          opening, pick, ready)
@@ -1020,6 +1033,8 @@ class Scheduler:
                 # list minimal, since every later request is checked against all of it.
                 failed[key] = [f for f in failed.get(key, ()) if not _as_hard(f, need)]
                 failed[key].append(need)
+            if uniform:  # (its only start is now)
+                self._note_stuck(lease, max(usable_whole, usable_partial if partial else 0))
             return None
         best: _Proposal | None = None
         for g in groups:
@@ -1038,6 +1053,28 @@ class Scheduler:
                     break
                 t0 = self._channels.earliest_gap(prop.nodes, s, opening)
         return best
+
+    def _note_stuck(self, lease: Lease, usable: int) -> None:
+        """A fresh lease, ready now on every open node, could not start now: at most
+        ``usable`` nodes could have hosted it long enough."""
+        self._stuck[lease.id] = (self.profile.released(self.now)[0], usable)
+
+    def _still_stuck(self, lease: Lease) -> bool:
+        """Must the lease still fail to start now, as it did in an earlier pass?
+
+        Only a node on which capacity was let go since (an entry ended, was cut short
+        or removed; see ``AvailabilityProfile.released``), and that has room for it
+        now, can host it from now when it could not then. Nodes are only ever added or
+        closed, and its readiness is now everywhere. So with fewer than ``vms`` nodes
+        usable then and such nodes together, it cannot start."""
+        stuck = self._stuck.get(lease.id)
+        if stuck is None or lease.segments:
+            return False
+        then, usable = stuck
+        _, released_at = self.profile.released(self.now)
+        joining = np.count_nonzero(
+            (released_at > then) & self._hosts_now(lease.request.resources.as_array()))
+        return bool(usable + joining < lease.request.vms)
 
     def _prepared(self, lease: Lease, unicasts: int | None) -> _Prepared:
         """``_readiness`` (without the transfer start) and its distinct finite times,
@@ -1070,14 +1107,14 @@ class Scheduler:
             self._prep_memo[key] = self._prep_memo[shared_key] = prepared
         return prepared
 
-    def _hosts_now(self, vec: np.ndarray) -> int:
-        """How many open nodes can host a VM of ``vec`` now (cached while nothing
+    def _hosts_now(self, vec: np.ndarray) -> np.ndarray:
+        """Which open nodes can host a VM of ``vec`` now (cached while nothing
         changes: a queue pass asks it for every lease)."""
         key = (self.profile.version, self.now, vec.tobytes())
         if self._hosts_now_key != key:
-            fit = self.profile.fits_at([self.now], vec)[0] & ~self._closed
-            self._hosts_now_key, self._hosts_now_count = key, int(fit.sum())
-        return self._hosts_now_count
+            self._hosts_now_key = key
+            self._hosts_now_fit = self.profile.fits_at([self.now], vec)[0] & ~self._closed
+        return self._hosts_now_fit
 
     def _time_fit(self, nodes: np.ndarray, k: int, start: int, vec: np.ndarray
                   ) -> tuple[np.ndarray, Callable[[np.ndarray, int], np.ndarray]]:
@@ -1141,6 +1178,7 @@ class Scheduler:
         return self._channels.is_free(prop.nodes, prop.start, prop.run_start)
 
     def _commit(self, lease: Lease, prop: _Proposal) -> None:
+        self._stuck.pop(lease.id, None)
         req, now = lease.request, self.now
         img = req.image.id
         relied: list[Transfer] = []  # copies on their way that a migration resumes from

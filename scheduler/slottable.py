@@ -85,6 +85,13 @@ class AvailabilityProfile:
         self._next_id = 1
         self._pruned_at = -INF
         self.version = 0  # changes whenever any commitment does
+        # Capacity let go (see ``released``): a count of the times it was, and per node
+        # the count when it last was. Removals and truncations count at once, planned
+        # ends once ``released`` reaches them: (end, entry id) wait in a heap.
+        self._releases = 0
+        self._released_at = np.zeros(n, dtype=np.int64)
+        self._ends: list[tuple[int, int]] = []
+        self._released_by = -INF  # the last ``released`` call's time
         self._memo: dict[tuple[int, int, bool, bytes], np.ndarray] = {}
         self._memo_version = 0
         # per VM shape (vec's bytes): the dimensions it uses, each with what is left per
@@ -148,6 +155,8 @@ class AvailabilityProfile:
                                       np.zeros((s, rows, 1), self._dtype)], axis=2)
         self._by_node.append(set())
         self._last_end = np.append(self._last_end, -INF)
+        self._releases += 1
+        self._released_at = np.append(self._released_at, self._releases)
         self._rooms.clear()
         self.version += 1
 
@@ -176,6 +185,7 @@ class AvailabilityProfile:
             self._by_node[n].add(eid)
         self._last_end[entry.nodes] = np.maximum(self._last_end[entry.nodes], end)
         heapq.heappush(self._expiry, (end, eid))
+        heapq.heappush(self._ends, (end, eid))
         self._apply(entry, start, end, +1)
         if end > start:
             count = self._begin_count.get(start, 0)
@@ -188,6 +198,7 @@ class AvailabilityProfile:
         entry = self._entries.pop(eid)
         for n in entry.nodes:
             self._by_node[n].discard(eid)
+        self._release(entry.nodes)
         self._apply(entry, entry.start, entry.end, -1)
         self._mark_last_end(entry.nodes, entry.end)
         count = self._begin_count.get(entry.start)  # None: forgotten by prune
@@ -210,6 +221,8 @@ class AvailabilityProfile:
         del self._entries[eid]
         for n in entry.nodes.tolist():
             self._by_node[n].discard(eid)
+        if entry.end > self._released_by:  # its end is still to count (see released)
+            self._release(entry.nodes)
 
     def truncate(self, eid: int, end: int) -> None:
         """Release the part of an entry after ``end``."""
@@ -217,9 +230,33 @@ class AvailabilityProfile:
         if end <= entry.start:
             self.remove(eid)
         elif end < entry.end:
+            # capacity after ``end`` is let go now, and before it, at its new end
+            self._release(entry.nodes)
+            heapq.heappush(self._ends, (end, eid))
             self._apply(entry, end, entry.end, -1)
             self._mark_last_end(entry.nodes, entry.end)
             entry.end = end
+
+    def released(self, t: int) -> tuple[int, np.ndarray]:
+        """Where capacity was let go by ``t`` (no earlier than the last call's): a count
+        that grows each time some was -- an entry removed, cut short or over, a node
+        added --, and per node the count when it last was (read-only).
+
+        A node with no release between two calls can host, over any window from the
+        second call's ``t``, only what it could from the first's: its usage has only
+        grown since, and what made it busy then would have had to end by now."""
+        self._released_by = t
+        while self._ends and self._ends[0][0] <= t:
+            entry = self._entries.get(heapq.heappop(self._ends)[1])
+            if entry is not None:  # (else counted when removed or forgotten)
+                self._release(entry.nodes)
+        view = self._released_at.view()
+        view.flags.writeable = False
+        return self._releases, view
+
+    def _release(self, nodes: np.ndarray) -> None:
+        self._releases += 1
+        self._released_at[nodes] = self._releases
 
     def _mark_last_end(self, nodes: np.ndarray, end: int) -> None:
         """An entry on ``nodes`` that lasted until ``end`` was shortened or removed:
@@ -346,6 +383,7 @@ class AvailabilityProfile:
     def prune(self, now: int) -> None:
         """Forget usage before ``now`` (keeps the breakpoint covering ``now``)."""
         self._pruned_at = max(self._pruned_at, now)
+        self.released(now)  # (so that its heap of ends does not grow for ever)
         # Entries over by now can overlap no query window any more: unindex them, so
         # owners_overlapping scans what is current, not every reservation ever made.
         while self._expiry and self._expiry[0][0] <= now:

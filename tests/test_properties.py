@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from scheduler.config import Backfilling, Config, Exclusion, Migration, TransferMode
-from scheduler.core import Scheduler, SchedulingError
+from scheduler.core import Lease, Scheduler, SchedulingError
 from scheduler.invariants import (
     HOLDING_KINDS,
     InvariantViolation,
@@ -565,6 +566,33 @@ def test_a_core_restored_from_its_dump_goes_on_as_it_would_have(
         assert drive(sc, restore_after) == run, "the restored core schedules otherwise"
 
     judge(sc, same)
+
+
+@settings(PROPERTY_SETTINGS, max_examples=max(10, EXAMPLES // 2))
+@given(scenarios())
+def test_a_queued_lease_skipped_as_stuck_could_not_have_started(sc: Scenario) -> None:
+    """A queue pass skips the leases whose start ``_still_stuck`` rules out: each time
+    it does, the proposal it skips is made anyway, and must find nothing."""
+    still_stuck = Scheduler._still_stuck
+    skipped = 0
+
+    def checked(self: Scheduler, lease: Lease) -> bool:
+        nonlocal skipped
+        if not still_stuck(self, lease):
+            return False
+        skipped += 1
+        stuck = dict(self._stuck)  # (proposing notes a new bound)
+        req = lease.request
+        partial = (req.preemptible and self.config.suspension
+                   and req.kind is LeaseKind.BESTEFFORT)
+        proposal = self._propose(lease, future=False, partial=partial)
+        self._stuck = stuck
+        assert proposal is None, f"lease {req.id}, skipped at {self.now}, could start"
+        return True
+
+    with patch.object(Scheduler, "_still_stuck", checked):
+        judge(sc)
+    event(f"skipped a retry: {skipped > 0}")
 
 
 def _no_ar_admitted(sc: Scenario, run: Run) -> None:

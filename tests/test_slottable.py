@@ -32,15 +32,13 @@ def histories(draw: st.DrawFn) -> list[tuple[str, int, int, int, int, int]]:
     return ops
 
 
-@settings(max_examples=300, deadline=None)
-@given(histories(), st.integers(0, 100), st.integers(1, 60), st.integers(10, 100),
-       st.booleans())
-def test_fits_window_is_the_peak_over_every_instant(
-        ops: list[tuple[str, int, int, int, int, int]], start: int, length: int, cpu: int,
-        ignore_preemptible: bool) -> None:
-    profile = AvailabilityProfile(CAPACITY)
-    live: dict[int, tuple[int, int, int, int, bool]] = {}  # eid -> (node, s, e, cpu, pre)
-    now = 0
+Live = dict[int, tuple[int, int, int, int, bool]]  # eid -> (node, start, end, cpu, pre)
+
+
+def play(profile: AvailabilityProfile, ops: list[tuple[str, int, int, int, int, int]],
+         live: Live, now: int) -> int:
+    """Apply a history to ``profile`` (and ``live``), from time ``now``; return the time
+    its prunes reached. Entries over by a prune are sometimes forgotten."""
     for op, s, e, node, amount, pick in ops:
         s, e = max(s, now), max(e, now)
         if op == "add":
@@ -60,6 +58,22 @@ def test_fits_window_is_the_peak_over_every_instant(
         elif op == "prune":
             now = max(now, s)
             profile.prune(now)
+            if pick % 2:
+                for eid in [eid for eid, (_, _, ee, _, _) in live.items() if ee <= now]:
+                    profile.forget(eid)
+                    del live[eid]
+    return now
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories(), st.integers(0, 100), st.integers(1, 60), st.integers(10, 100),
+       st.booleans())
+def test_fits_window_is_the_peak_over_every_instant(
+        ops: list[tuple[str, int, int, int, int, int]], start: int, length: int, cpu: int,
+        ignore_preemptible: bool) -> None:
+    profile = AvailabilityProfile(CAPACITY)
+    live: Live = {}
+    now = play(profile, ops, live, 0)
     start = max(start, now)
     vec = np.array([cpu, 0, 0, 0, 0])
     got = profile.fits_window(start, start + length, vec,
@@ -71,6 +85,58 @@ def test_fits_window_is_the_peak_over_every_instant(
                    for t in range(start, start + length))
         expected.append(peak <= 100 - cpu)
     assert got == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(histories(), histories(), st.integers(0, 30), st.integers(0, 30),
+       st.lists(st.tuples(st.integers(1, 60), st.integers(10, 100)), min_size=1, max_size=4))
+def test_a_node_with_no_release_since_hosts_no_more_than_it_could(
+        before: list[tuple[str, int, int, int, int, int]],
+        after: list[tuple[str, int, int, int, int, int]], wait1: int, wait2: int,
+        windows: list[tuple[int, int]]) -> None:
+    """What the queue's retry skip relies on (``released``): between two calls, a node
+    whose mark did not move can host, over any window from the second call's time,
+    nothing it could not host over the same length of window from the first's."""
+    profile = AvailabilityProfile(CAPACITY)
+    live: Live = {}
+    t1 = play(profile, before, live, 0) + wait1
+    count, marks = profile.released(t1)
+    marks = marks.copy()
+    could = {(w, cpu): profile.fits_window(t1, t1 + w, np.array([cpu, 0, 0, 0, 0])).tolist()
+             for w, cpu in windows}
+    # the history goes on from t1 (its times shifted there)
+    t2 = play(profile, [(op, t1 + s, t1 + e, node, cpu, pick)
+                        for op, s, e, node, cpu, pick in after], live, t1) + wait2
+    count2, marks2 = profile.released(t2)
+    assert count2 >= count and (marks2 >= marks).all()
+    for (w, cpu), then in could.items():
+        now = profile.fits_window(t2, t2 + w, np.array([cpu, 0, 0, 0, 0])).tolist()
+        for n in range(NODES):
+            if marks2[n] <= count:  # no release on n since
+                assert then[n] or not now[n], (n, w, cpu)
+
+
+def test_released_marks_removals_cuts_ends_and_new_nodes() -> None:
+    p = AvailabilityProfile(CAPACITY)
+    vec = np.array([60, 0, 0, 0, 0], dtype=np.int64)
+    a = p.add((0,), 0, 10, vec, owner=1)
+    b = p.add((1,), 0, 20, vec, owner=2)
+    c = p.add((2,), 0, 30, vec, owner=3)
+    assert (p.released(0)[0], p.released(0)[1].tolist()) == (0, [0, 0, 0])
+    p.truncate(b, 15)  # let go after 15 at once, and the rest at 15
+    assert (p.released(9)[0], p.released(9)[1].tolist()) == (1, [0, 1, 0])
+    assert p.released(10)[1].tolist() == [2, 1, 0]  # a's end
+    p.remove(c)
+    assert p.released(10)[1].tolist() == [2, 1, 3]
+    assert p.released(15)[1].tolist() == [2, 4, 3]  # b's new end (its old one: 20)
+    p.prune(15)
+    p.forget(a)  # counted already: nothing more
+    p.forget(b)
+    assert p.released(30)[1].tolist() == [2, 4, 3]  # c's old end: c is gone
+    p.add_node(CAPACITY[0])
+    assert (p.released(30)[0], p.released(30)[1].tolist()) == (5, [2, 4, 3, 5])
+    with pytest.raises(ValueError, match="read-only"):
+        p.released(30)[1][0] = 0
 
 
 def test_forget_drops_only_an_entry_that_is_over() -> None:
