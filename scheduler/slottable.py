@@ -712,7 +712,9 @@ class Channels:
     def remove(self, bid: int) -> None:
         booking = self._booked.pop(bid, None)
         if booking is None:
-            return  # pruned: it was over
+            if not 0 < bid < self._next:
+                raise KeyError(f"no booking {bid} was ever made")
+            return  # pruned (it was over) or removed already
         start = booking[0]
         i = self._ids.index(bid, bisect.bisect_left(self._starts, start))
         del self._starts[i], self._ids[i]

@@ -385,7 +385,9 @@ def test_an_answer_its_client_no_longer_waits_for_logs_no_error(
     """Clients that give up first (tiny deadlines) make gRPC's asyncio server fail to send
     some answers; it logs each as an ERROR with a traceback. The service logs them at
     DEBUG: routine, not an error. (The race does not always happen: rounds of concurrent
-    creates until it has, and the filter itself is checked below.)"""
+    creates until it has, and the test is skipped if it never does -- with PostgreSQL a
+    create takes longer than the deadline, and the call is cancelled before it answers.
+    The filter itself is checked below.)"""
     caplog.set_level(logging.DEBUG, logger="grpc._cython.cygrpc")
     for _ in range(50):
         calls = [svc.leases.CreateLease.future(
@@ -397,6 +399,8 @@ def test_an_answer_its_client_no_longer_waits_for_logs_no_error(
         if any("ExecuteBatchError" in r.getMessage() for r in caplog.records):
             break
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    if not any("ExecuteBatchError" in r.getMessage() for r in caplog.records):
+        pytest.skip("no answer came too late in 50 rounds: nothing was checked")
 
 
 def test_the_client_gone_filter(svc: Service, caplog: pytest.LogCaptureFixture) -> None:

@@ -182,6 +182,9 @@ def test_channels_forget_bookings_over_by_now() -> None:
     assert not ch.is_free((0,), 2_005, 2_011)
     ch.prune(2_100)  # too few over to be worth a cut: kept for now
     assert len(ch._booked) == 100
+    for never in (0, ids[-1] + 1):
+        with pytest.raises(KeyError, match=f"no booking {never} was ever made"):
+            ch.remove(never)
 
 
 @settings(max_examples=300, deadline=None)
