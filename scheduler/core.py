@@ -349,6 +349,7 @@ class Scheduler:
         self.profile.add_node(node.capacity.as_array())
         self.images.add_node()
         self._closed = np.append(self._closed, False)
+        self._prep_memo.clear()
         log.info("node added", extra={"node": node.name})
         self._replan = True  # new capacity: waiting leases may move earlier
         self._schedule_queue()
@@ -1082,7 +1083,7 @@ class Scheduler:
         copies, the link, the time and the open nodes stay as they are. A fresh lease
         holds no copy, so every fresh lease may use the same ones: all of them with a
         cache or piggybacking, only those nobody holds without (``ImageStore.version``
-        tracks both)."""
+        tracks both). Without transfers, the image does not matter."""
         req = lease.request
         key = None
         if not lease.segments and not lease.image_nodes:
@@ -1090,7 +1091,8 @@ class Scheduler:
             if token != self._prep_token:
                 self._prep_memo.clear()
                 self._prep_token = token
-            key = (req.image.id, req.image.size_mb, unicasts)
+            key = (req.image.id, req.image.size_mb, unicasts) if self.config.image_transfer \
+                else ("", 0, unicasts)
             if (hit := self._prep_memo.get(key)) is not None:
                 return hit
             # Images of one size with the same copies (most often: none anywhere) give
