@@ -1044,8 +1044,8 @@ class Scheduler:
                 found = self.profile.earliest_fit(t0, k, vec, whole, eligible=ready <= g)
                 if found is None:
                     break
-                s, until = found
-                prop = full(s, (ready <= g) & (until >= s + whole))
+                s, fits = found
+                prop = full(s, (ready <= g) & fits)
                 if prop is None:
                     break
                 if self._channels_ok(lease, prop):

@@ -571,10 +571,9 @@ class AvailabilityProfile:
                      eligible: np.ndarray | None = None,
                      ignore_preemptible: bool = False) -> tuple[int, np.ndarray] | None:
         """Earliest start ``s >= t0`` at which at least ``k`` eligible nodes can host
-        ``vec`` throughout [s, s + duration). Returns ``(s, until)`` where ``until``
-        is each node's free-until time from ``s`` (0 for ineligible nodes; exact below
-        ``s + duration``, INF for nodes free at least that long), or None if that never
-        happens with the current commitments.
+        ``vec`` throughout [s, s + duration) (``duration > 0``). Returns ``(s, fits)``,
+        ``fits`` telling which eligible nodes can, or None if that never happens with
+        the current commitments.
 
         Candidate starts are examined in growing chunks, each with only the slots that
         decide them, so an early fit does not pay for the whole future table."""
@@ -586,23 +585,24 @@ class AvailabilityProfile:
             b = min(total, a + chunk)  # candidate start slots [a, b)
             last_start = max(times_l[b - 1], t0)
             r = max(bisect.bisect_left(times_l, last_start + duration), b)  # rows [a, r)
-            m = r - a
             if vec.any():
                 ok = self._fits(a, r, vec, ignore_preemptible)
             else:
-                ok = np.ones((m, self.node_count), dtype=bool)
+                ok = np.ones((r - a, self.node_count), dtype=bool)
             if eligible is not None:
                 ok &= eligible
-            idx = np.arange(m)[:, None]
-            fail = np.where(ok, m, idx)
-            next_fail = np.minimum.accumulate(fail[::-1], axis=0)[::-1]
-            times = np.append(_view(times_l, a, r), INF)
-            until = times[next_fail[:b - a]]  # INF: free through every slot examined
+            # Per node, how many slots it cannot host in, up to each slot: a window of
+            # slots [j, q) is free where the count does not grow from j - 1 to q - 1.
+            bad = np.cumsum(~ok, axis=0, dtype=np.int32)
+            times = _view(times_l, a, r)
             starts = np.maximum(times[:b - a], t0)
-            good = (until >= (starts + duration)[:, None]).sum(axis=1) >= k
+            q = np.searchsorted(times, starts + duration)  # slots from here start later
+            before = np.vstack([np.zeros((1, bad.shape[1]), np.int32), bad[:b - a - 1]])
+            fits = bad[q - 1] == before
+            good = np.count_nonzero(fits, axis=1) >= k
             if good.any():
                 j = int(np.argmax(good))
-                return int(starts[j]), np.where(ok[j], until[j], 0)
+                return int(starts[j]), fits[j]
             a, chunk = b, chunk * 4
         return None
 

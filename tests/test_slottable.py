@@ -80,11 +80,39 @@ def test_fits_window_is_the_peak_over_every_instant(
                               ignore_preemptible=ignore_preemptible).tolist()
     expected = []
     for n in range(NODES):
-        peak = max(sum(a for node, es, ee, a, pre in live.values()
-                       if node == n and es <= t < ee and not (ignore_preemptible and pre))
-                   for t in range(start, start + length))
+        peak = max(_peak(live, n, t, ignore_preemptible) for t in range(start, start + length))
         expected.append(peak <= 100 - cpu)
     assert got == expected
+
+
+def _peak(live: Live, n: int, t: int, ignore_preemptible: bool) -> int:
+    return sum(a for node, es, ee, a, pre in live.values()
+               if node == n and es <= t < ee and not (ignore_preemptible and pre))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(histories(), st.integers(0, 100), st.integers(1, NODES), st.integers(10, 100),
+       st.integers(1, 60), st.lists(st.booleans(), min_size=NODES, max_size=NODES),
+       st.booleans())
+def test_earliest_fit_is_the_first_instant_that_fits(
+        ops: list[tuple[str, int, int, int, int, int]], t0: int, k: int, cpu: int,
+        duration: int, eligible: list[bool], ignore_preemptible: bool) -> None:
+    profile = AvailabilityProfile(CAPACITY)
+    live: Live = {}
+    t0 = max(t0, play(profile, ops, live, 0))
+    got = profile.earliest_fit(t0, k, np.array([cpu, 0, 0, 0, 0]), duration,
+                               eligible=np.array(eligible),
+                               ignore_preemptible=ignore_preemptible)
+    # every instant up to the last end (after it, all is free)
+    for s in range(t0, max([t0] + [ee for _, _, ee, _, _ in live.values()]) + 1):
+        fits = [eligible[n] and all(_peak(live, n, t, ignore_preemptible) <= 100 - cpu
+                                    for t in range(s, s + duration)) for n in range(NODES)]
+        if sum(fits) >= k:
+            break
+    else:
+        assert got is None
+        return
+    assert got is not None and (got[0], got[1].tolist()) == (s, fits)
 
 
 @settings(max_examples=500, deadline=None)
