@@ -521,10 +521,13 @@ class AvailabilityProfile:
         # where an entry begins.
         b0 = bisect.bisect_right(self._begins, start)
         b1 = bisect.bisect_left(self._begins, end, b0)
+        rows = _view(self._rows, i, j)
         if b1 - b0 < j - i - 1:
-            rows = np.append(self._rows[i], self._rows_at(_view(self._begins, b0, b1)))
-        else:
-            rows = _view(self._rows, i, j)
+            # the window's first slot and each begin's, searched among the window's
+            # (a begin is after ``start``: its position is at least 1)
+            at = np.searchsorted(_view(self._times, i, j), _view(self._begins, b0, b1),
+                                 side="right")
+            rows = rows[np.concatenate(([1], at)) - 1]
         fits = np.ones(self.node_count, dtype=bool)
         for d, room in dims:
             used = self._gather(self._used_slab, d, rows, None)
