@@ -956,6 +956,14 @@ class Scheduler:
         run = lease.run_needed - (lease.run_done() if lease.segments else 0)
         whole = opening + run + ovh.shutdown
         ready, has, groups, ready_bytes = self._prepared(lease, unicasts)
+        if not future:
+            # Within a pass capacity only shrinks: a request needing at least as much as
+            # one that already failed from the same readiness fails too. (Checked first:
+            # in a long queue, most requests fail here.)
+            key, need = ready_bytes, (k, req.resources, whole, opening, partial)
+            if failed is not None and (done := failed.get(key)) is not None \
+                    and any(_as_hard(need, f) for f in done):
+                return None
 
         def choose(mask: np.ndarray, start: int, count: int) -> tuple[int, ...] | None:
             if count == 0:
@@ -987,11 +995,6 @@ class Scheduler:
                              EventKind.SHUTDOWN, future)
 
         if not future:
-            # Within a pass capacity only shrinks: a request needing at least as much as
-            # one that already failed from the same readiness fails too.
-            key, need = ready_bytes, (k, req.resources, whole, opening, partial)
-            if failed is not None and any(_as_hard(need, f) for f in failed.get(key, ())):
-                return None
             # Cheap and exact: a start at g (whole or partial) needs k eligible nodes that
             # can host a VM at g itself, one of them where preparation ends at g (else the
             # readiness check rejects the choice). One query for all groups at once.
