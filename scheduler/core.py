@@ -769,8 +769,7 @@ class Scheduler:
         used = sum(1 for lease in self._waiting if lease.future)
         failed: _Failures = {}
         for lease in candidates:
-            if not self._still_stuck(lease) and \
-                    self._try_start(lease, future=False, partial=True, failed=failed):
+            if self._try_start(lease, future=False, partial=True, failed=failed):
                 continue
             if limit is not None and used >= limit:
                 if limit == 0:
@@ -949,9 +948,13 @@ class Scheduler:
         resuming = bool(lease.segments) and bool(lease.live)
         # A fresh lease without transfers is ready now on every open node.
         uniform = not future and not lease.segments and not self.config.image_transfer
-        if uniform and (hosts := int(np.count_nonzero(self._hosts_now(vec)))) < k:
-            self._note_stuck(lease, hosts)
-            return None  # it could only start now, on nodes with room now: too few
+        if uniform:  # it could only start now, on nodes with room now
+            fit_now = self._hosts_now(vec)
+            if (hosts := int(np.count_nonzero(fit_now))) < k:
+                self._note_stuck(lease, hosts)
+                return None  # too few
+            if self._still_stuck(lease, fit_now):
+                return None
         opening = ovh.resume(req) if resuming else ovh.boot
         run = lease.run_needed - (lease.run_done() if lease.segments else 0)
         whole = opening + run + ovh.shutdown
@@ -1061,23 +1064,24 @@ class Scheduler:
     def _note_stuck(self, lease: Lease, usable: int) -> None:
         """A fresh lease, ready now on every open node, could not start now: at most
         ``usable`` nodes could have hosted it long enough."""
-        self._stuck[lease.id] = (self.profile.released(self.now)[0], usable)
+        self._stuck[lease.id] = (self.profile.released(self.now), usable)
 
-    def _still_stuck(self, lease: Lease) -> bool:
-        """Must the lease still fail to start now, as it did in an earlier pass?
+    def _still_stuck(self, lease: Lease, fit_now: np.ndarray) -> bool:
+        """Must the fresh lease, ready now on every open node (``fit_now``: those with
+        room for a VM now), still fail to start now, as it did in an earlier pass?
 
         Only a node on which capacity was let go since (an entry ended, was cut short
         or removed; see ``AvailabilityProfile.released``), and that has room for it
         now, can host it from now when it could not then. Nodes are only ever added or
-        closed, and its readiness is now everywhere. So with fewer than ``vms`` nodes
-        usable then and such nodes together, it cannot start."""
+        closed. So with fewer than ``vms`` nodes usable then and such nodes together,
+        it cannot start. (Asked only once there is room now for it: else that fails
+        it sooner.)"""
         stuck = self._stuck.get(lease.id)
-        if stuck is None or lease.segments:
+        if stuck is None:
             return False
         then, usable = stuck
-        _, released_at = self.profile.released(self.now)
-        joining = np.count_nonzero(
-            (released_at > then) & self._hosts_now(lease.request.resources.as_array()))
+        self.profile.released(self.now)
+        joining = np.count_nonzero((self.profile.released_at > then) & fit_now)
         return bool(usable + joining < lease.request.vms)
 
     def _prepared(self, lease: Lease, unicasts: int | None) -> _Prepared:

@@ -90,6 +90,7 @@ class AvailabilityProfile:
         # ends once ``released`` reaches them: (end, entry id) wait in a heap.
         self._releases = 0
         self._released_at = np.zeros(n, dtype=np.int64)
+        self.released_at = self._read_only(self._released_at)
         self._ends: list[tuple[int, int]] = []
         self._released_by = -INF  # the last ``released`` call's time
         self._memo: dict[tuple[int, int, bool, bytes], np.ndarray] = {}
@@ -109,11 +110,13 @@ class AvailabilityProfile:
         state["_spare"] = []
         state["_memo"] = {}
         state["_rooms"] = {}
+        del state["released_at"]  # a view (unpickled, it would be a copy)
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
         self._usage = self._rebuild(state["_usage"])  # type: ignore[arg-type]
+        self.released_at = self._read_only(self._released_at)
 
     def _rebuild(self, first: np.ndarray) -> np.ndarray:
         """The table from the entries, one row per breakpoint in time order: a row holds
@@ -157,6 +160,7 @@ class AvailabilityProfile:
         self._last_end = np.append(self._last_end, -INF)
         self._releases += 1
         self._released_at = np.append(self._released_at, self._releases)
+        self.released_at = self._read_only(self._released_at)
         self._rooms.clear()
         self.version += 1
 
@@ -237,10 +241,10 @@ class AvailabilityProfile:
             self._mark_last_end(entry.nodes, entry.end)
             entry.end = end
 
-    def released(self, t: int) -> tuple[int, np.ndarray]:
-        """Where capacity was let go by ``t`` (no earlier than the last call's): a count
-        that grows each time some was -- an entry removed, cut short or over, a node
-        added --, and per node the count when it last was (read-only).
+    def released(self, t: int) -> int:
+        """How often capacity was let go by ``t`` (no earlier than the last call's): a
+        count that grows each time some was -- an entry removed, cut short or over, a
+        node added. ``released_at`` then holds, per node, the count when it last was.
 
         A node with no release between two calls can host, over any window from the
         second call's ``t``, only what it could from the first's: its usage has only
@@ -250,9 +254,13 @@ class AvailabilityProfile:
             entry = self._entries.get(heapq.heappop(self._ends)[1])
             if entry is not None:  # (else counted when removed or forgotten)
                 self._release(entry.nodes)
-        view = self._released_at.view()
+        return self._releases
+
+    @staticmethod
+    def _read_only(values: np.ndarray) -> np.ndarray:
+        view = values.view()
         view.flags.writeable = False
-        return self._releases, view
+        return view
 
     def _release(self, nodes: np.ndarray) -> None:
         self._releases += 1
@@ -596,12 +604,12 @@ class AvailabilityProfile:
                 ok &= eligible
             # Per node, how many slots it cannot host in, up to each slot: a window of
             # slots [j, q) is free where the count does not grow from j - 1 to q - 1.
-            bad = np.cumsum(~ok, axis=0, dtype=np.int32)
+            cannot = ~ok
+            bad = np.cumsum(cannot, axis=0, dtype=np.int32)
             times = _view(times_l, a, r)
             starts = np.maximum(times[:b - a], t0)
             q = np.searchsorted(times, starts + duration)  # slots from here start later
-            before = np.vstack([np.zeros((1, bad.shape[1]), np.int32), bad[:b - a - 1]])
-            fits = bad[q - 1] == before
+            fits = bad[q - 1] == bad[:b - a] - cannot[:b - a]
             good = np.count_nonzero(fits, axis=1) >= k
             if good.any():
                 j = int(np.argmax(good))

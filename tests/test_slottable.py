@@ -128,14 +128,14 @@ def test_a_node_with_no_release_since_hosts_no_more_than_it_could(
     profile = AvailabilityProfile(CAPACITY)
     live: Live = {}
     t1 = play(profile, before, live, 0) + wait1
-    count, marks = profile.released(t1)
-    marks = marks.copy()
+    count = profile.released(t1)
+    marks = profile.released_at.copy()
     could = {(w, cpu): profile.fits_window(t1, t1 + w, np.array([cpu, 0, 0, 0, 0])).tolist()
              for w, cpu in windows}
     # the history goes on from t1 (its times shifted there)
     t2 = play(profile, [(op, t1 + s, t1 + e, node, cpu, pick)
                         for op, s, e, node, cpu, pick in after], live, t1) + wait2
-    count2, marks2 = profile.released(t2)
+    count2, marks2 = profile.released(t2), profile.released_at
     assert count2 >= count and (marks2 >= marks).all()
     for (w, cpu), then in could.items():
         now = profile.fits_window(t2, t2 + w, np.array([cpu, 0, 0, 0, 0])).tolist()
@@ -150,21 +150,25 @@ def test_released_marks_removals_cuts_ends_and_new_nodes() -> None:
     a = p.add((0,), 0, 10, vec, owner=1)
     b = p.add((1,), 0, 20, vec, owner=2)
     c = p.add((2,), 0, 30, vec, owner=3)
-    assert (p.released(0)[0], p.released(0)[1].tolist()) == (0, [0, 0, 0])
+
+    def marks(t: int) -> list[int]:
+        p.released(t)
+        return list(p.released_at.tolist())
+    assert (p.released(0), p.released_at.tolist()) == (0, [0, 0, 0])
     p.truncate(b, 15)  # let go after 15 at once, and the rest at 15
-    assert (p.released(9)[0], p.released(9)[1].tolist()) == (1, [0, 1, 0])
-    assert p.released(10)[1].tolist() == [2, 1, 0]  # a's end
+    assert (p.released(9), p.released_at.tolist()) == (1, [0, 1, 0])
+    assert marks(10) == [2, 1, 0]  # a's end
     p.remove(c)
-    assert p.released(10)[1].tolist() == [2, 1, 3]
-    assert p.released(15)[1].tolist() == [2, 4, 3]  # b's new end (its old one: 20)
+    assert marks(10) == [2, 1, 3]
+    assert marks(15) == [2, 4, 3]  # b's new end (its old one: 20)
     p.prune(15)
     p.forget(a)  # counted already: nothing more
     p.forget(b)
-    assert p.released(30)[1].tolist() == [2, 4, 3]  # c's old end: c is gone
+    assert marks(30) == [2, 4, 3]  # c's old end: c is gone
     p.add_node(CAPACITY[0])
-    assert (p.released(30)[0], p.released(30)[1].tolist()) == (5, [2, 4, 3, 5])
+    assert (p.released(30), p.released_at.tolist()) == (5, [2, 4, 3, 5])
     with pytest.raises(ValueError, match="read-only"):
-        p.released(30)[1][0] = 0
+        p.released_at[0] = 0
 
 
 def test_forget_drops_only_an_entry_that_is_over() -> None:
@@ -292,3 +296,6 @@ def test_a_pickled_profile_rebuilds_the_same_table_from_its_entries(
             assert copy.fits_window(start, start + 30, vec, ignore_preemptible=ignore).tolist() \
                 == profile.fits_window(start, start + 30, vec,
                                        ignore_preemptible=ignore).tolist()
+        # (released_at is a view of the marks: unpickled, it must still be one)
+        assert (copy.released(start), copy.released_at.tolist()) == \
+            (profile.released(start), profile.released_at.tolist())
