@@ -1044,7 +1044,9 @@ class Scheduler:
                 self._note_stuck(lease, max(usable_whole, usable_partial if partial else 0))
             return None
         best: _Proposal | None = None
-        for g in groups:
+        for g in groups:  # (ascending)
+            if best is not None and best.start <= g:
+                break  # a start from here on is no earlier
             t0 = g
             for _ in range(8):  # retries only when the resume's exclusion channel is busy
                 found = self.profile.earliest_fit(t0, k, vec, whole, eligible=ready <= g)
