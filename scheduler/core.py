@@ -836,13 +836,11 @@ class Scheduler:
         # A killed lease starts over only once its doomed attempt has stopped.
         start = max(now, lease.segments[-1].end) if lease.segments and not lease.live \
             else now
-        ready = np.full(n, start, dtype=np.int64)
-        has = np.ones(n, dtype=bool)
         tx_start: int | None = None
         if lease.live:  # resuming: state is on the last segment's nodes
             last = lease.live[-1]
             base = max(now, last.end)
-            ready[:] = base
+            ready = np.full(n, base, dtype=np.int64)
             orig = np.zeros(n, dtype=bool)
             orig[list(last.nodes)] = True
             if self.config.migration is Migration.NO:
@@ -858,7 +856,7 @@ class Scheduler:
                 ready[~orig] = np.minimum(np.maximum(copies, light), heavy)[~orig]
             return ready, orig, None
         if not self.config.image_transfer:
-            return ready, has, None
+            return np.full(n, start, dtype=np.int64), np.ones(n, dtype=bool), None
         copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id,
                                          held=lease.image_nodes)
         has = copies < INF

@@ -638,6 +638,9 @@ class Timeline:
         self._start_of: dict[int, int] = {}  # so a removal finds its place by bisection
         self._next = 1
         self.version = 0  # changes whenever an interval is added or removed
+        # the last earliest_gap answer, (version, t, length, s): a queue pass asks the
+        # same for every waiting lease, and a busy link has many intervals to walk
+        self._last_gap = (-1, 0, 0, 0)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -674,12 +677,16 @@ class Timeline:
         s = t
         if length <= 0:
             return s
+        version, t_, length_, found = self._last_gap
+        if (version, t_, length_) == (self.version, t, length):
+            return found
         i = max(0, bisect.bisect_right(self._starts, s) - 1)
         for k in range(i, len(self._starts)):
             if self._starts[k] >= s + length:
                 break
             if self._ends[k] > s:
                 s = self._ends[k]
+        self._last_gap = (self.version, t, length, s)
         return s
 
     def latest_gap(self, deadline: int, length: int) -> int:

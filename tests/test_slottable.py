@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.slottable import AvailabilityProfile, Channels
+from scheduler.slottable import AvailabilityProfile, Channels, Timeline
 
 NODES = 3
 CAPACITY = np.array([[100, 1024, 0, 0, 0]] * NODES, dtype=np.int64)
@@ -299,3 +299,32 @@ def test_a_pickled_profile_rebuilds_the_same_table_from_its_entries(
         # (released_at is a view of the marks: unpickled, it must still be one)
         assert (copy.released(start), copy.released_at.tolist()) == \
             (profile.released(start), profile.released_at.tolist())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "add", "remove", "ask"]), st.integers(0, 80),
+                          st.integers(1, 20), st.integers(0, 10**6)), max_size=30))
+def test_link_gaps_are_the_earliest_and_latest_free_windows(
+        ops: list[tuple[str, int, int, int]]) -> None:
+    """The repository link's busy intervals (kept disjoint, as transfers book them):
+    after every change, the same questions (the last answer is remembered) get what
+    a search over every instant gives."""
+    link = Timeline()
+    busy: dict[int, tuple[int, int]] = {}
+    for op, t, length, pick in ops:
+        if op == "add":
+            s = link.earliest_gap(t, length)
+            busy[link.add(s, s + length)] = (s, s + length)
+        elif op == "remove" and busy:
+            tid = sorted(busy)[pick % len(busy)]
+            link.remove(tid)
+            del busy[tid]
+        free = [not any(a <= x < b for a, b in busy.values()) for x in range(250)]
+        for _ in range(2):  # asked twice: the second answer comes from memory
+            s = link.earliest_gap(t, length)
+            assert s == next(x for x in range(t, 250) if all(free[x:x + length]))
+            e = link.latest_gap(t + 40, length)
+            assert e == next((x for x in range(t + 40 - length, -1, -1)
+                              if all(free[x:x + length])), e)
+            assert link.is_free(t, t + length) == all(free[t:t + length])
+        assert len(link) == len(busy)
