@@ -258,6 +258,11 @@ class Scheduler:
         self._changed: set[int] = set()  # leases whose state or schedule changed
         self._hosts_now_key: tuple[int, int, bytes] | None = None
         self._hosts_now_fit = np.zeros(len(site.nodes), dtype=bool)
+        # (readiness, VM shape) -> per readiness group, the nodes ready by then with room
+        # for a VM then, and whether one is ready exactly then; while the profile stays
+        # as it is (see _viability)
+        self._viability_memo: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray]] = {}
+        self._viability_version = -1
         # Readiness of fresh leases per (image, size, unicasts), while nothing it depends
         # on changes: a queue pass asks it for every waiting lease, mostly of few images.
         self._prep_memo: dict[tuple[str | bytes, int, int | None], _Prepared] = {}
@@ -529,6 +534,7 @@ class Scheduler:
         state = self.__dict__.copy()
         del state["_at"]  # the caller's (e.g. a bound method of the service's engine)
         state["_prep_memo"] = {}
+        state["_viability_memo"] = {}
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -1001,10 +1007,8 @@ class Scheduler:
             # readiness check rejects the choice). One query for all groups at once.
             usable = 0  # uniform: how many nodes could host it from now (at most)
             if groups:
-                at = np.array(groups, dtype=np.int64)[:, None]
-                fit = self.profile.fits_at(groups, vec)  # (groups, nodes)
-                counts = np.count_nonzero(fit & (ready <= at), axis=1)
-                viable = (counts >= k) & (fit & (ready == at)).any(axis=1)
+                counts, prepared_then = self._viability(ready, ready_bytes, groups, vec)
+                viable = (counts >= k) & prepared_then
                 usable = int(counts.max())
                 groups = [g for g, v in zip(groups, viable.tolist(), strict=True) if v]
             usable_whole = usable_partial = usable
@@ -1060,6 +1064,24 @@ class Scheduler:
                     break
                 t0 = self._channels.earliest_gap(prop.nodes, s, opening)
         return best
+
+    def _viability(self, ready: np.ndarray, ready_bytes: bytes, groups: list[int],
+                   vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per readiness group g (``groups``: the distinct finite times of ``ready``,
+        whose bytes are ``ready_bytes``): how many nodes ready by g have room for a VM of
+        ``vec`` at g, and whether one of them is ready exactly at g. The same for every
+        lease of that readiness and shape while the profile stays as it is: a queue pass
+        of leases waiting for one link, or for nodes, asks it for each of them."""
+        if self._viability_version != self.profile.version:
+            self._viability_memo.clear()
+            self._viability_version = self.profile.version
+        key = (ready_bytes, vec.tobytes())
+        if (hit := self._viability_memo.get(key)) is None:
+            at = np.array(groups, dtype=np.int64)[:, None]
+            fit = self.profile.fits_at(groups, vec)  # (groups, nodes)
+            hit = self._viability_memo[key] = (np.count_nonzero(fit & (ready <= at), axis=1),
+                                               (fit & (ready == at)).any(axis=1))
+        return hit
 
     def _note_stuck(self, lease: Lease, usable: int) -> None:
         """A fresh lease, ready now on every open node, could not start now: at most
