@@ -6,7 +6,9 @@ breakpoint to the next. Rows are not kept in time order in memory (a breakpoint
 list maps times to rows), so inserting a breakpoint copies one row instead of
 shifting the whole table. Rows before the present are pruned as time advances.
 The breakpoint lists are ``array.array``s: numpy reads a stretch of them in place
-(``_view``) where converting a list slice cost more than the query itself.
+(``_view``) where converting a list slice cost more than the query itself. It also
+marks, per node, when capacity was last let go (``released``), so that the scheduler
+can tell a retry that cannot succeed.
 
 ``Timeline`` is a much simpler structure for an exclusive channel (the image
 repository's link): a sorted list of busy intervals. ``Channels`` holds the
