@@ -79,7 +79,9 @@ class AvailabilityProfile:
         # per node, the end of its last entry: past it the node is free for good
         self._last_end = np.full(n, -INF, dtype=np.int64)
         self._stale_last_end: set[int] = set()
-        self._expiry: list[tuple[int, int]] = []  # (end when added, entry id), a heap
+        # (end, entry id) of every entry, pushed when it is added or cut short, popped
+        # once ``released`` reaches that end: a heap
+        self._expiry: list[tuple[int, int]] = []
         # When entries begin: usage only rises there, so a window's peak is at its start
         # or at one of these (a window often spans thousands of breakpoints, mostly ends).
         self._begins = array("q")  # distinct, sorted
@@ -89,11 +91,10 @@ class AvailabilityProfile:
         self.version = 0  # changes whenever any commitment does
         # Capacity let go (see ``released``): a count of the times it was, and per node
         # the count when it last was. Removals and truncations count at once, planned
-        # ends once ``released`` reaches them: (end, entry id) wait in a heap.
+        # ends once ``released`` reaches them (``_expiry``).
         self._releases = 0
         self._released_at = np.zeros(n, dtype=np.int64)
         self.released_at = self._read_only(self._released_at)
-        self._ends: list[tuple[int, int]] = []
         self._released_by = -INF  # the last ``released`` call's time
         self._memo: dict[tuple[int, int, bool, bytes], np.ndarray] = {}
         self._memo_version = 0
@@ -191,7 +192,6 @@ class AvailabilityProfile:
             self._by_node[n].add(eid)
         self._last_end[entry.nodes] = np.maximum(self._last_end[entry.nodes], end)
         heapq.heappush(self._expiry, (end, eid))
-        heapq.heappush(self._ends, (end, eid))
         self._apply(entry, start, end, +1)
         if end > start:
             count = self._begin_count.get(start, 0)
@@ -238,7 +238,7 @@ class AvailabilityProfile:
         elif end < entry.end:
             # capacity after ``end`` is let go now, and before it, at its new end
             self._release(entry.nodes)
-            heapq.heappush(self._ends, (end, eid))
+            heapq.heappush(self._expiry, (end, eid))
             self._apply(entry, end, entry.end, -1)
             self._mark_last_end(entry.nodes, entry.end)
             entry.end = end
@@ -252,10 +252,15 @@ class AvailabilityProfile:
         second call's ``t``, only what it could from the first's: its usage has only
         grown since, and what made it busy then would have had to end by now."""
         self._released_by = t
-        while self._ends and self._ends[0][0] <= t:
-            entry = self._entries.get(heapq.heappop(self._ends)[1])
+        while self._expiry and self._expiry[0][0] <= t:
+            eid = heapq.heappop(self._expiry)[1]
+            entry = self._entries.get(eid)
             if entry is not None:  # (else counted when removed or forgotten)
                 self._release(entry.nodes)
+                # Over by now, it can overlap no query window any more: unindexed, so
+                # owners_overlapping scans what is current, not every entry ever made.
+                for n in entry.nodes.tolist():
+                    self._by_node[n].discard(eid)
         return self._releases
 
     @staticmethod
@@ -291,7 +296,8 @@ class AvailabilityProfile:
     def owners_overlapping(self, nodes: np.ndarray | list[int], start: int, end: int,
                            *, preemptible_only: bool = False) -> set[int]:
         """Owners of entries on any of ``nodes`` that overlap [start, end), for
-        ``start`` at or after the last ``prune`` (entries over by then are not indexed)."""
+        ``start`` at or after the last time given to ``released`` or ``prune`` (entries
+        over by then are not indexed)."""
         found: set[int] = set()
         for n in nodes:
             for eid in self._by_node[int(n)]:
@@ -393,15 +399,7 @@ class AvailabilityProfile:
     def prune(self, now: int) -> None:
         """Forget usage before ``now`` (keeps the breakpoint covering ``now``)."""
         self._pruned_at = max(self._pruned_at, now)
-        self.released(now)  # (so that its heap of ends does not grow for ever)
-        # Entries over by now can overlap no query window any more: unindex them, so
-        # owners_overlapping scans what is current, not every reservation ever made.
-        while self._expiry and self._expiry[0][0] <= now:
-            _, eid = heapq.heappop(self._expiry)
-            entry = self._entries.get(eid)
-            if entry is not None:
-                for n in entry.nodes.tolist():
-                    self._by_node[n].discard(eid)
+        self.released(now)  # (ends reached: counted, and unindexed)
         i = bisect.bisect_right(self._times, now) - 1
         if i > 0:
             self._spare.extend(self._rows[:i])
