@@ -21,10 +21,14 @@ import bisect
 import heapq
 from array import array
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-INF = 2**62  # "forever": later than any schedulable instant
+from scheduler import kernels
+
+INF = kernels.INF  # "forever": later than any schedulable instant
+
 # Usage fits int32 when capacities stay below this: a node's usage never exceeds its
 # capacity by more than the preemptible usage an AR may be placed over (twice it, at most).
 _INT32_SAFE = 2**30
@@ -34,6 +38,13 @@ def _view(values: array[int], i: int, j: int) -> np.ndarray:
     """``values[i:j]`` as an int64 array sharing its memory: use it at once and keep
     no reference (an array exporting its buffer cannot grow or shrink)."""
     return np.frombuffer(values, dtype=np.int64, count=j - i, offset=8 * i)
+
+
+class _Shape(NamedTuple):
+    """A VM shape as the kernels take it (``AvailabilityProfile._shape``)."""
+    slabs: np.ndarray
+    pslabs: np.ndarray
+    rooms: np.ndarray
 
 
 @dataclass(eq=False)
@@ -98,9 +109,9 @@ class AvailabilityProfile:
         self._released_by = -INF  # the last ``released`` call's time
         self._memo: dict[tuple[int, int, bool, bytes], np.ndarray] = {}
         self._memo_version = 0
-        # per VM shape (vec's bytes): the dimensions it uses, each with what is left per
-        # node once it is placed (a query needs them all; few shapes recur)
-        self._rooms: dict[bytes, list[tuple[int, np.ndarray]]] = {}
+        # per VM shape (vec's bytes, ignoring preemptible usage or not): its arguments
+        # to the kernels (few shapes recur)
+        self._shapes: dict[tuple[bytes, bool], _Shape] = {}
 
     def __getstate__(self) -> dict[str, object]:
         # What a checkpoint stores: not the table (rows x nodes per slab: ~100 MB at
@@ -112,7 +123,7 @@ class AvailabilityProfile:
         state["_rows"] = array("q", range(len(self._rows)))
         state["_spare"] = []
         state["_memo"] = {}
-        state["_rooms"] = {}
+        state["_shapes"] = {}
         del state["released_at"]  # a view (unpickled, it would be a copy)
         return state
 
@@ -164,21 +175,29 @@ class AvailabilityProfile:
         self._releases += 1
         self._released_at = np.append(self._released_at, self._releases)
         self.released_at = self._read_only(self._released_at)
-        self._rooms.clear()
+        self._shapes.clear()
         self.version += 1
 
     @property
     def node_count(self) -> int:
         return int(self.capacity.shape[0])
 
-    def _room(self, vec: np.ndarray, key: bytes) -> list[tuple[int, np.ndarray]]:
-        """The dimensions ``vec`` (whose bytes are ``key``) uses, each with the usage a
-        node may have for it to fit: its capacity less ``vec``. Empty if it uses none."""
-        room = self._rooms.get(key)
-        if room is None:
-            room = self._rooms[key] = [
-                (d, self.capacity[:, d] - vec[d]) for d in np.flatnonzero(vec).tolist()]
-        return room
+    def _shape(self, vec: np.ndarray, ignore_preemptible: bool = False) -> _Shape:
+        """The kernels' view of ``vec`` (see ``scheduler.kernels``): per dimension it
+        uses, the slab of its usage (-1: none ever), the slab of preemptible usage to
+        subtract (-1: none), and the usage a node may have for it to fit there: its
+        capacity less ``vec``. Empty if it uses none."""
+        key = (vec.tobytes(), ignore_preemptible)
+        shape = self._shapes.get(key)
+        if shape is None:
+            dims = np.flatnonzero(vec).tolist()
+            slabs = np.array([self._used_slab.get(d, -1) for d in dims], dtype=np.int64)
+            pslabs = np.array([self._pre_slab.get(d, -1) if ignore_preemptible else -1
+                               for d in dims], dtype=np.int64)
+            rooms = np.array([self.capacity[:, d] - vec[d] for d in dims],
+                             dtype=np.int64).reshape(len(dims), self.node_count)
+            shape = self._shapes[key] = _Shape(slabs, pslabs, rooms)
+        return shape
 
     # ----------------------------------------------------------- reservations
     def add(self, nodes: tuple[int, ...], start: int, end: int, vec: np.ndarray,
@@ -316,18 +335,17 @@ class AvailabilityProfile:
         self.version += 1
         i = self._split(start)
         j = self._split(end)
-        # Flat positions in a slab: one 1-D fancy index is several times faster than
-        # the 2-D (rows x nodes) broadcast one.
-        flat = (_view(self._rows, i, j)[:, None] * self._usage.shape[2]
-                + entry.nodes).ravel()
+        slabs, deltas = [], []
         for d in np.flatnonzero(entry.vec).tolist():  # only the dimensions it uses
             delta = sign * int(entry.vec[d])
-            slabs = [self._slab(self._used_slab, d)]  # (may reallocate self._usage)
+            slabs.append(self._slab(self._used_slab, d))  # (may reallocate self._usage)
+            deltas.append(delta)
             if entry.preemptible:
                 slabs.append(self._slab(self._pre_slab, d))
-            for slab in slabs:
-                # a view: every slab of the C-contiguous table is contiguous
-                self._usage[slab].reshape(-1)[flat] += delta
+                deltas.append(delta)
+        kernels.add_usage(self._usage, np.array(slabs, dtype=np.int64),
+                          np.array(deltas, dtype=np.int64), _view(self._rows, i, j),
+                          entry.nodes)
         if sign < 0:  # drop breakpoints that no longer separate different usage
             self._merge(j)
             self._merge(i)
@@ -349,7 +367,7 @@ class AvailabilityProfile:
     def _merge(self, i: int) -> None:
         if 0 < i < len(self._times):
             a, b = self._rows[i - 1], self._rows[i]
-            if np.array_equal(self._usage[:, a], self._usage[:, b]):
+            if kernels.same_rows(self._usage, a, b):
                 del self._times[i]
                 del self._rows[i]
                 self._spare.append(b)
@@ -369,17 +387,8 @@ class AvailabilityProfile:
             slabs[d] = self._usage.shape[0]
             _, rows, n = self._usage.shape
             self._usage = np.concatenate([self._usage, np.zeros((1, rows, n), self._dtype)])
+            self._shapes.clear()  # (they name the slabs)
         return slabs[d]
-
-    def _gather(self, slabs: dict[int, int], d: int, rows: np.ndarray,
-                cols: np.ndarray | None) -> np.ndarray | None:
-        """Usage of dimension ``d`` in ``rows`` (x ``cols``), or None if never used."""
-        slab = slabs.get(d)
-        if slab is None:
-            return None
-        out: np.ndarray = (self._usage[slab].take(rows, axis=0) if cols is None
-                           else self._usage[slab][np.ix_(rows, cols)])
-        return out
 
     def _rows_at(self, instants: np.ndarray | list[int]) -> np.ndarray:
         """The rows holding the usage at each of ``instants`` (none before the first
@@ -412,26 +421,13 @@ class AvailabilityProfile:
             del self._begins[:b]
 
     # ---------------------------------------------------------------- queries
-    def _fits(self, i: int, j: int, vec: np.ndarray, ignore_preemptible: bool,
-              cols: np.ndarray | None = None) -> np.ndarray:
-        """(slots i..j-1, nodes) booleans: can the node host ``vec`` in that slot?
-        (Only the nodes ``cols``, in that order, if given.)"""
-        rows = _view(self._rows, i, j)
-        ok: np.ndarray | None = None
-        for d, room in self._room(vec, vec.tobytes()):
-            if cols is not None:
-                room = room[cols]
-            used = self._gather(self._used_slab, d, rows, cols)
-            if used is None:  # nothing ever used this dimension
-                fits = np.tile(room >= 0, (len(rows), 1))
-            else:
-                if ignore_preemptible and (pre := self._gather(
-                        self._pre_slab, d, rows, cols)) is not None:
-                    used = used - pre
-                fits = used <= room
-            ok = fits if ok is None else ok & fits
-        assert ok is not None
-        return ok
+    # Each runs one kernel over the table (``scheduler.kernels``), given the
+    # breakpoints' rows and times as arrays over the lists' memory.
+    def _all_rows(self) -> np.ndarray:
+        return _view(self._rows, 0, len(self._rows))
+
+    def _all_times(self) -> np.ndarray:
+        return _view(self._times, 0, len(self._times))
 
     def fits_at(self, instants: list[int], vec: np.ndarray) -> np.ndarray:
         """(instants, nodes) booleans: can the node host ``vec`` at that instant?"""
@@ -439,11 +435,8 @@ class AvailabilityProfile:
         key = (len(instants), -3, False, np.array(instants, dtype=np.int64).tobytes() + shape)
         if (hit := self._recall(key)) is not None:
             return hit
-        rows = self._rows_at(instants)
-        ok = np.ones((len(rows), self.node_count), dtype=bool)
-        for d, room in self._room(vec, shape):
-            used = self._gather(self._used_slab, d, rows, None)
-            ok &= (0 if used is None else used) <= room
+        ok: np.ndarray = kernels.fits_rows(self._usage, self._rows_at(instants),
+                                           *self._shape(vec))
         return self._remember(key, ok)
 
     def free_until(self, t: int, vec: np.ndarray, *,
@@ -456,7 +449,11 @@ class AvailabilityProfile:
         key = (t, -1, ignore_preemptible, vec.tobytes())
         if (hit := self._recall(key)) is not None:
             return hit
-        return self._remember(key, self._free_until(t, vec, ignore_preemptible))
+        i = bisect.bisect_right(self._times, t) - 1
+        until: np.ndarray = kernels.free_until(
+            self._usage, self._all_rows(), self._all_times(),
+            *self._shape(vec, ignore_preemptible), i, t)
+        return self._remember(key, until)
 
     def free_since(self, t: int, vec: np.ndarray) -> np.ndarray:
         """For each node, the start of the longest interval [since, t) in which it can
@@ -468,20 +465,9 @@ class AvailabilityProfile:
         key = (t, -2, False, vec.tobytes())
         if (cached := self._recall(key)) is not None:
             return cached
-        since = np.full(n, self._times[0], dtype=np.int64)
-        open_ = np.ones(n, dtype=bool)
         j = bisect.bisect_left(self._times, t)  # slots [0, j) lie before t
-        end = t  # where slot j - 1 stops mattering
-        block = 8
-        while j > 0 and open_.any():
-            i = max(0, j - block)
-            bad: np.ndarray = ~self._fits(i, j, vec, False)[::-1] & open_  # latest first
-            hit = bad.any(axis=0)
-            first = np.argmax(bad, axis=0)  # latest failing slot, counted from j - 1
-            ends = np.append(_view(self._times, i + 1, j), end)[::-1]
-            since[hit] = ends[first[hit]]
-            open_ &= ~hit
-            j, end, block = i, self._times[i], block * 4
+        since: np.ndarray = kernels.free_since(
+            self._usage, self._all_rows(), self._all_times(), *self._shape(vec), j, t)
         return self._remember(key, since)
 
     def soonest_ends(self, t: int, vec: np.ndarray, nodes: np.ndarray, r: int) -> np.ndarray:
@@ -489,44 +475,32 @@ class AvailabilityProfile:
         ``t``) of the ``r`` whose free stretch from ``t`` ends soonest (ties: lower
         index). Scans only as far as it must: once ``r`` have ended, the others end
         later."""
-        m = len(nodes)
-        until = np.full(m, INF, dtype=np.int64)
         self._refresh_last_end()
         busy_later = self._last_end[nodes] > t  # the others are free for good from t
-        if vec.any() and busy_later.any():
-            open_ = busy_later
-            horizon = int(self._last_end[nodes[busy_later]].max())
-            last = bisect.bisect_left(self._times, horizon)  # no slot from here changes
-            i = bisect.bisect_right(self._times, t) - 1
-            found, block = 0, 8
-            while i < last and found < r:
-                j = min(last, i + block)
-                bad = ~self._fits(i, j, vec, False, nodes) & open_
-                hit = bad.any(axis=0)
-                first = np.argmax(bad, axis=0)
-                starts = _view(self._times, i, j)
-                until[hit] = np.maximum(starts[first[hit]], t)
-                open_ &= ~hit
-                found += int(hit.sum())
-                i, block = j, block * 4
-        return np.lexsort((np.arange(m), until))[:r]
+        if not vec.any() or not busy_later.any():
+            return np.arange(min(r, len(nodes)))
+        horizon = int(self._last_end[nodes[busy_later]].max())
+        last = bisect.bisect_left(self._times, horizon)  # no slot from here changes
+        i = bisect.bisect_right(self._times, t) - 1
+        chosen: np.ndarray = kernels.soonest_ends(
+            self._usage, self._all_rows(), self._all_times(), *self._shape(vec),
+            nodes, busy_later, i, last, t, r)
+        return chosen
 
     def fits_window(self, start: int, end: int, vec: np.ndarray, *,
                     ignore_preemptible: bool = False) -> np.ndarray:
         """For each node, whether it can host ``vec`` throughout [start, end)."""
-        shape = vec.tobytes()
-        dims = self._room(vec, shape)
-        if not dims:
+        shape = self._shape(vec, ignore_preemptible)
+        if not len(shape.slabs):
             return np.ones(self.node_count, dtype=bool)
-        key = (start, end, ignore_preemptible, shape)
+        key = (start, end, ignore_preemptible, vec.tobytes())
         if (hit := self._recall(key)) is not None:
             return hit
         i = bisect.bisect_right(self._times, start) - 1
         j = max(bisect.bisect_left(self._times, end), i + 1)
-        # Per node, the peak usage over the window against what is left for the VM: one
-        # reduction over the rows instead of a (rows, nodes) comparison per dimension,
-        # and only over the rows where usage can rise: the window's first, and those
-        # where an entry begins.
+        # Usage rises only where an entry begins: a window's peak is in its first slot
+        # or in the slot of one of the begins within it (a window often spans thousands
+        # of breakpoints, mostly ends).
         b0 = bisect.bisect_right(self._begins, start)
         b1 = bisect.bisect_left(self._begins, end, b0)
         rows = _view(self._rows, i, j)
@@ -536,16 +510,7 @@ class AvailabilityProfile:
             at = np.searchsorted(_view(self._times, i, j), _view(self._begins, b0, b1),
                                  side="right")
             rows = rows[np.concatenate(([1], at)) - 1]
-        fits = np.ones(self.node_count, dtype=bool)
-        for d, room in dims:
-            used = self._gather(self._used_slab, d, rows, None)
-            if used is None:
-                fits &= room >= 0
-                continue
-            if ignore_preemptible and (pre := self._gather(
-                    self._pre_slab, d, rows, None)) is not None:
-                used = used - pre
-            fits &= used.max(axis=0) <= room
+        fits: np.ndarray = kernels.fits_all_rows(self._usage, rows, *shape)
         return self._remember(key, fits)
 
     # Queue passes ask the same questions for many leases between two changes.
@@ -560,62 +525,21 @@ class AvailabilityProfile:
         self._memo[key] = value
         return value
 
-    def _free_until(self, t: int, vec: np.ndarray, ignore_preemptible: bool) -> np.ndarray:
-        n = self.node_count
-        i = bisect.bisect_right(self._times, t) - 1
-        until = np.full(n, INF, dtype=np.int64)
-        open_ = np.ones(n, dtype=bool)  # nodes whose interval is still open
-        block = 8
-        while i < len(self._times) and open_.any():
-            j = min(len(self._times), i + block)
-            ok = self._fits(i, j, vec, ignore_preemptible)
-            bad = ~ok & open_
-            first = np.argmax(bad, axis=0)  # first failing slot per node (0 if none)
-            hit = bad.any(axis=0)
-            starts = _view(self._times, i, j)
-            until[hit] = np.maximum(starts[first[hit]], t)
-            open_ &= ~hit
-            i, block = j, block * 4
-        return until
-
     def earliest_fit(self, t0: int, k: int, vec: np.ndarray, duration: int, *,
                      eligible: np.ndarray | None = None,
                      ignore_preemptible: bool = False) -> tuple[int, np.ndarray] | None:
         """Earliest start ``s >= t0`` at which at least ``k`` eligible nodes can host
         ``vec`` throughout [s, s + duration) (``duration > 0``). Returns ``(s, fits)``,
         ``fits`` telling which eligible nodes can, or None if that never happens with
-        the current commitments.
-
-        Candidate starts are examined in growing chunks, each with only the slots that
-        decide them, so an early fit does not pay for the whole future table."""
-        times_l = self._times
-        total = len(times_l)
-        a = bisect.bisect_right(times_l, t0) - 1
-        chunk = 16
-        while a < total:
-            b = min(total, a + chunk)  # candidate start slots [a, b)
-            last_start = max(times_l[b - 1], t0)
-            r = max(bisect.bisect_left(times_l, last_start + duration), b)  # rows [a, r)
-            if vec.any():
-                ok = self._fits(a, r, vec, ignore_preemptible)
-            else:
-                ok = np.ones((r - a, self.node_count), dtype=bool)
-            if eligible is not None:
-                ok &= eligible
-            # Per node, how many slots it cannot host in, up to each slot: a window of
-            # slots [j, q) is free where the count does not grow from j - 1 to q - 1.
-            cannot = ~ok
-            bad = np.cumsum(cannot, axis=0, dtype=np.int32)
-            times = _view(times_l, a, r)
-            starts = np.maximum(times[:b - a], t0)
-            q = np.searchsorted(times, starts + duration)  # slots from here start later
-            fits = bad[q - 1] == bad[:b - a] - cannot[:b - a]
-            good = np.count_nonzero(fits, axis=1) >= k
-            if good.any():
-                j = int(np.argmax(good))
-                return int(starts[j]), fits[j]
-            a, chunk = b, chunk * 4
-        return None
+        the current commitments. (Candidate starts: ``t0``, then each later breakpoint,
+        where usage may drop.)"""
+        if eligible is None:
+            eligible = np.ones(self.node_count, dtype=bool)
+        a = bisect.bisect_right(self._times, t0) - 1
+        s, fits = kernels.earliest_fit(
+            self._usage, self._all_rows(), self._all_times(),
+            *self._shape(vec, ignore_preemptible), eligible, a, t0, k, duration)
+        return None if len(fits) == 0 else (int(s), fits)
 
     def min_free(self, node: int, start: int, end: int) -> np.ndarray:
         """Free capacity of ``node`` guaranteed throughout [start, end)."""

@@ -1,0 +1,191 @@
+"""Compiled loops over the availability profile's table (numba).
+
+The profile's queries walk a (slab, row, node) usage table: a node can host a VM in
+a row when, in every dimension the VM uses, the node's usage there is at most what
+its capacity leaves for the VM (its *room*). Written with numpy, each query took
+tens of array operations on small arrays (a site has tens to hundreds of nodes),
+and their dispatch cost more than the arithmetic; each loop here is one call, and
+stops as soon as its answer is known.
+
+Every kernel takes the table, the breakpoints' rows (``rows``, in time order) and a
+VM shape as three arrays, one entry per dimension it uses: ``slabs`` (the slab of
+all usage, or -1 if none was ever booked), ``pslabs`` (the slab of preemptible
+usage, subtracted when preemptible reservations are ignored; -1: nothing to
+subtract) and ``rooms`` (dimensions x nodes). Compiled on first use and cached
+beside this file (``cache=True``), so later processes load them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numba
+import numpy as np
+
+F = TypeVar("F", bound=Callable[..., Any])
+INF = 2**62  # as slottable.INF (imported from there it would be a cycle)
+
+
+def _jit(f: F) -> F:
+    return cast(F, numba.njit(cache=True)(f))
+
+
+def _inlined(f: F) -> F:
+    return cast(F, numba.njit(cache=True, inline="always")(f))
+
+
+@_inlined
+def _fits(usage: np.ndarray, slabs: np.ndarray, pslabs: np.ndarray, rooms: np.ndarray,
+          row: int, node: int) -> bool:
+    for d in range(slabs.shape[0]):
+        used = 0
+        if slabs[d] >= 0:
+            used = usage[slabs[d], row, node]
+        if pslabs[d] >= 0:
+            used -= usage[pslabs[d], row, node]
+        if used > rooms[d, node]:
+            return False
+    return True
+
+
+@_jit
+def fits_rows(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray, pslabs: np.ndarray,
+              rooms: np.ndarray) -> np.ndarray:
+    """(rows, nodes) booleans: can the node host the shape in that row?"""
+    n = rooms.shape[1]
+    out = np.empty((rows.shape[0], n), dtype=np.bool_)
+    for i in range(rows.shape[0]):
+        for node in range(n):
+            out[i, node] = _fits(usage, slabs, pslabs, rooms, rows[i], node)
+    return out
+
+
+@_jit
+def fits_all_rows(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray,
+                  pslabs: np.ndarray, rooms: np.ndarray) -> np.ndarray:
+    """Per node: can it host the shape in every one of ``rows``?"""
+    n = rooms.shape[1]
+    out = np.ones(n, dtype=np.bool_)
+    for i in range(rows.shape[0]):
+        for node in range(n):
+            if out[node] and not _fits(usage, slabs, pslabs, rooms, rows[i], node):
+                out[node] = False
+    return out
+
+
+@_jit
+def free_since(usage: np.ndarray, rows: np.ndarray, times: np.ndarray, slabs: np.ndarray,
+               pslabs: np.ndarray, rooms: np.ndarray, j: int, t: int) -> np.ndarray:
+    """Per node, the start of its last stretch able to host the shape before ``t``
+    (slots ``[0, j)`` lie before it): the end of the latest slot where it cannot
+    (``t`` for slot ``j - 1``), or ``times[0]`` if it can in all."""
+    n = rooms.shape[1]
+    since = np.full(n, times[0], dtype=np.int64)
+    for node in range(n):
+        for s in range(j - 1, -1, -1):
+            if not _fits(usage, slabs, pslabs, rooms, rows[s], node):
+                since[node] = t if s == j - 1 else times[s + 1]
+                break
+    return since
+
+
+@_jit
+def free_until(usage: np.ndarray, rows: np.ndarray, times: np.ndarray, slabs: np.ndarray,
+               pslabs: np.ndarray, rooms: np.ndarray, i: int, t: int) -> np.ndarray:
+    """Per node, the end of its stretch able to host the shape from ``t`` (in slot
+    ``i``): the start of the first slot from ``i`` where it cannot (no earlier than
+    ``t``), or ``INF``."""
+    n = rooms.shape[1]
+    until = np.full(n, INF, dtype=np.int64)
+    for node in range(n):
+        for s in range(i, times.shape[0]):
+            if not _fits(usage, slabs, pslabs, rooms, rows[s], node):
+                until[node] = max(times[s], t)
+                break
+    return until
+
+
+@_jit
+def soonest_ends(usage: np.ndarray, rows: np.ndarray, times: np.ndarray, slabs: np.ndarray,
+                 pslabs: np.ndarray, rooms: np.ndarray, nodes: np.ndarray, open_: np.ndarray,
+                 i: int, last: int, t: int, r: int) -> np.ndarray:
+    """Positions in ``nodes`` of the ``r`` whose stretch able to host the shape from
+    ``t`` (in slot ``i``) ends soonest, ties to the lower position; only ``open_``
+    ones can end before slot ``last``. Slot by slot: once ``r`` have ended, every
+    other ends later."""
+    m = nodes.shape[0]
+    until = np.full(m, INF, dtype=np.int64)
+    open_ = open_.copy()
+    found = 0
+    s = i
+    while s < last and found < r:
+        for p in range(m):
+            if open_[p] and not _fits(usage, slabs, pslabs, rooms, rows[s], nodes[p]):
+                until[p] = max(times[s], t)
+                open_[p] = False
+                found += 1
+        s += 1
+    return np.argsort(until, kind="mergesort")[:r]
+
+
+@_jit
+def earliest_fit(usage: np.ndarray, rows: np.ndarray, times: np.ndarray, slabs: np.ndarray,
+                 pslabs: np.ndarray, rooms: np.ndarray, eligible: np.ndarray, a: int,
+                 t0: int, k: int, duration: int) -> tuple[int, np.ndarray]:
+    """Earliest candidate start (slot ``a``'s at ``t0``, then each later breakpoint) at
+    which at least ``k`` eligible nodes can host the shape for ``duration``; with
+    which can. A window slides over the slots, counting per node the slots in it
+    where the node cannot: each slot is judged once on entering, once on leaving.
+    (-1 and an empty mask if there is none.)"""
+    n = rooms.shape[1]
+    total = times.shape[0]
+    bad = np.zeros(n, dtype=np.int64)
+    good = 0
+    for node in range(n):
+        if eligible[node]:
+            good += 1
+    q = a  # the window is slots [j, q)
+    for j in range(a, total):
+        start = max(times[j], t0)
+        end = start + duration
+        while q < total and times[q] < end:
+            for node in range(n):
+                if eligible[node] and not _fits(usage, slabs, pslabs, rooms, rows[q], node):
+                    if bad[node] == 0:
+                        good -= 1
+                    bad[node] += 1
+            q += 1
+        if good >= k:
+            fits = np.zeros(n, dtype=np.bool_)
+            for node in range(n):
+                fits[node] = eligible[node] and bad[node] == 0
+            return start, fits
+        for node in range(n):
+            if eligible[node] and not _fits(usage, slabs, pslabs, rooms, rows[j], node):
+                bad[node] -= 1
+                if bad[node] == 0:
+                    good += 1
+    return -1, np.zeros(0, dtype=np.bool_)
+
+
+@_jit
+def add_usage(usage: np.ndarray, slabs: np.ndarray, deltas: np.ndarray, rows: np.ndarray,
+              nodes: np.ndarray) -> None:
+    """Add ``deltas[x]`` to slab ``slabs[x]`` at every (row, node) of ``rows`` x
+    ``nodes``."""
+    for x in range(slabs.shape[0]):
+        s, delta = slabs[x], deltas[x]
+        for row in rows:
+            for node in nodes:
+                usage[s, row, node] += delta
+
+
+@_jit
+def same_rows(usage: np.ndarray, a: int, b: int) -> bool:
+    """Do rows ``a`` and ``b`` hold the same usage in every slab?"""
+    for s in range(usage.shape[0]):
+        for node in range(usage.shape[2]):
+            if usage[s, a, node] != usage[s, b, node]:
+                return False
+    return True
