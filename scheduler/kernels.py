@@ -49,28 +49,59 @@ def _fits(usage: np.ndarray, slabs: np.ndarray, pslabs: np.ndarray, rooms: np.nd
     return True
 
 
+@_inlined
+def _row_fits(usage: np.ndarray, slabs: np.ndarray, pslabs: np.ndarray, rooms: np.ndarray,
+              row: int, out: np.ndarray) -> None:
+    """``out[node]``: can the node host the shape in ``row``? A loop per dimension
+    over all nodes, without branches, which the compiler vectorizes."""
+    n = out.shape[0]
+    for node in range(n):
+        out[node] = True
+    for d in range(slabs.shape[0]):
+        s, p = slabs[d], pslabs[d]
+        if s < 0:
+            for node in range(n):
+                out[node] &= rooms[d, node] >= 0
+        elif p < 0:
+            for node in range(n):
+                out[node] &= usage[s, row, node] <= rooms[d, node]
+        else:
+            for node in range(n):
+                out[node] &= usage[s, row, node] - usage[p, row, node] <= rooms[d, node]
+
+
 @_jit
 def fits_rows(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray, pslabs: np.ndarray,
               rooms: np.ndarray) -> np.ndarray:
     """(rows, nodes) booleans: can the node host the shape in that row?"""
-    n = rooms.shape[1]
-    out = np.empty((rows.shape[0], n), dtype=np.bool_)
+    out = np.empty((rows.shape[0], rooms.shape[1]), dtype=np.bool_)
     for i in range(rows.shape[0]):
-        for node in range(n):
-            out[i, node] = _fits(usage, slabs, pslabs, rooms, rows[i], node)
+        _row_fits(usage, slabs, pslabs, rooms, rows[i], out[i])
     return out
 
 
 @_jit
 def fits_all_rows(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray,
                   pslabs: np.ndarray, rooms: np.ndarray) -> np.ndarray:
-    """Per node: can it host the shape in every one of ``rows``?"""
+    """Per node: can it host the shape in every one of ``rows``? (Per dimension, the
+    node's peak usage over the rows against its room.)"""
     n = rooms.shape[1]
     out = np.ones(n, dtype=np.bool_)
-    for i in range(rows.shape[0]):
+    peak = np.empty(n, dtype=np.int64)
+    for d in range(slabs.shape[0]):
+        s, p = slabs[d], pslabs[d]
+        peak[:] = 0
+        if s >= 0:
+            peak[:] = -INF
+            for row in rows:
+                if p < 0:
+                    for node in range(n):
+                        peak[node] = max(peak[node], usage[s, row, node])
+                else:
+                    for node in range(n):
+                        peak[node] = max(peak[node], usage[s, row, node] - usage[p, row, node])
         for node in range(n):
-            if out[node] and not _fits(usage, slabs, pslabs, rooms, rows[i], node):
-                out[node] = False
+            out[node] &= peak[node] <= rooms[d, node]
     return out
 
 
@@ -140,32 +171,31 @@ def earliest_fit(usage: np.ndarray, rows: np.ndarray, times: np.ndarray, slabs: 
     (-1 and an empty mask if there is none.)"""
     n = rooms.shape[1]
     total = times.shape[0]
-    bad = np.zeros(n, dtype=np.int64)
-    good = 0
+    bad = np.zeros(n, dtype=np.int64)  # per node, the window's slots it cannot host in
+    fit = np.empty(n, dtype=np.bool_)
+    good = 0  # eligible nodes with none
     for node in range(n):
-        if eligible[node]:
-            good += 1
+        good += eligible[node]
     q = a  # the window is slots [j, q)
     for j in range(a, total):
         start = max(times[j], t0)
         end = start + duration
         while q < total and times[q] < end:
+            _row_fits(usage, slabs, pslabs, rooms, rows[q], fit)
             for node in range(n):
-                if eligible[node] and not _fits(usage, slabs, pslabs, rooms, rows[q], node):
-                    if bad[node] == 0:
-                        good -= 1
+                if eligible[node] and not fit[node]:
+                    good -= bad[node] == 0
                     bad[node] += 1
             q += 1
         if good >= k:
-            fits = np.zeros(n, dtype=np.bool_)
             for node in range(n):
-                fits[node] = eligible[node] and bad[node] == 0
-            return start, fits
+                fit[node] = eligible[node] and bad[node] == 0
+            return start, fit
+        _row_fits(usage, slabs, pslabs, rooms, rows[j], fit)
         for node in range(n):
-            if eligible[node] and not _fits(usage, slabs, pslabs, rooms, rows[j], node):
+            if eligible[node] and not fit[node]:
                 bad[node] -= 1
-                if bad[node] == 0:
-                    good += 1
+                good += bad[node] == 0
     return -1, np.zeros(0, dtype=np.bool_)
 
 
