@@ -1,4 +1,4 @@
-"""The availability profile's window query against a brute-force reading of the table,
+"""The availability profile's queries against a brute-force reading of the table,
 and the suspend/resume exclusion channels' gaps against a brute-force search.
 
 ``fits_window`` only reads the rows where usage can rise (the window's first and those
@@ -9,13 +9,14 @@ followed by windows checked against every instant's usage, recomputed from the e
 from __future__ import annotations
 
 import pickle
+from typing import cast
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.slottable import AvailabilityProfile, Channels, Timeline
+from scheduler.slottable import INF, AvailabilityProfile, Channels, Timeline
 
 NODES = 3
 CAPACITY = np.array([[100, 1024, 0, 0, 0]] * NODES, dtype=np.int64)
@@ -113,6 +114,54 @@ def test_earliest_fit_is_the_first_instant_that_fits(
         assert got is None
         return
     assert got is not None and (got[0], got[1].tolist()) == (s, fits)
+
+
+def _free(live: Live, n: int, t: int, cpu: int, ignore_preemptible: bool = False) -> bool:
+    return _peak(live, n, t, ignore_preemptible) <= 100 - cpu
+
+
+@settings(max_examples=500, deadline=None)
+@given(histories(), st.lists(st.integers(0, 100), min_size=1, max_size=6),
+       st.integers(10, 100), st.integers(0, 100), st.booleans())
+def test_the_stretch_queries_match_every_instant(
+        ops: list[tuple[str, int, int, int, int, int]], instants: list[int], cpu: int,
+        t: int, ignore_preemptible: bool) -> None:
+    """``fits_at``, ``free_until``, ``free_since`` and ``soonest_ends`` against each
+    instant's usage recomputed from the entries (times are whole seconds, so checking
+    every one is exact)."""
+    profile = AvailabilityProfile(CAPACITY)
+    live: Live = {}
+    now = play(profile, ops, live, 0)
+    vec = np.array([cpu, 0, 0, 0, 0])
+    instants = [max(i, now) for i in instants]
+    assert profile.fits_at(instants, vec).tolist() == [
+        [_free(live, n, i, cpu) for n in range(NODES)] for i in instants]
+    t = max(t, now)
+    horizon = max([t] + [ee for _, _, ee, _, _ in live.values()]) + 1  # all free from here
+    until = []
+    for n in range(NODES):
+        u = next((i for i in range(t, horizon) if not _free(live, n, i, cpu, ignore_preemptible)),
+                 INF)
+        until.append(u)
+    assert profile.free_until(t, vec, ignore_preemptible=ignore_preemptible).tolist() == until
+    # Before a prune's time the table keeps what history it had (cut to its first row):
+    # ``free_since`` is checked on the same history without prunes, where nothing is
+    # booked before 0 and the table begins at -INF.
+    unpruned, kept = AvailabilityProfile(CAPACITY), cast(Live, {})
+    play(unpruned, [op for op in ops if op[0] != "prune"], kept, 0)
+    since = []
+    for n in range(NODES):
+        s = t
+        while s > -1 and _free(kept, n, s - 1, cpu):
+            s -= 1
+        since.append(-INF if s == -1 else s)
+    assert unpruned.free_since(t, vec).tolist() == since
+    hosts = np.array([n for n in range(NODES) if _free(live, n, t, cpu)], dtype=np.intp)
+    plain = [next((i for i in range(t, horizon) if not _free(live, n, i, cpu)), INF)
+             for n in hosts]
+    for r in range(1, len(hosts) + 1):
+        expected = sorted(range(len(hosts)), key=lambda p: (plain[p], p))[:r]
+        assert profile.soonest_ends(t, vec, hosts, r).tolist() == expected
 
 
 @settings(max_examples=500, deadline=None)
