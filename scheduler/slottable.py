@@ -87,9 +87,9 @@ class AvailabilityProfile:
         self._spare = list(range(63, 0, -1))
         self._entries: dict[int, _Entry] = {}
         self._by_node: list[set[int]] = [set() for _ in range(n)]
-        # per node, the end of its last entry: past it the node is free for good
+        # per node, no earlier than the end of its last entry: past it the node is free
+        # for good (not lowered when entries are removed or cut: a bound is enough)
         self._last_end = np.full(n, -INF, dtype=np.int64)
-        self._stale_last_end: set[int] = set()
         # (end, entry id) of every entry, pushed when it is added or cut short, popped
         # once ``released`` reaches that end: a heap
         self._expiry: list[tuple[int, int]] = []
@@ -225,7 +225,6 @@ class AvailabilityProfile:
             self._by_node[n].discard(eid)
         self._release(entry.nodes)
         self._apply(entry, entry.start, entry.end, -1)
-        self._mark_last_end(entry.nodes, entry.end)
         count = self._begin_count.get(entry.start)  # None: forgotten by prune
         if count is not None and entry.end > entry.start:
             if count > 1:
@@ -259,7 +258,6 @@ class AvailabilityProfile:
             self._release(entry.nodes)
             heapq.heappush(self._expiry, (end, eid))
             self._apply(entry, end, entry.end, -1)
-            self._mark_last_end(entry.nodes, entry.end)
             entry.end = end
 
     def released(self, t: int) -> int:
@@ -291,26 +289,6 @@ class AvailabilityProfile:
     def _release(self, nodes: np.ndarray) -> None:
         self._releases += 1
         self._released_at[nodes] = self._releases
-
-    def _mark_last_end(self, nodes: np.ndarray, end: int) -> None:
-        """An entry on ``nodes`` that lasted until ``end`` was shortened or removed:
-        only where it was the last to end can the node's last end drop."""
-        self._stale_last_end.update(nodes[self._last_end[nodes] <= end].tolist())
-
-    def _refresh_last_end(self) -> None:
-        """Recompute the last ends that removals and truncations may have lowered
-        (lazily: only queries need them)."""
-        if not self._stale_last_end:
-            return
-        stale = list(self._stale_last_end)
-        self._stale_last_end.clear()
-        self._last_end[stale] = -INF
-        # Each entry once, however many stale nodes it is on (an entry often spans many
-        # nodes; on its other nodes its end is no later than their last end already).
-        entries = [self._entries[e] for e in set().union(*(self._by_node[n] for n in stale))]
-        if entries:
-            np.maximum.at(self._last_end, np.concatenate([e.nodes for e in entries]),
-                          np.repeat([e.end for e in entries], [len(e.nodes) for e in entries]))
 
     def owners_overlapping(self, nodes: np.ndarray | list[int], start: int, end: int,
                            *, preemptible_only: bool = False) -> set[int]:
@@ -475,7 +453,6 @@ class AvailabilityProfile:
         ``t``) of the ``r`` whose free stretch from ``t`` ends soonest (ties: lower
         index). Scans only as far as it must: once ``r`` have ended, the others end
         later."""
-        self._refresh_last_end()
         busy_later = self._last_end[nodes] > t  # the others are free for good from t
         if not vec.any() or not busy_later.any():
             return np.arange(min(r, len(nodes)))
