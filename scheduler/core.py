@@ -968,9 +968,10 @@ class Scheduler:
             # one that already failed from the same readiness fails too. (Checked first:
             # in a long queue, most requests fail here.)
             key, need = ready_bytes, (k, req.resources, whole, opening, partial)
-            if failed is not None and (done := failed.get(key)) is not None \
-                    and any(_as_hard(need, f) for f in done):
-                return None
+            if failed is not None and (done := failed.get(key)) is not None:
+                for f in done:
+                    if _as_hard(need, f):
+                        return None
 
         def choose(mask: np.ndarray, start: int, count: int) -> tuple[int, ...] | None:
             if count == 0:

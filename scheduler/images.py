@@ -69,10 +69,10 @@ class ImageStore:
         self._copies: list[dict[str, Copy]] = [{} for _ in range(nodes)]
         self._by_image: dict[str, dict[int, Copy]] = {}  # the same copies, by image
         self._nodes = nodes
-        # ready_times per (image, never) while that image's copies do not change: a
+        # ready_times per image and ``never`` while that image's copies do not change: a
         # queue pass asks it for every waiting lease.
-        self._ready_cache: dict[tuple[str, int], np.ndarray] = {}
-        self._free_cache: dict[tuple[str, int], np.ndarray] = {}  # the same, copies nobody holds
+        self._ready_cache: dict[str, dict[int, np.ndarray]] = {}
+        self._free_cache: dict[str, dict[int, np.ndarray]] = {}  # the same, copies nobody holds
         # changes whenever some copy's readiness does (and, without sharing, whenever
         # who may use a copy does: see _shareable)
         self.version = 0
@@ -86,9 +86,8 @@ class ImageStore:
 
     def _changed(self, image: str) -> None:
         self.version += 1
-        for cache in (self._ready_cache, self._free_cache):
-            for key in [k for k in cache if k[0] == image]:
-                del cache[key]
+        self._ready_cache.pop(image, None)
+        self._free_cache.pop(image, None)
 
     @property
     def shared(self) -> bool:
@@ -127,16 +126,17 @@ class ImageStore:
         ready.flags.writeable = False
         return ready
 
-    def _ready(self, image: str, never: int, cache: dict[tuple[str, int], np.ndarray],
+    def _ready(self, image: str, never: int, cache: dict[str, dict[int, np.ndarray]],
                usable: Callable[[Copy], bool]) -> np.ndarray:
-        if (cached := cache.get((image, never))) is not None:
+        of_image = cache.setdefault(image, {})
+        if (cached := of_image.get(never)) is not None:
             return cached
         ready = np.full(self._nodes, never, dtype=np.int64)
         for node, copy in self._by_image.get(image, {}).items():
             if usable(copy):
                 ready[node] = copy.ready
         ready.flags.writeable = False
-        cache[(image, never)] = ready
+        of_image[never] = ready
         return ready
 
     def _drop(self, node: int, image: str) -> None:
