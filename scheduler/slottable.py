@@ -86,7 +86,11 @@ class AvailabilityProfile:
         self._pre_slab: dict[int, int] = {}  # dimension -> slab of preemptible usage
         self._spare = list(range(63, 0, -1))
         self._entries: dict[int, _Entry] = {}
+        # Entry ids per node, for owners_overlapping (asked only when an AR may preempt
+        # or a node leaves): entries are indexed when it is next asked, since most are
+        # over, and unindexed, by then.
         self._by_node: list[set[int]] = [set() for _ in range(n)]
+        self._unindexed: set[int] = set()
         # per node, no earlier than the end of its last entry: past it the node is free
         # for good (not lowered when entries are removed or cut: a bound is enough)
         self._last_end = np.full(n, -INF, dtype=np.int64)
@@ -207,8 +211,7 @@ class AvailabilityProfile:
         self._next_id += 1
         entry = _Entry(np.array(nodes, dtype=np.intp), start, end, vec, preemptible, owner)
         self._entries[eid] = entry
-        for n in nodes:
-            self._by_node[n].add(eid)
+        self._unindexed.add(eid)
         self._last_end[entry.nodes] = np.maximum(self._last_end[entry.nodes], end)
         heapq.heappush(self._expiry, (end, eid))
         self._apply(entry, start, end, +1)
@@ -221,8 +224,7 @@ class AvailabilityProfile:
 
     def remove(self, eid: int) -> None:
         entry = self._entries.pop(eid)
-        for n in entry.nodes:
-            self._by_node[n].discard(eid)
+        self._unindex(eid, entry)
         self._release(entry.nodes)
         self._apply(entry, entry.start, entry.end, -1)
         count = self._begin_count.get(entry.start)  # None: forgotten by prune
@@ -243,8 +245,7 @@ class AvailabilityProfile:
             raise ValueError(f"entry {eid} lasts until {entry.end}, after the last prune "
                              f"({self._pruned_at})")
         del self._entries[eid]
-        for n in entry.nodes.tolist():
-            self._by_node[n].discard(eid)
+        self._unindex(eid, entry)
         if entry.end > self._released_by:  # its end is still to count (see released)
             self._release(entry.nodes)
 
@@ -276,9 +277,15 @@ class AvailabilityProfile:
                 self._release(entry.nodes)
                 # Over by now, it can overlap no query window any more: unindexed, so
                 # owners_overlapping scans what is current, not every entry ever made.
-                for n in entry.nodes.tolist():
-                    self._by_node[n].discard(eid)
+                self._unindex(eid, entry)
         return self._releases
+
+    def _unindex(self, eid: int, entry: _Entry) -> None:
+        if eid in self._unindexed:
+            self._unindexed.discard(eid)
+        else:
+            for n in entry.nodes.tolist():
+                self._by_node[n].discard(eid)
 
     @staticmethod
     def _read_only(values: np.ndarray) -> np.ndarray:
@@ -295,6 +302,10 @@ class AvailabilityProfile:
         """Owners of entries on any of ``nodes`` that overlap [start, end), for
         ``start`` at or after the last time given to ``released`` or ``prune`` (entries
         over by then are not indexed)."""
+        for eid in self._unindexed:
+            for n in self._entries[eid].nodes.tolist():
+                self._by_node[n].add(eid)
+        self._unindexed.clear()
         found: set[int] = set()
         for n in nodes:
             for eid in self._by_node[int(n)]:
