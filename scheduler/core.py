@@ -1078,10 +1078,7 @@ class Scheduler:
             self._viability_version = self.profile.version
         key = (ready_bytes, vec.tobytes())
         if (hit := self._viability_memo.get(key)) is None:
-            at = np.array(groups, dtype=np.int64)[:, None]
-            fit = self.profile.fits_at(groups, vec)  # (groups, nodes)
-            hit = self._viability_memo[key] = (np.count_nonzero(fit & (ready <= at), axis=1),
-                                               (fit & (ready == at)).any(axis=1))
+            hit = self._viability_memo[key] = self.profile.ready_hosts(groups, vec, ready)
         return hit
 
     def _note_stuck(self, lease: Lease, usable: int) -> None:

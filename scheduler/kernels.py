@@ -81,6 +81,26 @@ def fits_rows(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray, pslabs: np
 
 
 @_jit
+def ready_hosts(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray, pslabs: np.ndarray,
+                rooms: np.ndarray, instants: np.ndarray, ready: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per instant (its row in ``rows``): how many nodes ready by then (``ready``, per
+    node) can host the shape, and whether one ready exactly then can."""
+    n = rooms.shape[1]
+    counts = np.zeros(instants.shape[0], dtype=np.int64)
+    exact = np.zeros(instants.shape[0], dtype=np.bool_)
+    fit = np.empty(n, dtype=np.bool_)
+    for i in range(instants.shape[0]):
+        _row_fits(usage, slabs, pslabs, rooms, rows[i], fit)
+        g = instants[i]
+        for node in range(n):
+            if fit[node] and ready[node] <= g:
+                counts[i] += 1
+                exact[i] |= ready[node] == g
+    return counts, exact
+
+
+@_jit
 def fits_all_rows(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray,
                   pslabs: np.ndarray, rooms: np.ndarray) -> np.ndarray:
     """Per node: can it host the shape in every one of ``rows``? (Per dimension, the

@@ -428,6 +428,16 @@ class AvailabilityProfile:
                                            *self._shape(vec))
         return self._remember(key, ok)
 
+    def ready_hosts(self, instants: list[int], vec: np.ndarray, ready: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per instant g of ``instants``: how many nodes ready by g (``ready``: per node,
+        when it could begin) can host ``vec`` at g, and whether one ready at g itself
+        can."""
+        counts, exact = kernels.ready_hosts(
+            self._usage, self._rows_at(instants), *self._shape(vec),
+            np.array(instants, dtype=np.int64), ready)
+        return counts, exact
+
     def free_until(self, t: int, vec: np.ndarray, *,
                    ignore_preemptible: bool = False) -> np.ndarray:
         """For each node, the end of the longest interval [t, end) in which it can host

@@ -122,13 +122,14 @@ def _free(live: Live, n: int, t: int, cpu: int, ignore_preemptible: bool = False
 
 @settings(max_examples=500, deadline=None)
 @given(histories(), st.lists(st.integers(0, 100), min_size=1, max_size=6),
-       st.integers(10, 100), st.integers(0, 100), st.booleans())
+       st.integers(10, 100), st.integers(0, 100), st.booleans(),
+       st.lists(st.integers(0, 100), min_size=NODES, max_size=NODES))
 def test_the_stretch_queries_match_every_instant(
         ops: list[tuple[str, int, int, int, int, int]], instants: list[int], cpu: int,
-        t: int, ignore_preemptible: bool) -> None:
-    """``fits_at``, ``free_until``, ``free_since`` and ``soonest_ends`` against each
-    instant's usage recomputed from the entries (times are whole seconds, so checking
-    every one is exact)."""
+        t: int, ignore_preemptible: bool, ready: list[int]) -> None:
+    """``fits_at``, ``ready_hosts``, ``free_until``, ``free_since`` and ``soonest_ends``
+    against each instant's usage recomputed from the entries (times are whole seconds,
+    so checking every one is exact)."""
     profile = AvailabilityProfile(CAPACITY)
     live: Live = {}
     now = play(profile, ops, live, 0)
@@ -136,6 +137,12 @@ def test_the_stretch_queries_match_every_instant(
     instants = [max(i, now) for i in instants]
     assert profile.fits_at(instants, vec).tolist() == [
         [_free(live, n, i, cpu) for n in range(NODES)] for i in instants]
+    counts, exact = profile.ready_hosts(instants, vec, np.array(ready, dtype=np.int64))
+    assert (counts.tolist(), exact.tolist()) == (
+        [sum(ready[n] <= i and _free(live, n, i, cpu) for n in range(NODES))
+         for i in instants],
+        [any(ready[n] == i and _free(live, n, i, cpu) for n in range(NODES))
+         for i in instants])
     t = max(t, now)
     horizon = max([t] + [ee for _, _, ee, _, _ in live.values()]) + 1  # all free from here
     until = []
