@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from . import kernels
 from .config import Config, Exclusion, Migration
 from .images import Copy, HandOver, ImageStore, Transfer
 from .leases import (
@@ -1131,7 +1132,7 @@ class Scheduler:
                 return hit
         ready, has, _ = self._readiness(lease, unicasts)
         ready.flags.writeable = has.flags.writeable = False
-        prepared = (ready, has, sorted(set(ready[ready < INF].tolist())), ready.tobytes())
+        prepared = (ready, has, kernels.distinct_finite(ready).tolist(), ready.tobytes())
         if key is not None:
             self._prep_memo[key] = self._prep_memo[shared_key] = prepared
         return prepared

@@ -239,3 +239,18 @@ def same_rows(usage: np.ndarray, a: int, b: int) -> bool:
             if usage[s, a, node] != usage[s, b, node]:
                 return False
     return True
+
+
+@_jit
+def distinct_finite(values: np.ndarray) -> np.ndarray:
+    """The distinct values below ``INF``, ascending."""
+    ordered = np.sort(values)
+    out = np.empty(ordered.shape[0], dtype=np.int64)
+    m = 0
+    for v in ordered:
+        if v >= INF:
+            break
+        if m == 0 or out[m - 1] != v:
+            out[m] = v
+            m += 1
+    return out[:m]
