@@ -1262,14 +1262,16 @@ class Scheduler:
 
     def _use_copy(self, lease: Lease, copy: Copy, by: int) -> Transfer | None:
         """``lease`` holds ``copy`` and needs it by ``by``: it lists the transfer still
-        bringing it (returned if newly listed). An AR transfer, placed as late as its
-        deadline allows (and moved again when other AR transfers need the link), now
-        serves a boot or resume that may come sooner, and must not pass it."""
-        self.images.use(copy, lease.id, self.now)
+        bringing it (returned if newly listed)."""
+        self.images.use([copy], lease.id, self.now)
         lease.image_nodes.add(copy.node)
-        t = copy.transfer
-        if t is None:
-            return None
+        return None if copy.transfer is None else self._rely(lease, copy.transfer, by)
+
+    def _rely(self, lease: Lease, t: Transfer, by: int) -> Transfer | None:
+        """``lease`` needs what transfer ``t`` brings by ``by``: it lists ``t`` (returned
+        if newly listed). An AR transfer, placed as late as its deadline allows (and
+        moved again when other AR transfers need the link), now serves a boot or resume
+        that may come sooner, and must not pass it."""
         if t.deadline is not None and by < t.deadline:
             t.deadline = by
         if t in lease.transfers:
@@ -1288,13 +1290,20 @@ class Scheduler:
         at ``boot``."""
         req = lease.request
         img = req.image
-        missing = []
+        missing, found = [], []
+        usable = self.images.usable
         for n in nodes:
-            copy = self.images.usable(n, img.id, lease.id)
+            copy = usable(n, img.id, lease.id)
             if copy is None or (deadline is not None and copy.ready > deadline):
                 missing.append(n)
             else:
-                self._use_copy(lease, copy, boot)
+                found.append(copy)
+        # (using a copy on one node changes no other node's: usable above holds)
+        self.images.use(found, lease.id, self.now)
+        lease.image_nodes.update(copy.node for copy in found)
+        for copy in found:
+            if copy.transfer is not None:
+                self._rely(lease, copy.transfer, boot)
         per = self.overheads.transfer(img)
         if per == 0:  # nothing to send: the (empty) image is there at once
             for n in missing:

@@ -148,12 +148,15 @@ class ImageStore:
         if not self.shared:  # a copy nobody holds is anyone's: usability changed
             self._changed(image)
 
-    def use(self, copy: Copy, lease: int, now: int) -> None:
-        copy.users.add(lease)
-        self._users_changed(copy.image)
-        copy.last_used = now
-        if copy.transfer is not None:
-            copy.transfer.users.add(lease)
+    def use(self, copies: list[Copy], lease: int, now: int) -> None:
+        """``lease`` holds ``copies`` (of one image) from ``now``."""
+        for copy in copies:
+            copy.users.add(lease)
+            copy.last_used = now
+            if copy.transfer is not None:
+                copy.transfer.users.add(lease)
+        if copies:
+            self._users_changed(copies[0].image)
 
     def add_copy(self, node: int, image: str, size: int, ready: int,
                  transfer: Transfer | None, lease: int, now: int
