@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scheduler import kernels
 from scheduler.slottable import INF, AvailabilityProfile, Channels, Timeline
 
 NODES = 3
@@ -384,3 +385,9 @@ def test_link_gaps_are_the_earliest_and_latest_free_windows(
                               if all(free[x:x + length])), e)
             assert link.is_free(t, t + length) == all(free[t:t + length])
         assert len(link) == len(busy)
+
+
+@given(st.lists(st.sampled_from([0, 5, 7, 2**40, INF, INF - 1]), max_size=12))
+def test_distinct_finite_is_the_sorted_set_below_inf(values: list[int]) -> None:
+    got = kernels.distinct_finite(np.array(values, dtype=np.int64)).tolist()
+    assert got == sorted({v for v in values if v < INF})
