@@ -12,7 +12,9 @@ VM shape as three arrays, one entry per dimension it uses: ``slabs`` (the slab o
 all usage, or -1 if none was ever booked), ``pslabs`` (the slab of preemptible
 usage, subtracted when preemptible reservations are ignored; -1: nothing to
 subtract) and ``rooms`` (dimensions x nodes). Compiled on first use and cached
-beside this file (``cache=True``), so later processes load them.
+beside this file (``cache=True``), so later processes load them. They keep the GIL:
+in the service, releasing and taking it back on every call would queue the engine
+thread behind the gRPC threads.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numba
 import numpy as np
 
 F = TypeVar("F", bound=Callable[..., Any])
-INF = 2**62  # as slottable.INF (imported from there it would be a cycle)
+INF = 2**62  # "forever": later than any schedulable instant (slottable.INF)
 
 
 def _jit(f: F) -> F:
@@ -38,6 +40,7 @@ def _inlined(f: F) -> F:
 @_inlined
 def _fits(usage: np.ndarray, slabs: np.ndarray, pslabs: np.ndarray, rooms: np.ndarray,
           row: int, node: int) -> bool:
+    """Can ``node`` host the shape in ``row``? (For scans that stop per node.)"""
     for d in range(slabs.shape[0]):
         used = 0
         if slabs[d] >= 0:
