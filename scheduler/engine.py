@@ -109,11 +109,11 @@ CHECKPOINT_EVERY = 50_000
 def _code_digest() -> str:
     """Which code wrote a checkpoint: a digest of the core's modules (a pickle is only
     read back by the code that wrote it; any other rebuilds from the whole log)."""
-    from . import config, core, images, leases, overheads, policies, slottable
+    from . import config, core, images, kernels, leases, overheads, policies, slottable
 
     digest = hashlib.sha256()
     try:
-        for module in (config, core, images, leases, overheads, policies, slottable):
+        for module in (config, core, images, kernels, leases, overheads, policies, slottable):
             digest.update(Path(module.__file__ or "?").read_bytes())
     except OSError:  # sources not readable (a zipped install): no code reads it back
         return f"core-pickle-zlib/1 unverifiable {secrets.token_hex(8)}"
