@@ -1235,8 +1235,8 @@ class Scheduler:
                         self.images.add_copy(n, img, req.image.size_mb, prop.start, None,
                                              lease.id, now)
                         lease.image_nodes.add(n)
-                    elif (t := self._use_copy(lease, copy, prop.start)) is not None:
-                        relied.append(t)  # it resumes from the copy on its way
+                    else:  # it resumes from the copy, maybe on its way
+                        relied += self._use_copies(lease, [copy], prop.start)
         elif self.config.image_transfer:
             self._deploy_images(lease, prop.nodes, now, prop.start)
             # transfers still under way when it boots are not what it boots from
@@ -1260,24 +1260,24 @@ class Scheduler:
             self._enqueue(lease)  # its remaining work waits for a later resume
         self._push(lease)
 
-    def _use_copy(self, lease: Lease, copy: Copy, by: int) -> Transfer | None:
-        """``lease`` holds ``copy`` and needs it by ``by``: it lists the transfer still
-        bringing it (returned if newly listed)."""
-        self.images.use([copy], lease.id, self.now)
-        lease.image_nodes.add(copy.node)
-        return None if copy.transfer is None else self._rely(lease, copy.transfer, by)
-
-    def _rely(self, lease: Lease, t: Transfer, by: int) -> Transfer | None:
-        """``lease`` needs what transfer ``t`` brings by ``by``: it lists ``t`` (returned
-        if newly listed). An AR transfer, placed as late as its deadline allows (and
-        moved again when other AR transfers need the link), now serves a boot or resume
-        that may come sooner, and must not pass it."""
-        if t.deadline is not None and by < t.deadline:
-            t.deadline = by
-        if t in lease.transfers:
-            return None
-        lease.transfers.append(t)
-        return t
+    def _use_copies(self, lease: Lease, copies: list[Copy], by: int) -> list[Transfer]:
+        """``lease`` holds ``copies`` (of its image) and needs them by ``by``: it lists
+        the transfers still bringing them (returns those newly listed). An AR transfer,
+        placed as late as its deadline allows (and moved again when other AR transfers
+        need the link), now serves a boot or resume that may come sooner, and must not
+        pass it."""
+        self.images.use(copies, lease.id, self.now)
+        lease.image_nodes.update(copy.node for copy in copies)
+        listed = []
+        for copy in copies:
+            if (t := copy.transfer) is None:
+                continue
+            if t.deadline is not None and by < t.deadline:
+                t.deadline = by
+            if t not in lease.transfers:
+                lease.transfers.append(t)
+                listed.append(t)
+        return listed
 
     def _book_channels(self, seg: Segment, start: int, end: int) -> None:
         if end > start:
@@ -1299,11 +1299,7 @@ class Scheduler:
             else:
                 found.append(copy)
         # (using a copy on one node changes no other node's: usable above holds)
-        self.images.use(found, lease.id, self.now)
-        lease.image_nodes.update(copy.node for copy in found)
-        for copy in found:
-            if copy.transfer is not None:
-                self._rely(lease, copy.transfer, boot)
+        self._use_copies(lease, found, boot)
         per = self.overheads.transfer(img)
         if per == 0:  # nothing to send: the (empty) image is there at once
             for n in missing:
