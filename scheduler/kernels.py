@@ -113,9 +113,8 @@ def fits_all_rows(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray,
     peak = np.empty(n, dtype=np.int64)
     for d in range(slabs.shape[0]):
         s, p = slabs[d], pslabs[d]
-        peak[:] = 0
+        peak[:] = -INF if s >= 0 else 0  # (never booked: no usage)
         if s >= 0:
-            peak[:] = -INF
             for row in rows:
                 if p < 0:
                     for node in range(n):
