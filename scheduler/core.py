@@ -843,41 +843,40 @@ class Scheduler:
         # A killed lease starts over only once its doomed attempt has stopped.
         start = max(now, lease.segments[-1].end) if lease.segments and not lease.live \
             else now
-        tx_start: int | None = None
         if lease.live:  # resuming: state is on the last segment's nodes
             last = lease.live[-1]
             base = max(now, last.end)
-            ready = np.full(n, base, dtype=np.int64)
-            orig = np.zeros(n, dtype=bool)
-            orig[list(last.nodes)] = True
             if self.config.migration is Migration.NO:
-                ready[~orig] = INF
+                light = heavy = INF
+                copies = np.zeros(n, dtype=np.int64)  # (no copy, no wait)
             elif not self.config.image_transfer:
-                ready[~orig] = base + self.overheads.migration(req, False)
+                light = heavy = base + self.overheads.migration(req, False)
+                copies = np.zeros(n, dtype=np.int64)
             else:
                 # The image moves too, to nodes that lack it; where a copy is on its way,
                 # the lease waits for it, or brings the image along if that is sooner.
                 light = base + self.overheads.migration(req, False)
                 heavy = base + self.overheads.migration(req, True)
                 copies = self.images.ready_times(req.image.id, never=INF)
-                ready[~orig] = np.minimum(np.maximum(copies, light), heavy)[~orig]
+            ready, orig = kernels.resume_readiness(
+                copies, np.array(last.nodes, dtype=np.int64), base, light, heavy)
             return ready, orig, None
         if not self.config.image_transfer:
             return np.full(n, start, dtype=np.int64), np.ones(n, dtype=bool), None
         copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id,
                                          held=lease.image_nodes)
-        has = copies < INF
-        ready = np.maximum(copies, start)
-        if not has.all():
-            if self.config.transfer_mode == "multicast":
-                length = self._transfer_length(req, req.vms)
-                tx_start = self.images.link.earliest_gap(now, length)
-                ready[~has] = max(tx_start + length, start)
-            else:
-                ready[~has] = max(start, self._unicast_end(
-                    self.overheads.transfer(req.image),
-                    req.vms if unicasts is None else unicasts))
-        return ready, has, tx_start
+        # Where the image is missing, a new transfer brings it. (A multicast's start is
+        # asked even if no node misses it: the link answers a repeated query at once.)
+        per = self.overheads.transfer(req.image)
+        if self.config.transfer_mode == "multicast":
+            tx_start = self.images.link.earliest_gap(now, per)
+            ready, has, complete = kernels.readiness(copies, start, max(tx_start + per, start))
+            return ready, has, None if complete else tx_start
+        ready, has, complete = kernels.readiness(copies, start, INF)
+        if not complete:
+            ready[~has] = max(start, self._unicast_end(
+                per, req.vms if unicasts is None else unicasts))
+        return ready, has, None
 
     def _unicast_end(self, per: int, count: int) -> int:
         """When the last of ``count`` unicast transfers of ``per`` seconds ends, each

@@ -256,3 +256,45 @@ def distinct_finite(values: np.ndarray) -> np.ndarray:
             out[m] = v
             m += 1
     return out[:m]
+
+
+@_jit
+def readiness(copies: np.ndarray, start: int, fill: int
+              ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Per node, when a lease could open there from ``start``: once its copy of the
+    image is ready (``copies``: when, ``INF`` where there is none), else at ``fill``
+    (when a new transfer would bring it); whether the node has a copy; and whether
+    every node has."""
+    n = copies.shape[0]
+    ready = np.empty(n, dtype=np.int64)
+    has = np.empty(n, dtype=np.bool_)
+    complete = True
+    for i in range(n):
+        c = copies[i]
+        if c < INF:
+            has[i] = True
+            ready[i] = c if c > start else start
+        else:
+            has[i] = False
+            ready[i] = fill
+            complete = False
+    return ready, has, complete
+
+
+@_jit
+def resume_readiness(copies: np.ndarray, nodes: np.ndarray, base: int, light: int,
+                     heavy: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per node, when a suspended lease could resume there: at ``base`` on ``nodes``
+    (where its state is); elsewhere once its state has moved, at ``light``, or when
+    its image is there too: the copy's (``copies``), or ``heavy`` if the image moves
+    with the state sooner. And which nodes hold its state."""
+    n = copies.shape[0]
+    ready = np.empty(n, dtype=np.int64)
+    orig = np.zeros(n, dtype=np.bool_)
+    for i in range(n):
+        c = copies[i]
+        ready[i] = heavy if c > heavy else (light if c < light else c)
+    for node in nodes:
+        ready[node] = base
+        orig[node] = True
+    return ready, orig
