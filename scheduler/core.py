@@ -1290,9 +1290,7 @@ class Scheduler:
         req = lease.request
         img = req.image
         missing, found = [], []
-        usable = self.images.usable
-        for n in nodes:
-            copy = usable(n, img.id, lease.id)
+        for n, copy in zip(nodes, self.images.usable_on(nodes, img.id, lease.id), strict=True):
             if copy is None or (deadline is not None and copy.ready > deadline):
                 missing.append(n)
             else:

@@ -102,6 +102,15 @@ class ImageStore:
             return None
         return copy
 
+    def usable_on(self, nodes: tuple[int, ...], image: str, lease: int
+                  ) -> list[Copy | None]:
+        """``usable`` on each of ``nodes`` (a deployment asks it for up to hundreds)."""
+        of_image = self._by_image.get(image)
+        if not of_image:
+            return [None] * len(nodes)
+        return [copy if copy is not None and self._shareable(copy, lease) else None
+                for copy in map(of_image.get, nodes)]
+
     def _shareable(self, copy: Copy, lease: int | None) -> bool:
         # A lease among the copy's users brought it (or its transfer was merged into
         # this copy, which arrives when the first of them does): it is its own.
