@@ -392,3 +392,31 @@ def test_link_gaps_are_the_earliest_and_latest_free_windows(
 def test_distinct_finite_is_the_sorted_set_below_inf(values: list[int]) -> None:
     got = kernels.distinct_finite(np.array(values, dtype=np.int64)).tolist()
     assert got == sorted({v for v in values if v < INF})
+
+
+_TIMES = st.sampled_from([0, 3, 10, 50, 99, 100, 200, INF])
+
+
+@settings(deadline=None)
+@given(st.lists(_TIMES, min_size=1, max_size=10), _TIMES, _TIMES)
+def test_readiness_waits_for_a_copy_or_a_new_transfer(copies: list[int], start: int,
+                                                      fill: int) -> None:
+    c = np.array(copies, dtype=np.int64)
+    ready, has, complete = kernels.readiness(c, start, fill)
+    assert has.tolist() == [v < INF for v in copies]
+    assert ready.tolist() == [max(v, start) if v < INF else fill for v in copies]
+    assert complete == all(v < INF for v in copies)
+
+
+@settings(deadline=None)
+@given(st.lists(_TIMES, min_size=1, max_size=10), st.data())
+def test_resume_readiness_is_at_base_where_the_state_is(copies: list[int],
+                                                        data: st.DataObject) -> None:
+    n = len(copies)
+    nodes = data.draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n))
+    base, light, heavy = sorted(data.draw(st.lists(_TIMES, min_size=3, max_size=3)))
+    ready, orig = kernels.resume_readiness(np.array(copies, dtype=np.int64),
+                                           np.array(nodes, dtype=np.int64), base, light, heavy)
+    assert orig.tolist() == [i in nodes for i in range(n)]
+    assert ready.tolist() == [base if i in nodes else min(max(v, light), heavy)
+                              for i, v in enumerate(copies)]
