@@ -64,9 +64,9 @@ LEASE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LeaseMetrics))
 def lease_metrics(outcome: LeaseOutcome, tau: int = TAU) -> LeaseMetrics:
     """Figures of one lease; ``tau`` bounds the slowdown's denominator (seconds)."""
     req = outcome.request
-    runs = outcome.runs
+    runs = outcome.runs  # (what outcome.start, .end and .nodes derive from, done once)
     run_time = sum(e.end - e.start for e in runs)
-    start, end = outcome.start, outcome.end
+    start, end = (runs[0].start, runs[-1].end) if runs else (None, None)
     wait = response = None
     bsld: float | None = None
     # Rejected, cancelled or failed leases did not get what they asked for: a wait or
@@ -79,7 +79,7 @@ def lease_metrics(outcome: LeaseOutcome, tau: int = TAU) -> LeaseMetrics:
     return LeaseMetrics(
         id=req.id, kind=str(req.kind), state=str(outcome.state), submit=req.submit,
         start=start, end=end, wait=wait, response=response, run_time=run_time,
-        bounded_slowdown=bsld, nodes=len(outcome.nodes),
+        bounded_slowdown=bsld, nodes=len({n for e in runs for n in e.nodes}),
         suspensions=kinds[EventKind.SUSPEND], migrations=kinds[EventKind.MIGRATE])
 
 
@@ -184,7 +184,8 @@ def skipped_count(n: int) -> int:
 
 def summarize(outcomes: Sequence[LeaseOutcome], site: Site, *,
               baseline_completion: float | None = None, tau: int = TAU,
-              multicast: bool = True, link: tuple[int, int] | None = None) -> Summary:
+              multicast: bool = True, link: tuple[int, int] | None = None,
+              per: Sequence[LeaseMetrics] | None = None) -> Summary:
     """Summary of a schedule on ``site``.
 
     - Best-effort means: over the best-effort leases that are done (others have no wait
@@ -203,8 +204,11 @@ def summarize(outcomes: Sequence[LeaseOutcome], site: Site, *,
       ``link`` (transfers and MB the repository link carried, as a replay records them)
       where given, else :func:`transfer_stats` of the leases' events (which miss a
       transfer begun for a plan its lease dropped since).
+
+    ``per``: the outcomes' ``lease_metrics`` with ``tau``, if already computed.
     """
-    per = [lease_metrics(o, tau) for o in outcomes]
+    if per is None:
+        per = [lease_metrics(o, tau) for o in outcomes]
     be = sorted((m for m in per if m.kind == LeaseKind.BESTEFFORT), key=lambda m: (m.submit, m.id))
     skip = skipped_count(len(be))
     kept = be[skip:]
@@ -213,7 +217,7 @@ def summarize(outcomes: Sequence[LeaseOutcome], site: Site, *,
     ratio = (completion / baseline_completion
              if completion is not None and baseline_completion else None)
 
-    ends = [o.end for o in outcomes if o.end is not None]
+    ends = [m.end for m in per if m.end is not None]
     first_submit = min((o.request.submit for o in outcomes), default=None)
     last_end = max(ends) if ends else None
     busy = sum((e.end - e.start) * len(e.nodes) for o in outcomes for e in o.runs)
@@ -274,10 +278,11 @@ def compute_from(outcomes: Sequence[LeaseOutcome], site: Site, *,
                  multicast: bool = True, link: tuple[int, int] | None = None) -> Metrics:
     """All metrics of ``outcomes`` on ``site`` (``multicast``, ``link``: see
     :func:`summarize`)."""
+    per = tuple(lease_metrics(o, tau) for o in outcomes)
     return Metrics(
         summary=summarize(outcomes, site, baseline_completion=baseline_completion, tau=tau,
-                          multicast=multicast, link=link),
-        leases=tuple(lease_metrics(o, tau) for o in outcomes),
+                          multicast=multicast, link=link, per=per),
+        leases=per,
         utilization=utilization_series(outcomes))
 
 
