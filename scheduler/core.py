@@ -756,13 +756,13 @@ class Scheduler:
     # ======================================================== best-effort queue
     def _schedule_queue(self, new: Lease | None = None) -> None:
         limit = self.policies.backfilling.max_future
-        held: list[tuple[Lease, set[int]]] = []
+        held: list[tuple[Lease, set[int], int]] = []
         if self._replan:
             # Only reservations that wait for resources can move earlier (not those that
             # start as soon as their preparation allows, nor one whose state migrates).
-            held = [(lease, set(lease.image_nodes)) for lease in self._waiting
+            held = [(lease, set(lease.image_nodes), lease.version) for lease in self._waiting
                     if lease.future and not self._migrating(lease)]
-            for lease, _ in held:
+            for lease, _, _ in held:
                 self._unplan_waiting(lease)
                 self._enqueue(lease)
             candidates = list(self._queue)
@@ -784,7 +784,7 @@ class Scheduler:
                 continue
             if self._try_start(lease, future=True, partial=False):
                 used += 1
-        for lease, before in held:  # image copies the new plans no longer use
+        for lease, before, version in held:  # image copies the new plans no longer use
             # nodes of its new plan, and (resuming) those holding its suspended state
             keep = {n for seg in lease.live[-2:] for n in seg.nodes}
             stale = before - keep
@@ -794,8 +794,10 @@ class Scheduler:
             # A transfer begun for nodes it no longer uses is no longer its own, nor one
             # whose copy there is gone, sent again by a later transfer of its new plan.
             kept = {id(t) for t in _latest_transfers(lease.transfers, lease.image_nodes).values()}
+            listed = len(lease.transfers)
             lease.transfers = [t for t in lease.transfers if id(t) in kept]
-            self._push(lease)
+            if stale or len(lease.transfers) != listed or lease.version == version:
+                self._push(lease)  # (else its new plan was pushed as it stands)
 
     def _unplan_waiting(self, lease: Lease) -> None:
         """Drop a waiting best-effort lease's next segment (it will be re-planned)."""
