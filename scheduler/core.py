@@ -28,6 +28,7 @@ import logging
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -74,6 +75,11 @@ class Segment:
     lost: bool = False  # killed by a preemption with suspension off: its work starts over
     # transfers it resumes from after migrating (copies on their way to its new nodes)
     transfers: list[Transfer] = field(default_factory=list)
+
+    @cached_property
+    def node_array(self) -> np.ndarray:
+        """``nodes`` for the kernels (converting a big lease's tuple is not cheap)."""
+        return np.array(self.nodes, dtype=np.int64)
 
     def events(self) -> list[Event]:
         # Opening and closing events are listed even when they take no time, so every
@@ -254,6 +260,7 @@ class Scheduler:
                                  record=record_transfers)
         self._channels = Channels(config.suspendresume_exclusion is Exclusion.GLOBAL)
         self._closed = np.zeros(len(site.nodes), dtype=bool)  # drained or removed nodes
+        self._closing = False  # is any? (asked for every readiness)
         self.now = 0
         self.leases: dict[int, Lease] = {}
         self._changed: set[int] = set()  # leases whose state or schedule changed
@@ -364,7 +371,7 @@ class Scheduler:
         """No new placements on the node; what runs or is booked there for an advance
         reservation stays. Best-effort plans that have not begun there are re-planned."""
         self._node(index)
-        self._closed[index] = True
+        self._closed[index] = self._closing = True
         self._prep_memo.clear()
         for lease in list(self._waiting):
             seg = lease.segments[-1] if lease.segments else None
@@ -385,7 +392,7 @@ class Scheduler:
             raise SchedulingError(
                 f"node {node.name} still holds or has booked lease(s) "
                 f"{', '.join(map(str, sorted(holders)[:10]))}: drain it and wait for them")
-        self._closed[index] = True
+        self._closed[index] = self._closing = True
         self._prep_memo.clear()
         log.info("node removed", extra={"node": node.name})
 
@@ -833,7 +840,7 @@ class Scheduler:
         ``unicasts``: how many unicast transfers the lease will need (default: one per
         VM), which decides when the last of them ends."""
         ready, has, tx_start = self._preparation(lease, unicasts)
-        if self._closed.any():
+        if self._closing:
             keep = has if lease.live else np.zeros_like(has)
             ready = np.where(self._closed & ~keep, INF, ready)
         return ready, has, tx_start
@@ -861,7 +868,7 @@ class Scheduler:
                 heavy = base + self.overheads.migration(req, True)
                 copies = self.images.ready_times(req.image.id, never=INF)
             ready, orig = kernels.resume_readiness(
-                copies, np.array(last.nodes, dtype=np.int64), base, light, heavy)
+                copies, last.node_array, base, light, heavy)
             return ready, orig, None
         if not self.config.image_transfer:
             return np.full(n, start, dtype=np.int64), np.ones(n, dtype=bool), None

@@ -246,6 +246,25 @@ def same_rows(usage: np.ndarray, a: int, b: int) -> bool:
 @_jit
 def distinct_finite(values: np.ndarray) -> np.ndarray:
     """The distinct values below ``INF``, ascending."""
+    # A readiness has a few distinct times, most often: collect them, sort only those.
+    few = np.empty(8, dtype=np.int64)
+    m = 0
+    for v in values:
+        if v >= INF:
+            continue
+        seen = False
+        for j in range(m):
+            if few[j] == v:
+                seen = True
+                break
+        if not seen:
+            if m == few.shape[0]:
+                m = -1  # many: sort them all (below)
+                break
+            few[m] = v
+            m += 1
+    if m >= 0:
+        return np.sort(few[:m])
     ordered = np.sort(values)
     out = np.empty(ordered.shape[0], dtype=np.int64)
     m = 0
