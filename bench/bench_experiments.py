@@ -78,7 +78,7 @@ def bench_sweep(out: Path, jobs: int, sample: int | None) -> None:
     total = len(specs)
     if sample is not None:
         # The same number of runs of each profile: their costs differ up to 4x, and a
-        # sample of the whole grid misjudged their mix (a 8-run sample gave 15 minutes
+        # sample of the whole grid misjudged their mix (an 8-run sample gave 15 minutes
         # where the whole sweep took 24).
         rng = random.Random(1)
         specs = [s for p in PAPER for s in rng.sample([s for s in specs if s.profile == p],

@@ -260,7 +260,7 @@ class Scheduler:
                                  record=record_transfers)
         self._channels = Channels(config.suspendresume_exclusion is Exclusion.GLOBAL)
         self._closed = np.zeros(len(site.nodes), dtype=bool)  # drained or removed nodes
-        self._closing = False  # is any? (asked for every readiness)
+        self._any_closed = False  # (asked for every readiness: cheaper than _closed.any())
         self.now = 0
         self.leases: dict[int, Lease] = {}
         self._changed: set[int] = set()  # leases whose state or schedule changed
@@ -371,7 +371,7 @@ class Scheduler:
         """No new placements on the node; what runs or is booked there for an advance
         reservation stays. Best-effort plans that have not begun there are re-planned."""
         self._node(index)
-        self._closed[index] = self._closing = True
+        self._closed[index] = self._any_closed = True
         self._prep_memo.clear()
         for lease in list(self._waiting):
             seg = lease.segments[-1] if lease.segments else None
@@ -392,7 +392,7 @@ class Scheduler:
             raise SchedulingError(
                 f"node {node.name} still holds or has booked lease(s) "
                 f"{', '.join(map(str, sorted(holders)[:10]))}: drain it and wait for them")
-        self._closed[index] = self._closing = True
+        self._closed[index] = self._any_closed = True
         self._prep_memo.clear()
         log.info("node removed", extra={"node": node.name})
 
@@ -840,7 +840,7 @@ class Scheduler:
         ``unicasts``: how many unicast transfers the lease will need (default: one per
         VM), which decides when the last of them ends."""
         ready, has, tx_start = self._preparation(lease, unicasts)
-        if self._closing:
+        if self._any_closed:
             keep = has if lease.live else np.zeros_like(has)
             ready = np.where(self._closed & ~keep, INF, ready)
         return ready, has, tx_start

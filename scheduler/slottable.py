@@ -433,10 +433,8 @@ class AvailabilityProfile:
         """Per instant g of ``instants``: how many nodes ready by g (``ready``: per node,
         when it could begin) can host ``vec`` at g, and whether one ready at g itself
         can."""
-        counts, exact = kernels.ready_hosts(
-            self._usage, self._rows_at(instants), *self._shape(vec),
-            np.array(instants, dtype=np.int64), ready)
-        return counts, exact
+        return kernels.ready_hosts(self._usage, self._rows_at(instants), *self._shape(vec),
+                                   np.array(instants, dtype=np.int64), ready)
 
     def free_until(self, t: int, vec: np.ndarray, *,
                    ignore_preemptible: bool = False) -> np.ndarray:
