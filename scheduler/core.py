@@ -1016,7 +1016,9 @@ class Scheduler:
             # can host a VM at g itself, one of them where preparation ends at g (else the
             # readiness check rejects the choice). One query for all groups at once.
             usable = 0  # uniform: how many nodes could host it from now (at most)
-            if groups:
+            if uniform:  # groups == [now], and ``hosts`` open nodes can host it now
+                usable = hosts
+            elif groups:
                 counts, prepared_then = self._viability(ready, ready_bytes, groups, vec)
                 viable = (counts >= k) & prepared_then
                 usable = int(counts.max())
@@ -1121,7 +1123,7 @@ class Scheduler:
         cache or piggybacking, only those nobody holds without (``ImageStore.version``
         tracks both). Without transfers, the image does not matter."""
         req = lease.request
-        key = None
+        key = key2 = None
         if not lease.segments and not lease.image_nodes:
             token = (self.now, self.images.version, self.images.link.version)
             if token != self._prep_token:
@@ -1131,18 +1133,22 @@ class Scheduler:
                 else ("", 0, unicasts)
             if (hit := self._prep_memo.get(key)) is not None:
                 return hit
-            # Images of one size with the same copies (most often: none anywhere) give
-            # the same readiness: computed once for all of them.
-            copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id)
-            shared_key = (copies.tobytes(), req.image.size_mb, unicasts)
-            if (hit := self._prep_memo.get(shared_key)) is not None:
-                self._prep_memo[key] = hit
-                return hit
+            if self.config.image_transfer:
+                # Images of one size with the same copies (most often: none anywhere)
+                # give the same readiness: computed once for all of them.
+                copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id)
+                shared_key = (copies.tobytes(), req.image.size_mb, unicasts)
+                if (hit := self._prep_memo.get(shared_key)) is not None:
+                    self._prep_memo[key] = hit
+                    return hit
+                key2 = shared_key
         ready, has, _ = self._readiness(lease, unicasts)
         ready.flags.writeable = has.flags.writeable = False
         prepared = (ready, has, kernels.distinct_finite(ready).tolist(), ready.tobytes())
         if key is not None:
-            self._prep_memo[key] = self._prep_memo[shared_key] = prepared
+            self._prep_memo[key] = prepared
+            if key2 is not None:
+                self._prep_memo[key2] = prepared
         return prepared
 
     def _hosts_now(self, vec: np.ndarray) -> np.ndarray:

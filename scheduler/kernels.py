@@ -317,3 +317,44 @@ def resume_readiness(copies: np.ndarray, nodes: np.ndarray, base: int, light: in
         ready[node] = base
         orig[node] = True
     return ready, orig
+
+
+@_jit
+def greedy_split(free_since: np.ndarray, has_image: np.ndarray, holds_state: np.ndarray,
+                 needs_preemption: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For ``Greedy``'s order of m > k candidates (needing no preemption, holding the
+    state, having the image, free latest), the positions sure to be among the first
+    ``k`` (ranked strictly before the k-th) and those tied with the k-th, ascending.
+    The three flags make 8 classes: counting them finds the k-th's class, and only
+    within it are the times sorted."""
+    m = free_since.shape[0]
+    cls = np.empty(m, dtype=np.int64)
+    counts = np.zeros(8, dtype=np.int64)
+    for p in range(m):
+        c = 4 * int(needs_preemption[p]) + 2 * int(not holds_state[p]) \
+            + int(not has_image[p])
+        cls[p] = c
+        counts[c] += 1
+    ck, before = 0, 0
+    while before + counts[ck] < k:
+        before += counts[ck]
+        ck += 1
+    times = np.empty(counts[ck], dtype=np.int64)
+    j = 0
+    for p in range(m):
+        if cls[p] == ck:
+            times[j] = free_since[p]
+            j += 1
+    times.sort()
+    kth = times[times.shape[0] - (k - before)]  # the (k - before)-th latest
+    sure = np.empty(m, dtype=np.int64)
+    tied = np.empty(m, dtype=np.int64)
+    a = b = 0
+    for p in range(m):
+        if cls[p] < ck or (cls[p] == ck and free_since[p] > kth):
+            sure[a] = p
+            a += 1
+        elif cls[p] == ck and free_since[p] == kth:
+            tied[b] = p
+            b += 1
+    return sure[:a], tied[:b]

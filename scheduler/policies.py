@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from . import kernels
 from .config import Config, ConfigError
 from .leases import LeaseKind, LeaseRequest
 
@@ -96,17 +97,11 @@ class Greedy:
             return None
         if len(c.nodes) == k:
             return tuple(sorted(c.nodes.tolist()))
-        keys = (-c.free_since, ~c.has_image, ~c.holds_state, c.needs_preemption)
-        order = np.lexsort((c.nodes, *keys))
-        # Only among the candidates tied with the k-th on every other key does the fit
-        # after the window decide.
-        kth = order[k - 1]
-        tied = np.ones(len(c.nodes), dtype=bool)
-        for key in keys:
-            tied &= key == key[kth]
-        first = order[:k]
-        sure = first[~tied[first]]
-        rest = c.booked_soonest(np.flatnonzero(tied), k - len(sure))
+        # Only among the candidates tied with the k-th on every key does the fit after
+        # the window decide.
+        sure, tied = kernels.greedy_split(c.free_since, c.has_image, c.holds_state,
+                                          c.needs_preemption, k)
+        rest = c.booked_soonest(tied, k - len(sure))
         return tuple(sorted(c.nodes[np.concatenate((sure, rest))].tolist()))
 
 
