@@ -264,8 +264,10 @@ class Scheduler:
         self.now = 0
         self.leases: dict[int, Lease] = {}
         self._changed: set[int] = set()  # leases whose state or schedule changed
-        self._hosts_now_key: tuple[int, int, bytes] | None = None
-        self._hosts_now_fit = np.zeros(len(site.nodes), dtype=bool)
+        # VM shape -> open nodes with room for one now, and how many; while the profile
+        # and the time stay as they are (``_hosts_now_token``)
+        self._hosts_now_memo: dict[bytes, tuple[np.ndarray, int]] = {}
+        self._hosts_now_token = (-1, -1)
         # (readiness, VM shape) -> per readiness group, the nodes ready by then with room
         # for a VM then, and whether one is ready exactly then; while the profile stays
         # as it is (see _viability)
@@ -543,6 +545,7 @@ class Scheduler:
         del state["_at"]  # the caller's (e.g. a bound method of the service's engine)
         state["_prep_memo"] = {}
         state["_viability_memo"] = {}
+        state["_hosts_now_memo"] = {}
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -962,8 +965,8 @@ class Scheduler:
         # A fresh lease without transfers is ready now on every open node.
         uniform = not future and not lease.segments and not self.config.image_transfer
         if uniform:  # it could only start now, on nodes with room now
-            fit_now = self._hosts_now(vec)
-            if (hosts := int(np.count_nonzero(fit_now))) < k:
+            fit_now, hosts = self._hosts_now(vec)
+            if hosts < k:
                 self._note_stuck(lease, hosts)
                 return None  # too few
             if self._still_stuck(lease, fit_now):
@@ -1151,14 +1154,21 @@ class Scheduler:
                 self._prep_memo[key2] = prepared
         return prepared
 
-    def _hosts_now(self, vec: np.ndarray) -> np.ndarray:
-        """Which open nodes can host a VM of ``vec`` now (cached while nothing
-        changes: a queue pass asks it for every lease)."""
-        key = (self.profile.version, self.now, vec.tobytes())
-        if self._hosts_now_key != key:
-            self._hosts_now_key = key
-            self._hosts_now_fit = self.profile.fits_at([self.now], vec)[0] & ~self._closed
-        return self._hosts_now_fit
+    def _hosts_now(self, vec: np.ndarray) -> tuple[np.ndarray, int]:
+        """Which open nodes can host a VM of ``vec`` now, and how many (a queue pass
+        asks it for every lease)."""
+        token = (self.profile.version, self.now)
+        if token != self._hosts_now_token:
+            self._hosts_now_memo.clear()
+            self._hosts_now_token = token
+        key = vec.tobytes()
+        if (hit := self._hosts_now_memo.get(key)) is None:
+            fit = self.profile.hosts_at(self.now, vec)
+            if self._any_closed:
+                fit &= ~self._closed
+            fit.flags.writeable = False
+            hit = self._hosts_now_memo[key] = (fit, int(np.count_nonzero(fit)))
+        return hit
 
     def _time_fit(self, nodes: np.ndarray, k: int, start: int, vec: np.ndarray
                   ) -> tuple[np.ndarray, Callable[[np.ndarray, int], np.ndarray]]:

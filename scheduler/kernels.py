@@ -104,10 +104,25 @@ def ready_hosts(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray, pslabs: 
 
 
 @_jit
-def fits_all_rows(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray,
-                  pslabs: np.ndarray, rooms: np.ndarray) -> np.ndarray:
-    """Per node: can it host the shape in every one of ``rows``? (Per dimension, the
-    node's peak usage over the rows against its room.)"""
+def fits_window(usage: np.ndarray, rows: np.ndarray, times: np.ndarray, begins: np.ndarray,
+                slabs: np.ndarray, pslabs: np.ndarray, rooms: np.ndarray) -> np.ndarray:
+    """Per node: can it host the shape throughout a window whose slots are ``rows``
+    (starting at ``times``), given the entries' ``begins`` within it (ascending)?
+    Usage rises only where an entry begins, so a node's peak is in the first slot or
+    in one where an entry begins: only those are scanned (a window often spans
+    thousands of breakpoints, mostly ends). Per dimension, the peak against the room."""
+    m = rows.shape[0]
+    scan = np.empty(m, dtype=np.int64)
+    scan[0] = rows[0]
+    c, q = 1, 0
+    for b in begins:  # (merged with the slots: both ascending)
+        at = q
+        while at + 1 < m and times[at + 1] <= b:
+            at += 1
+        if at != q:
+            scan[c] = rows[at]
+            c += 1
+            q = at
     n = rooms.shape[1]
     out = np.ones(n, dtype=np.bool_)
     peak = np.empty(n, dtype=np.int64)
@@ -115,7 +130,8 @@ def fits_all_rows(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray,
         s, p = slabs[d], pslabs[d]
         peak[:] = -INF if s >= 0 else 0  # (never booked: no usage)
         if s >= 0:
-            for row in rows:
+            for x in range(c):
+                row = scan[x]
                 if p < 0:
                     for node in range(n):
                         peak[node] = max(peak[node], usage[s, row, node])

@@ -428,6 +428,12 @@ class AvailabilityProfile:
                                            *self._shape(vec))
         return self._remember(key, ok)
 
+    def hosts_at(self, t: int, vec: np.ndarray) -> np.ndarray:
+        """Per node: can it host ``vec`` at ``t``? (A new array: not remembered.)"""
+        out: np.ndarray = kernels.fits_rows(self._usage, self._rows_at([t]),
+                                            *self._shape(vec))[0]
+        return out
+
     def ready_hosts(self, instants: list[int], vec: np.ndarray, ready: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Per instant g of ``instants``: how many nodes ready by g (``ready``: per node,
@@ -494,19 +500,11 @@ class AvailabilityProfile:
             return hit
         i = bisect.bisect_right(self._times, start) - 1
         j = max(bisect.bisect_left(self._times, end), i + 1)
-        # Usage rises only where an entry begins: a window's peak is in its first slot
-        # or in the slot of one of the begins within it (a window often spans thousands
-        # of breakpoints, mostly ends).
         b0 = bisect.bisect_right(self._begins, start)
         b1 = bisect.bisect_left(self._begins, end, b0)
-        rows = _view(self._rows, i, j)
-        if b1 - b0 < j - i - 1:
-            # the window's first slot and each begin's, searched among the window's
-            # (a begin is after ``start``: its position is at least 1)
-            at = np.searchsorted(_view(self._times, i, j), _view(self._begins, b0, b1),
-                                 side="right")
-            rows = rows[np.concatenate(([1], at)) - 1]
-        fits: np.ndarray = kernels.fits_all_rows(self._usage, rows, *shape)
+        fits: np.ndarray = kernels.fits_window(
+            self._usage, _view(self._rows, i, j), _view(self._times, i, j),
+            _view(self._begins, b0, b1), *shape)
         return self._remember(key, fits)
 
     # Queue passes ask the same questions for many leases between two changes.
