@@ -129,6 +129,8 @@ class Lease:
         """Its events in time order. ``served_nodes=False`` lists each transfer with all
         of its destinations (the same instants, kinds and order: what state changes
         need), sparing the work of finding where each serves this lease."""
+        if len(self.segments) == 1 and not self.transfers and not self.migrations:
+            return self.segments[0].events()  # (already in time order; the usual case)
         # VM events in their logical order (a migration just before the resume it leads
         # to), which breaks ties between zero-length events at the same instant.
         vm: list[Event] = []
