@@ -129,8 +129,17 @@ class Lease:
         """Its events in time order. ``served_nodes=False`` lists each transfer with all
         of its destinations (the same instants, kinds and order: what state changes
         need), sparing the work of finding where each serves this lease."""
-        if len(self.segments) == 1 and not self.transfers and not self.migrations:
-            return self.segments[0].events()  # (already in time order; the usual case)
+        if len(self.segments) == 1 and not self.migrations:  # the usual case: quicker
+            # A segment's events are in time order, and transfers that end by its start
+            # come before them (at equal times, transfers first).
+            seg = self.segments[0]
+            sent = [t for t in self.transfers if not t.cancelled]
+            if not sent:
+                return seg.events()
+            if not served_nodes and all(t.end <= seg.start for t in sent):
+                sent.sort(key=lambda t: (t.start, t.end))  # (stable: ties in list order)
+                return [Event(EventKind.TRANSFER, t.start, t.end, t.nodes)
+                        for t in sent] + seg.events()
         # VM events in their logical order (a migration just before the resume it leads
         # to), which breaks ties between zero-length events at the same instant.
         vm: list[Event] = []

@@ -213,6 +213,7 @@ def drive(sc: Scenario, restore_after: int | None = None) -> Run:
         if n == restore_after:
             sched = Scheduler.loads(sched.dumps())
         sched.advance_to(t)
+        _same_event_lists(sched)
         if what == 0:
             req = sc.requests[i]
             window = _window(sc.config, req, t)
@@ -238,6 +239,7 @@ def drive(sc: Scenario, restore_after: int | None = None) -> Run:
             break
         assert nxt > last, f"next_event_time() went from {last} to {nxt}"
         sched.advance_to(nxt)
+        _same_event_lists(sched)
         last = nxt
     else:
         pytest.fail(f"still planning events after {MAX_STEPS} steps (livelock?)")
@@ -246,6 +248,15 @@ def drive(sc: Scenario, restore_after: int | None = None) -> Run:
     assert not open_, f"leases {open_} were never closed"
     outcomes = tuple(sorted(sched.outcomes(), key=lambda o: o.request.id))
     return Run(outcomes, cancelled, after_submit, room, planned, sched.sent_images() or ())
+
+
+def _same_event_lists(sched: Scheduler) -> None:
+    """What state changes follow (each lease's events, transfers with all of their
+    destinations) lists the same kinds at the same instants in the same order as the
+    events reported."""
+    for lease in sched.leases.values():
+        assert [(e.kind, e.start, e.end) for e in lease.events(served_nodes=False)] == \
+            [(e.kind, e.start, e.end) for e in lease.events()], f"lease {lease.id}"
 
 
 def _window(config: Config, req: LeaseRequest, now: int) -> tuple[int, int] | None:
