@@ -250,6 +250,14 @@ def add_usage(usage: np.ndarray, slabs: np.ndarray, deltas: np.ndarray, rows: np
 
 
 @_jit
+def copy_row(usage: np.ndarray, src: int, dst: int) -> None:
+    """Row ``dst`` := row ``src``, in every slab."""
+    for s in range(usage.shape[0]):
+        for node in range(usage.shape[2]):
+            usage[s, dst, node] = usage[s, src, node]
+
+
+@_jit
 def same_rows(usage: np.ndarray, a: int, b: int) -> bool:
     """Do rows ``a`` and ``b`` hold the same usage in every slab?"""
     for s in range(usage.shape[0]):

@@ -116,6 +116,9 @@ class AvailabilityProfile:
         # per VM shape (vec's bytes, ignoring preemptible usage or not): its arguments
         # to the kernels (few shapes recur)
         self._shapes: dict[tuple[bytes, bool], _Shape] = {}
+        # per entry vector (its bytes, preemptible or not): the slabs it changes, and
+        # what it adds to each when it is added (+) and removed (-)
+        self._deltas: dict[tuple[bytes, bool], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def __getstate__(self) -> dict[str, object]:
         # What a checkpoint stores: not the table (rows x nodes per slab: ~100 MB at
@@ -128,6 +131,7 @@ class AvailabilityProfile:
         state["_spare"] = []
         state["_memo"] = {}
         state["_shapes"] = {}
+        state["_deltas"] = {}
         del state["released_at"]  # a view (unpickled, it would be a copy)
         return state
 
@@ -322,19 +326,21 @@ class AvailabilityProfile:
         if end <= start:
             return
         self.version += 1
+        key = (entry.vec.tobytes(), entry.preemptible)
+        if (plan := self._deltas.get(key)) is None:
+            slabs, deltas = [], []
+            for d in np.flatnonzero(entry.vec).tolist():  # only the dimensions it uses
+                slabs.append(self._slab(self._used_slab, d))  # (may reallocate the table)
+                deltas.append(int(entry.vec[d]))
+                if entry.preemptible:
+                    slabs.append(self._slab(self._pre_slab, d))
+                    deltas.append(int(entry.vec[d]))
+            added = np.array(deltas, dtype=np.int64)
+            plan = self._deltas[key] = (np.array(slabs, dtype=np.int64), added, -added)
         i = self._split(start)
         j = self._split(end)
-        slabs, deltas = [], []
-        for d in np.flatnonzero(entry.vec).tolist():  # only the dimensions it uses
-            delta = sign * int(entry.vec[d])
-            slabs.append(self._slab(self._used_slab, d))  # (may reallocate self._usage)
-            deltas.append(delta)
-            if entry.preemptible:
-                slabs.append(self._slab(self._pre_slab, d))
-                deltas.append(delta)
-        kernels.add_usage(self._usage, np.array(slabs, dtype=np.int64),
-                          np.array(deltas, dtype=np.int64), _view(self._rows, i, j),
-                          entry.nodes)
+        kernels.add_usage(self._usage, plan[0], plan[1] if sign > 0 else plan[2],
+                          _view(self._rows, i, j), entry.nodes)
         if sign < 0:  # drop breakpoints that no longer separate different usage
             self._merge(j)
             self._merge(i)
@@ -348,7 +354,7 @@ class AvailabilityProfile:
             self._grow()
         row = self._spare.pop()
         prev = self._rows[i - 1]
-        self._usage[:, row] = self._usage[:, prev]
+        kernels.copy_row(self._usage, prev, row)
         self._times.insert(i, t)
         self._rows.insert(i, row)
         return i
