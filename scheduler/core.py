@@ -279,10 +279,9 @@ class Scheduler:
         # and the time stay as they are (``_hosts_now_token``)
         self._hosts_now_memo: dict[bytes, tuple[np.ndarray, int]] = {}
         self._hosts_now_token = (-1, -1)
-        # (readiness, VM shape) -> per readiness group, the nodes ready by then with room
-        # for a VM then, and whether one is ready exactly then; while the profile stays
-        # as it is (see _viability)
-        self._viability_memo: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray]] = {}
+        # (readiness, VM shape, VMs) -> the readiness groups where so many VMs could
+        # start; while the profile stays as it is (see _viable)
+        self._viability_memo: dict[tuple[bytes, bytes, int], list[int]] = {}
         self._viability_version = -1
         # Readiness of fresh leases per (image, size, unicasts), while nothing it depends
         # on changes: a queue pass asks it for every waiting lease, mostly of few images.
@@ -1033,10 +1032,7 @@ class Scheduler:
             if uniform:  # groups == [now], and ``hosts`` open nodes can host it now
                 usable = hosts
             elif groups:
-                counts, prepared_then = self._viability(ready, ready_bytes, groups, vec)
-                viable = (counts >= k) & prepared_then
-                usable = int(counts.max())
-                groups = [g for g, v in zip(groups, viable.tolist(), strict=True) if v]
+                groups = self._viable(ready, ready_bytes, groups, vec, k)
             usable_whole = usable_partial = usable
             for g in groups:
                 # Starting at g must be what preparation dictates (on one of the chosen
@@ -1051,7 +1047,7 @@ class Scheduler:
                 if prop is not None and int(ready[list(prop.nodes)].max()) == g \
                         and self._channels_ok(lease, prop):
                     return prop
-            if partial:
+            if partial and groups:
                 susp = ovh.suspend(req)
                 shortest = opening + max(1, susp + ovh.resume(req)) + susp  # see _partial
                 for g in groups:
@@ -1091,19 +1087,23 @@ class Scheduler:
                 t0 = self._channels.earliest_gap(prop.nodes, s, opening)
         return best
 
-    def _viability(self, ready: np.ndarray, ready_bytes: bytes, groups: list[int],
-                   vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per readiness group g (``groups``: the distinct finite times of ``ready``,
-        whose bytes are ``ready_bytes``): how many nodes ready by g have room for a VM of
-        ``vec`` at g, and whether one of them is ready exactly at g. The same for every
-        lease of that readiness and shape while the profile stays as it is: a queue pass
-        of leases waiting for one link, or for nodes, asks it for each of them."""
+    def _viable(self, ready: np.ndarray, ready_bytes: bytes, groups: list[int],
+                vec: np.ndarray, k: int) -> list[int]:
+        """The readiness groups (``groups``: the distinct finite times of ``ready``,
+        whose bytes are ``ready_bytes``) at which ``k`` VMs of ``vec`` could start: k
+        nodes ready by g have room for one at g, one of them ready exactly at g. The
+        same for every lease of that readiness, shape and size while the profile stays
+        as it is: a queue pass of leases waiting for one link, or for nodes, asks it for
+        each of them."""
         if self._viability_version != self.profile.version:
             self._viability_memo.clear()
             self._viability_version = self.profile.version
-        key = (ready_bytes, vec.tobytes())
+        key = (ready_bytes, vec.tobytes(), k)
         if (hit := self._viability_memo.get(key)) is None:
-            hit = self._viability_memo[key] = self.profile.ready_hosts(groups, vec, ready)
+            counts, exact = self.profile.ready_hosts(groups, vec, ready)
+            hit = self._viability_memo[key] = [
+                g for g, c, e in zip(groups, counts.tolist(), exact.tolist(), strict=True)
+                if c >= k and e]
         return hit
 
     def _note_stuck(self, lease: Lease, usable: int) -> None:
