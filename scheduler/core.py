@@ -106,6 +106,7 @@ class Lease:
     failed: bool = False
     finished: bool = False
     version: int = 0
+    fresh_need: _Need | None = None  # what its first start needs (Scheduler._fails_again)
 
     @property
     def id(self) -> int:
@@ -283,6 +284,8 @@ class Scheduler:
         # start; while the profile stays as it is (see _viable)
         self._viability_memo: dict[tuple[bytes, bytes, int], list[int]] = {}
         self._viability_version = -1
+        # may ``_fails_again`` answer? (see there)
+        self._fresh_memo = config.image_transfer and config.transfer_mode == "multicast"
         # Readiness of fresh leases per (image, size, unicasts), while nothing it depends
         # on changes: a queue pass asks it for every waiting lease, mostly of few images.
         self._prep_memo: dict[tuple[str | bytes, int, int | None], _Prepared] = {}
@@ -462,6 +465,7 @@ class Scheduler:
         req = lease.request
         real = None if req.real_duration is None else req.real_duration + extra
         lease.request = replace(req, duration=req.duration + extra, real_duration=real)
+        lease.fresh_need = None  # (it needs longer)
         if req.kind is LeaseKind.AR:
             lease.run_needed = lease.request.duration
             lease.run_real = lease.request.effective_real_duration
@@ -796,7 +800,8 @@ class Scheduler:
         used = sum(1 for lease in self._waiting if lease.future)
         failed: _Failures = {}
         for lease in candidates:
-            if self._try_start(lease, future=False, partial=True, failed=failed):
+            if not self._fails_again(lease, failed) and \
+                    self._try_start(lease, future=False, partial=True, failed=failed):
                 continue
             if limit is not None and used >= limit:
                 if limit == 0:
@@ -818,6 +823,25 @@ class Scheduler:
             lease.transfers = [t for t in lease.transfers if id(t) in kept]
             if stale or len(lease.transfers) != listed or lease.version == version:
                 self._push(lease)  # (else its new plan was pushed as it stands)
+
+    def _fails_again(self, lease: Lease, failed: _Failures) -> bool:
+        """Would a fresh lease's try to start now end at the failure memo (see
+        ``_propose_with``), its readiness being remembered? The same answer without
+        building the try: in a long queue waiting for the link, most tries end there.
+        (With transfers, multicast: without, the try asks cheaper questions first;
+        unicast readiness depends on the count of transfers.)"""
+        if not failed or lease.segments or lease.image_nodes or not self._fresh_memo:
+            return False
+        # (Its readiness is what the try would compute first: remembered for it.)
+        if (done := failed.get(self._prepared(lease, None)[3])) is None:
+            return False
+        req = lease.request
+        if (need := lease.fresh_need) is None:
+            ovh = self.overheads
+            need = lease.fresh_need = (
+                req.vms, req.resources, ovh.boot + lease.run_needed + ovh.shutdown, ovh.boot,
+                req.preemptible and self.config.suspension and req.kind is LeaseKind.BESTEFFORT)
+        return any(_as_hard(need, f) for f in done)
 
     def _unplan_waiting(self, lease: Lease) -> None:
         """Drop a waiting best-effort lease's next segment (it will be re-planned)."""
