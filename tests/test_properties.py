@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 from unittest.mock import patch
 
 import numpy as np
@@ -610,6 +611,33 @@ def test_a_queued_lease_skipped_as_stuck_could_not_have_started(sc: Scenario) ->
     with patch.object(Scheduler, "_still_stuck", checked):
         judge(sc)
     event(f"gave up early: {skipped > 0}")
+
+
+@settings(PROPERTY_SETTINGS, max_examples=max(10, EXAMPLES // 2))
+@given(scenarios())
+def test_a_queued_lease_skipped_by_the_failure_memo_could_not_have_started(
+        sc: Scenario) -> None:
+    """A queue pass skips a fresh lease whose try ``_fails_again`` says would end at the
+    failure memo: each time it does, the try is made anyway, without the memo, and must
+    find nothing."""
+    fails_again = Scheduler._fails_again
+    skipped = 0
+
+    def checked(self: Scheduler, lease: Lease, failed: dict[bytes, list[Any]]) -> bool:
+        nonlocal skipped
+        if not fails_again(self, lease, failed):
+            return False
+        skipped += 1
+        req = lease.request
+        partial = bool(req.preemptible and self.config.suspension
+                       and req.kind is LeaseKind.BESTEFFORT)
+        proposal = self._propose(lease, future=False, partial=partial)
+        assert proposal is None, f"lease {req.id}, skipped at {self.now}, could start"
+        return True
+
+    with patch.object(Scheduler, "_fails_again", checked):
+        judge(sc)
+    event(f"skipped by the failure memo: {skipped > 0}")
 
 
 def _no_ar_admitted(sc: Scenario, run: Run) -> None:
