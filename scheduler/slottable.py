@@ -424,16 +424,6 @@ class AvailabilityProfile:
     def _all_times(self) -> np.ndarray:
         return _view(self._times, 0, len(self._times))
 
-    def fits_at(self, instants: list[int], vec: np.ndarray) -> np.ndarray:
-        """(instants, nodes) booleans: can the node host ``vec`` at that instant?"""
-        shape = vec.tobytes()
-        key = (len(instants), -3, False, np.array(instants, dtype=np.int64).tobytes() + shape)
-        if (hit := self._recall(key)) is not None:
-            return hit
-        ok: np.ndarray = kernels.fits_rows(self._usage, self._rows_at(instants),
-                                           *self._shape(vec))
-        return self._remember(key, ok)
-
     def hosts_at(self, t: int, vec: np.ndarray) -> np.ndarray:
         """Per node: can it host ``vec`` at ``t``? (A new array: not remembered.)"""
         out: np.ndarray = kernels.fits_rows(self._usage, self._rows_at([t]),

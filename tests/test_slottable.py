@@ -128,18 +128,16 @@ def _free(live: Live, n: int, t: int, cpu: int, ignore_preemptible: bool = False
 def test_the_stretch_queries_match_every_instant(
         ops: list[tuple[str, int, int, int, int, int]], instants: list[int], cpu: int,
         t: int, ignore_preemptible: bool, ready: list[int]) -> None:
-    """``fits_at``, ``hosts_at``, ``ready_hosts``, ``free_until``, ``free_since`` and
-    ``soonest_ends`` against each instant's usage recomputed from the entries (times are
-    whole seconds, so checking every one is exact)."""
+    """``hosts_at``, ``ready_hosts``, ``free_until``, ``free_since`` and ``soonest_ends``
+    against each instant's usage recomputed from the entries (times are whole seconds,
+    so checking every one is exact)."""
     profile = AvailabilityProfile(CAPACITY)
     live: Live = {}
     now = play(profile, ops, live, 0)
     vec = np.array([cpu, 0, 0, 0, 0])
     instants = [max(i, now) for i in instants]
-    assert profile.fits_at(instants, vec).tolist() == [
+    assert [profile.hosts_at(i, vec).tolist() for i in instants] == [
         [_free(live, n, i, cpu) for n in range(NODES)] for i in instants]
-    assert profile.hosts_at(instants[0], vec).tolist() == [
-        _free(live, n, instants[0], cpu) for n in range(NODES)]
     counts, exact = profile.ready_hosts(instants, vec, np.array(ready, dtype=np.int64))
     assert (counts.tolist(), exact.tolist()) == (
         [sum(ready[n] <= i and _free(live, n, i, cpu) for n in range(NODES))
