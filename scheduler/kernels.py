@@ -1,4 +1,5 @@
-"""Compiled loops over the availability profile's table (numba).
+"""Compiled loops over the availability profile's table, and over the core's per-node
+arrays (readiness, host choice) (numba).
 
 The profile's queries walk a (slab, row, node) usage table: a node can host a VM in
 a row when, in every dimension the VM uses, the node's usage there is at most what
@@ -7,7 +8,7 @@ tens of array operations on small arrays (a site has tens to hundreds of nodes),
 and their dispatch cost more than the arithmetic; each loop here is one call, and
 stops as soon as its answer is known.
 
-Every kernel takes the table, the breakpoints' rows (``rows``, in time order) and a
+Every profile kernel takes the table, the breakpoints' rows (``rows``, in time order) and a
 VM shape as three arrays, one entry per dimension it uses: ``slabs`` (the slab of
 all usage, or -1 if none was ever booked), ``pslabs`` (the slab of preemptible
 usage, subtracted when preemptible reservations are ignored; -1: nothing to
