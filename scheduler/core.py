@@ -845,7 +845,7 @@ class Scheduler:
             ovh = self.overheads
             need = lease.fresh_need = (
                 req.vms, req.resources, ovh.boot + lease.run_needed + ovh.shutdown, ovh.boot,
-                req.preemptible and self.config.suspension and req.kind is LeaseKind.BESTEFFORT)
+                self._may_run_partly(req))
         return any(_as_hard(need, f) for f in done)
 
     def _unplan_waiting(self, lease: Lease) -> None:
@@ -865,14 +865,17 @@ class Scheduler:
 
     def _try_start(self, lease: Lease, *, future: bool, partial: bool,
                    failed: _Failures | None = None) -> bool:
-        req = lease.request
-        partial = (partial and req.preemptible and self.config.suspension
-                   and req.kind is LeaseKind.BESTEFFORT)
+        partial = partial and self._may_run_partly(lease.request)
         proposal = self._propose(lease, future=future, partial=partial, failed=failed)
         if proposal is None:
             return False
         self._commit(lease, proposal)
         return True
+
+    def _may_run_partly(self, req: LeaseRequest) -> bool:
+        """May the lease run until something blocks it, then suspend (a partial fit)?"""
+        return bool(req.preemptible and self.config.suspension
+                    and req.kind is LeaseKind.BESTEFFORT)
 
     def _readiness(self, lease: Lease, unicasts: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray, int | None]:

@@ -243,8 +243,9 @@ class LeaseOutcome:
     events: tuple[Event, ...]
     reason: str | None = None
 
-    @property
+    @cached_property
     def runs(self) -> tuple[Event, ...]:
+        # (kept: start, end and nodes derive from it, and metrics ask all three)
         return tuple(e for e in self.events if e.kind is EventKind.RUN)
 
     @property

@@ -64,9 +64,8 @@ LEASE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LeaseMetrics))
 def lease_metrics(outcome: LeaseOutcome, tau: int = TAU) -> LeaseMetrics:
     """Figures of one lease; ``tau`` bounds the slowdown's denominator (seconds)."""
     req = outcome.request
-    runs = outcome.runs  # (what outcome.start, .end and .nodes derive from, done once)
-    run_time = sum(e.end - e.start for e in runs)
-    start, end = (runs[0].start, runs[-1].end) if runs else (None, None)
+    run_time = sum(e.end - e.start for e in outcome.runs)
+    start, end = outcome.start, outcome.end
     wait = response = None
     bsld: float | None = None
     # Rejected, cancelled or failed leases did not get what they asked for: a wait or
@@ -79,7 +78,7 @@ def lease_metrics(outcome: LeaseOutcome, tau: int = TAU) -> LeaseMetrics:
     return LeaseMetrics(
         id=req.id, kind=str(req.kind), state=str(outcome.state), submit=req.submit,
         start=start, end=end, wait=wait, response=response, run_time=run_time,
-        bounded_slowdown=bsld, nodes=len({n for e in runs for n in e.nodes}),
+        bounded_slowdown=bsld, nodes=len(outcome.nodes),
         suspensions=kinds[EventKind.SUSPEND], migrations=kinds[EventKind.MIGRATE])
 
 

@@ -597,8 +597,7 @@ def test_a_queued_lease_skipped_as_stuck_could_not_have_started(sc: Scenario) ->
         skipped += 1
         stuck = dict(self._stuck)  # (proposing notes a new bound)
         req = lease.request
-        partial = (req.preemptible and self.config.suspension
-                   and req.kind is LeaseKind.BESTEFFORT)
+        partial = self._may_run_partly(req)
         checking = True
         try:
             proposal = self._propose(lease, future=False, partial=partial)
@@ -629,9 +628,7 @@ def test_a_queued_lease_skipped_by_the_failure_memo_could_not_have_started(
             return False
         skipped += 1
         req = lease.request
-        partial = bool(req.preemptible and self.config.suspension
-                       and req.kind is LeaseKind.BESTEFFORT)
-        proposal = self._propose(lease, future=False, partial=partial)
+        proposal = self._propose(lease, future=False, partial=self._may_run_partly(req))
         assert proposal is None, f"lease {req.id}, skipped at {self.now}, could start"
         return True
 
