@@ -108,10 +108,17 @@ class Lease:
     finished: bool = False
     version: int = 0
     fresh_need: _Need | None = None  # what its first start needs (Scheduler._fails_again)
+    # its events as its last push listed them (served_nodes=False), for its ticks
+    timeline: list[Event] | None = None
 
     @property
     def id(self) -> int:
         return self.request.id
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["timeline"] = None  # (a cache: a checkpoint need not hold it)
+        return state
 
     @property
     def live(self) -> list[Segment]:
@@ -622,7 +629,7 @@ class Scheduler:
         """(Re)register the instants at which ``lease`` changes state."""
         lease.version += 1
         self._changed.add(lease.id)
-        evs = lease.events(served_nodes=False)
+        evs = lease.timeline = lease.events(served_nodes=False)
         times = {t for e in evs for t in (e.start, e.end) if t > self.now}
         for t in sorted(times):
             self._seq += 1
@@ -645,18 +652,25 @@ class Scheduler:
             done += seg.run_end - seg.run_start
         return None
 
-    def _state_at(self, lease: Lease, t: int, evs: list[Event] | None = None) -> LeaseState:
-        if evs is None:
-            evs = lease.events(served_nodes=False)
-        current = [e for e in evs if e.start <= t < e.end]
-        if current:
-            current.sort(key=lambda e: e.kind is EventKind.TRANSFER)
-            return _STATE_DURING[current[0].kind]
-        past = [e for e in evs if e.end <= t]
-        planned = any(e.start > t for e in evs)
-        if not past:
+    def _state_at(self, lease: Lease, t: int, evs: list[Event]) -> LeaseState:
+        # One pass over the events (every tick asks): one under way at t decides (a VM
+        # event before a transfer); else the last one over by then (the first listed
+        # of those ending last), and whether any is still to come.
+        last: Event | None = None
+        transferring = planned = False
+        for e in evs:
+            if e.start > t:
+                planned = True
+            elif e.end > t:  # under way
+                if e.kind is not EventKind.TRANSFER:
+                    return _STATE_DURING[e.kind]
+                transferring = True
+            elif last is None or e.end > last.end:
+                last = e
+        if transferring:
+            return LeaseState.PREPARING
+        if last is None:
             return LeaseState.SCHEDULED if planned else LeaseState.PENDING
-        last = max(past, key=lambda e: e.end)
         if lease.cancelled and not planned:
             return LeaseState.FAILED if lease.failed else LeaseState.CANCELLED
         if not planned and lease.segments and lease.segments[-1].lost:
@@ -677,7 +691,11 @@ class Scheduler:
             self._retry = True
         if lease in self._waiting and lease.segments and lease.segments[-1].start <= t:
             self._waiting.remove(lease)
-        evs = lease.events(served_nodes=False)
+        # Every change to its plan pushes it again, except a transfer taken off the
+        # link for another lease's sake.
+        evs = lease.timeline
+        if evs is None or any(tr.cancelled for tr in lease.transfers):
+            evs = lease.events(served_nodes=False)
         state = self._state_at(lease, t, evs)
         if state in (LeaseState.DONE, LeaseState.CANCELLED, LeaseState.FAILED) and \
                 all(e.end <= t for e in evs) and lease not in self._queue:
@@ -1071,12 +1089,15 @@ class Scheduler:
                 # nodes at least); otherwise the lease is waiting for resources, and that
                 # is a reservation in the future. (Without k candidates, one of them
                 # ready at g, no choice can be: skip the costly host selection.)
-                mask = (ready <= g) & self.profile.fits_window(g, g + whole, vec)
+                # (Uniform: ready now on the open nodes, and every node that fits the
+                # window is among fit_now's if open; so the checks of readiness hold.)
+                mask = self.profile.fits_window(g, g + whole, vec) & (
+                    fit_now if uniform else ready <= g)
                 usable_whole = int(np.count_nonzero(mask))
-                if usable_whole < k or not (mask & (ready == g)).any():
+                if usable_whole < k or not (uniform or (mask & (ready == g)).any()):
                     continue
                 prop = full(g, mask)
-                if prop is not None and int(ready[list(prop.nodes)].max()) == g \
+                if prop is not None and (uniform or int(ready[list(prop.nodes)].max()) == g) \
                         and self._channels_ok(lease, prop):
                     return prop
             if partial and groups:
