@@ -229,7 +229,7 @@ def _as_hard(a: _Need, b: _Need) -> bool:
     """Does request ``a`` need at least what ``b`` needs (so it fails where ``b`` did)?
     A partial fit is one more way to succeed: ``a`` may try it only if ``b`` did."""
     return (a[0] >= b[0] and a[2] >= b[2] and a[3] >= b[3] and (b[4] or not a[4])
-            and a[1].covers(b[1]))
+            and (a[1] is b[1] or a[1].covers(b[1])))
 
 
 def _latest_transfers(transfers: list[Transfer], nodes: set[int],
@@ -864,7 +864,10 @@ class Scheduler:
             need = lease.fresh_need = (
                 req.vms, req.resources, ovh.boot + lease.run_needed + ovh.shutdown, ovh.boot,
                 self._may_run_partly(req))
-        return any(_as_hard(need, f) for f in done)
+        for f in done:  # noqa: SIM110 (any() over a generator costs more, asked per lease)
+            if _as_hard(need, f):
+                return True
+        return False
 
     def _unplan_waiting(self, lease: Lease) -> None:
         """Drop a waiting best-effort lease's next segment (it will be re-planned)."""
@@ -1203,8 +1206,11 @@ class Scheduler:
             if self.config.image_transfer:
                 # Images of one size with the same copies (most often: none anywhere)
                 # give the same readiness: computed once for all of them.
-                copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id)
-                shared_key = (copies.tobytes(), req.image.size_mb, unicasts)
+                shared_key: tuple[str | bytes, int, int | None] = (b"", req.image.size_mb,
+                                                                   unicasts)
+                if self.images.anywhere(req.image.id):
+                    copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id)
+                    shared_key = (copies.tobytes(), req.image.size_mb, unicasts)
                 if (hit := self._prep_memo.get(shared_key)) is not None:
                     self._prep_memo[key] = hit
                     return hit

@@ -111,6 +111,10 @@ class ImageStore:
         return [copy if copy is not None and self._shareable(copy, lease) else None
                 for copy in map(of_image.get, nodes)]
 
+    def anywhere(self, image: str) -> bool:
+        """Is there a copy of ``image`` on some node (or on its way)?"""
+        return bool(self._by_image.get(image))
+
     def _shareable(self, copy: Copy, lease: int | None) -> bool:
         # A lease among the copy's users brought it (or its transfer was merged into
         # this copy, which arrives when the first of them does): it is its own.
