@@ -292,9 +292,9 @@ class Scheduler:
         # and the time stay as they are (``_hosts_now_token``)
         self._hosts_now_memo: dict[bytes, tuple[np.ndarray, int]] = {}
         self._hosts_now_token = (-1, -1)
-        # (readiness, VM shape, VMs) -> the readiness groups where so many VMs could
-        # start; while the profile stays as it is (see _viable)
-        self._viability_memo: dict[tuple[bytes, bytes, int], list[int]] = {}
+        # (readiness, VM shape) -> per readiness group, how many VMs could start there,
+        # and the most at any; while the profile stays as it is (see _viable)
+        self._viability_memo: dict[tuple[bytes, bytes], tuple[int, list[int]]] = {}
         self._viability_version = -1
         # may ``_fails_again`` answer? (see there)
         self._fresh_memo = config.image_transfer and config.transfer_mode == "multicast"
@@ -1148,19 +1148,19 @@ class Scheduler:
         """The readiness groups (``groups``: the distinct finite times of ``ready``,
         whose bytes are ``ready_bytes``) at which ``k`` VMs of ``vec`` could start: k
         nodes ready by g have room for one at g, one of them ready exactly at g. The
-        same for every lease of that readiness, shape and size while the profile stays
-        as it is: a queue pass of leases waiting for one link, or for nodes, asks it for
-        each of them."""
+        same for every lease of that readiness and shape, whatever its size, while the
+        profile stays as it is: a queue pass of leases waiting for one link, or for
+        nodes, asks it for each of them (and most ask for more VMs than could start)."""
         if self._viability_version != self.profile.version:
             self._viability_memo.clear()
             self._viability_version = self.profile.version
-        key = (ready_bytes, vec.tobytes(), k)
+        key = (ready_bytes, vec.tobytes())
         if (hit := self._viability_memo.get(key)) is None:
             counts, exact = self.profile.ready_hosts(groups, vec, ready)
-            hit = self._viability_memo[key] = [
-                g for g, c, e in zip(groups, counts.tolist(), exact.tolist(), strict=True)
-                if c >= k and e]
-        return hit
+            room = (counts * exact).tolist()  # (none where no node is ready exactly then)
+            hit = self._viability_memo[key] = (max(room, default=0), room)
+        most, room = hit
+        return [] if k > most else [g for g, r in zip(groups, room, strict=True) if r >= k]
 
     def _note_stuck(self, lease: Lease, usable: int) -> None:
         """A fresh lease, ready now on every open node, could not start now: at most
