@@ -848,12 +848,17 @@ class Scheduler:
                 self._push(lease)  # (else its new plan was pushed as it stands)
 
     def _fails_again(self, lease: Lease, failed: _Failures) -> bool:
-        """Would a fresh lease's try to start now end at the failure memo (see
-        ``_propose_with``), its readiness being remembered? The same answer without
-        building the try: in a long queue waiting for the link, most tries end there.
-        (With transfers, multicast: without, the try asks cheaper questions first;
-        unicast readiness depends on the count of transfers.)"""
-        if not failed or lease.segments or lease.image_nodes or not self._fresh_memo:
+        """Would a fresh lease's try to start now fail at its first questions (see
+        ``_propose_with``)? The same answer without building the try: in a long queue,
+        most tries end there. Without transfers, those ask whether it is stuck
+        (``_stuck_now``); with multicast transfers, whether its readiness, remembered
+        for the pass, is in the failure memo (unicast readiness depends on the count of
+        transfers)."""
+        if lease.segments:
+            return False
+        if not self.config.image_transfer:
+            return self._stuck_now(lease, *self._hosts_now(lease.request.resources.as_array()))
+        if not failed or lease.image_nodes or not self._fresh_memo:
             return False
         # (Its readiness is what the try would compute first: remembered for it.)
         if (done := failed.get(self._prepared(lease, None)[3])) is None:
@@ -1029,10 +1034,8 @@ class Scheduler:
         uniform = not future and not lease.segments and not self.config.image_transfer
         if uniform:  # it could only start now, on nodes with room now
             fit_now, hosts = self._hosts_now(vec)
-            if hosts < k:
-                self._note_stuck(lease, hosts)
-                return None  # too few
-            if self._still_stuck(lease, fit_now):
+            # (A queue pass, which brings its failure memo, asked _fails_again first.)
+            if failed is None and self._stuck_now(lease, fit_now, hosts):
                 return None
         opening = ovh.resume(req) if resuming else ovh.boot
         run = lease.run_needed - (lease.run_done() if lease.segments else 0)
@@ -1161,6 +1164,15 @@ class Scheduler:
             hit = self._viability_memo[key] = (max(room, default=0), room)
         most, room = hit
         return [] if k > most else [g for g, r in zip(groups, room, strict=True) if r >= k]
+
+    def _stuck_now(self, lease: Lease, fit_now: np.ndarray, hosts: int) -> bool:
+        """Must a fresh lease, ready now on every open node (``fit_now``: the ``hosts``
+        of them with room for a VM now), fail to start now? With too few such nodes,
+        or as it did in an earlier pass (``_still_stuck``)."""
+        if hosts < lease.request.vms:
+            self._note_stuck(lease, hosts)
+            return True
+        return self._still_stuck(lease, fit_now)
 
     def _note_stuck(self, lease: Lease, usable: int) -> None:
         """A fresh lease, ready now on every open node, could not start now: at most

@@ -616,9 +616,9 @@ def test_a_queued_lease_skipped_as_stuck_could_not_have_started(sc: Scenario) ->
 @given(scenarios())
 def test_a_queued_lease_skipped_by_the_failure_memo_could_not_have_started(
         sc: Scenario) -> None:
-    """A queue pass skips a fresh lease whose try ``_fails_again`` says would end at the
-    failure memo: each time it does, the try is made anyway, without the memo, and must
-    find nothing."""
+    """A queue pass skips a fresh lease whose try ``_fails_again`` says would end at its
+    first questions (stuck, or in the failure memo): each time it does, the try is made
+    anyway, without the memo, and must find nothing."""
     fails_again = Scheduler._fails_again
     skipped = 0
 
