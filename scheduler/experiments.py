@@ -13,6 +13,7 @@ run without injections: that is the baseline of the completion-time ratio.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import os
@@ -53,10 +54,21 @@ def read_trace(path: Path, config: Config) -> tuple[Site, tuple[LeaseRequest, ..
         if site is None:
             raise TraceError(str(path), "an SWF trace describes no site: give the "
                              "configuration a [site] table (every experiment profile has one)")
-        return site, read_swf(path).requests
+        try:
+            stat = path.stat()
+        except OSError:
+            return site, read_swf(path).requests  # (which says what is wrong)
+        return site, _swf_requests(str(path), stat.st_mtime_ns, stat.st_size)
     workload = read_lwf(path, default_site=config.default_site())
     assert workload.site is not None  # read_lwf raises when there is none
     return workload.site, workload.requests
+
+
+@functools.lru_cache(maxsize=4)
+def _swf_requests(path: str, mtime_ns: int, size: int) -> tuple[LeaseRequest, ...]:
+    """An SWF file's leases, read once per process while the file stays as it is: a
+    sweep's worker replays the same trace in run after run (the requests are frozen)."""
+    return read_swf(path).requests
 
 
 def read_ars(path: Path, first_id: int, site: Site) -> tuple[LeaseRequest, ...]:

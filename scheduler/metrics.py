@@ -74,12 +74,17 @@ def lease_metrics(outcome: LeaseOutcome, tau: int = TAU) -> LeaseMetrics:
         wait = start - req.submit
         response = end - req.submit
         bsld = max(1.0, response / max(run_time, tau))
-    kinds = Counter(e.kind for e in outcome.events)
+    suspensions = migrations = 0  # (counted in a loop: a sweep does this per lease)
+    for e in outcome.events:
+        if e.kind is EventKind.SUSPEND:
+            suspensions += 1
+        elif e.kind is EventKind.MIGRATE:
+            migrations += 1
     return LeaseMetrics(
         id=req.id, kind=str(req.kind), state=str(outcome.state), submit=req.submit,
         start=start, end=end, wait=wait, response=response, run_time=run_time,
         bounded_slowdown=bsld, nodes=len(outcome.nodes),
-        suspensions=kinds[EventKind.SUSPEND], migrations=kinds[EventKind.MIGRATE])
+        suspensions=suspensions, migrations=migrations)
 
 
 @dataclass(frozen=True)
