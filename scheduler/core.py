@@ -1396,12 +1396,11 @@ class Scheduler:
         at ``boot``."""
         req = lease.request
         img = req.image
-        missing, found = [], []
-        for n, copy in zip(nodes, self.images.usable_on(nodes, img.id, lease.id), strict=True):
-            if copy is None or (deadline is not None and copy.ready > deadline):
-                missing.append(n)
-            else:
-                found.append(copy)
+        usable = self.images.usable_on(nodes, img.id, lease.id)
+        if deadline is not None:  # (a copy that comes too late is of no use)
+            usable = [c if c is not None and c.ready <= deadline else None for c in usable]
+        missing = [n for n, c in zip(nodes, usable, strict=True) if c is None]
+        found = [c for c in usable if c is not None]
         # (using a copy on one node changes no other node's: usable above holds)
         self._use_copies(lease, found, boot)
         per = self.overheads.transfer(img)
