@@ -7,9 +7,11 @@ then, and only then sees the requests that arrive.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -107,20 +109,36 @@ def replay_general(site: Site, config: Config, requests: Iterable[LeaseRequest],
     """``replay`` through the general core, whatever the workload."""
     sched = Scheduler(site, config, record_transfers=True)
     clock = SimulatedClock()
-    for i, req in enumerate(requests, 1):
-        clock.advance(req.submit)
-        sched.advance_to(clock.now)
-        sched.submit(req)
-        if progress is not None:
-            progress(i)
-    while (t := sched.next_event_time()) is not None:
-        clock.advance(t)
-        sched.advance_to(t)
+    with _without_cycle_collection():
+        for i, req in enumerate(requests, 1):
+            clock.advance(req.submit)
+            sched.advance_to(clock.now)
+            sched.submit(req)
+            if progress is not None:
+                progress(i)
+        while (t := sched.next_event_time()) is not None:
+            clock.advance(t)
+            sched.advance_to(t)
     outcomes = tuple(sorted(sched.outcomes(), key=lambda o: o.request.id))
     unfinished = [o.request.id for o in outcomes if not o.state.terminal]
     if unfinished:  # the core guarantees this; a failure here is a scheduler bug
         raise RuntimeError(f"replay ended with leases not finished: {unfinished[:10]}")
     return ReplayResult(site, config, outcomes, sched.sent_images())
+
+
+@contextlib.contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector off for a while (back as it was after). The core makes
+    next to no reference cycles (a replay of 20,000 leases left 7 objects for it), and
+    refcounting frees the rest; but the collector's passes over the young objects a
+    replay allocates by the million took 10-20 % of its time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def write_json(result: ReplayResult, path: Path) -> None:
