@@ -8,7 +8,7 @@ Prints (``key: value`` lines on stdout):
   (``work_20-dur_3h-size_2medium.lwf``): leases/s of the replay;
 - with ``--sweep DIR``: the wall time of the whole 72 x 6 sweep (``wsched sweep`` on
   every injection file and the six paper profiles) on ``--jobs`` processes. That is
-  15-25 minutes (by the machine), so it is opt-in; ``--sweep-sample N`` instead times N runs
+  10-25 minutes (by the machine), so it is opt-in; ``--sweep-sample N`` instead times N runs
   of each profile and extrapolates.
 
     .venv/bin/python bench/bench_experiments.py

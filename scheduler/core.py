@@ -691,8 +691,9 @@ class Scheduler:
             self._retry = True
         if lease in self._waiting and lease.segments and lease.segments[-1].start <= t:
             self._waiting.remove(lease)
-        # Every change to its plan pushes it again, except a transfer taken off the
-        # link for another lease's sake.
+        # Every change to its plan pushes it again (its transfers included: a transfer
+        # taken off the link is taken off the lists of the leases it served, which are
+        # pushed; a cancelled one still listed is checked for all the same).
         evs = lease.timeline
         if evs is None or any(tr.cancelled for tr in lease.transfers):
             evs = lease.events(served_nodes=False)

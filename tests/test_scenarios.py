@@ -330,3 +330,26 @@ def test_scenarios_show_what_they_claim() -> None:
     # Everyone but the first waits, in FCFS order.
     starts = [o.start or 0 for o in run("wait", "test-notransfer").outcomes]
     assert starts == sorted(starts) and all(s > 0 for s in starts[1:])
+
+
+def test_replay_leaves_the_cycle_collector_as_it_was() -> None:
+    """A replay runs with the cycle collector off (``replay._without_cycle_collection``)
+    and puts it back as it found it, on or off, even when the replay raises."""
+    import gc
+
+    from scheduler import replay as replay_module
+
+    assert gc.isenabled()
+    seen: list[bool] = []
+    with replay_module._without_cycle_collection():
+        seen.append(gc.isenabled())
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(RuntimeError), replay_module._without_cycle_collection():
+        raise RuntimeError("a replay that fails")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        run("wait", "test-notransfer")
+        assert not gc.isenabled()  # (a caller that had it off keeps it off)
+    finally:
+        gc.enable()
