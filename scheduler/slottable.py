@@ -18,8 +18,10 @@ suspend/resume exclusion channels of every node: intervals, each on a set of nod
 from __future__ import annotations
 
 import bisect
+import gc
 import heapq
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -36,8 +38,20 @@ _INT32_SAFE = 2**30
 
 def _view(values: array[int], i: int, j: int) -> np.ndarray:
     """``values[i:j]`` as an int64 array sharing its memory: use it at once and keep
-    no reference (an array exporting its buffer cannot grow or shrink)."""
+    no reference (an array exporting its buffer cannot grow or shrink: ``_resize``)."""
     return np.frombuffer(values, dtype=np.int64, count=j - i, offset=8 * i)
+
+
+def _resize(change: Callable[[], object]) -> None:
+    """Grow or shrink a breakpoint list (``change``). A view of it left in a reference
+    cycle lives until the cycle collector runs, and blocks that: numba's compiler
+    leaves such cycles on a kernel's first call, and a replay runs with the collector
+    off. So on that error, collect, and change it then."""
+    try:
+        change()
+    except BufferError:
+        gc.collect()
+        change()
 
 
 class _Shape(NamedTuple):
@@ -222,7 +236,7 @@ class AvailabilityProfile:
         if end > start:
             count = self._begin_count.get(start, 0)
             if count == 0:
-                bisect.insort(self._begins, start)
+                _resize(lambda: bisect.insort(self._begins, start))
             self._begin_count[start] = count + 1
         return eid
 
@@ -237,7 +251,8 @@ class AvailabilityProfile:
                 self._begin_count[entry.start] = count - 1
             else:
                 del self._begin_count[entry.start]
-                del self._begins[bisect.bisect_left(self._begins, entry.start)]
+                at = bisect.bisect_left(self._begins, entry.start)
+                _resize(lambda: self._begins.pop(at))
 
     def forget(self, eid: int) -> None:
         """Drop the record of an entry that is over: its usage is history, pruned or
@@ -355,16 +370,16 @@ class AvailabilityProfile:
         row = self._spare.pop()
         prev = self._rows[i - 1]
         kernels.copy_row(self._usage, prev, row)
-        self._times.insert(i, t)
-        self._rows.insert(i, row)
+        _resize(lambda: self._times.insert(i, t))
+        _resize(lambda: self._rows.insert(i, row))
         return i
 
     def _merge(self, i: int) -> None:
         if 0 < i < len(self._times):
             a, b = self._rows[i - 1], self._rows[i]
             if kernels.same_rows(self._usage, a, b):
-                del self._times[i]
-                del self._rows[i]
+                _resize(lambda: self._times.pop(i))
+                _resize(lambda: self._rows.pop(i))
                 self._spare.append(b)
 
     def _grow(self) -> None:
@@ -407,13 +422,13 @@ class AvailabilityProfile:
         i = bisect.bisect_right(self._times, now) - 1
         if i > 0:
             self._spare.extend(self._rows[:i])
-            del self._times[:i]
-            del self._rows[:i]
+            _resize(lambda: self._times.__delitem__(slice(0, i)))
+            _resize(lambda: self._rows.__delitem__(slice(0, i)))
         b = bisect.bisect_left(self._begins, self._times[0])
         if b > 64:  # now and then: each cut copies the list
             for t in self._begins[:b]:
                 del self._begin_count[t]
-            del self._begins[:b]
+            _resize(lambda: self._begins.__delitem__(slice(0, b)))
 
     # ---------------------------------------------------------------- queries
     # Each runs one kernel over the table (``scheduler.kernels``), given the

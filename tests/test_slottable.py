@@ -421,3 +421,33 @@ def test_resume_readiness_is_at_base_where_the_state_is(copies: list[int],
     assert orig.tolist() == [i in nodes for i in range(n)]
     assert ready.tolist() == [base if i in nodes else min(max(v, light), heavy)
                               for i, v in enumerate(copies)]
+
+
+def test_a_view_left_in_a_reference_cycle_does_not_block_the_profile() -> None:
+    """A numpy view of a breakpoint list that a reference cycle keeps alive (numba's
+    compiler leaves such cycles on a kernel's first call) would block the list from
+    growing or shrinking while the cycle collector is off, as it is in a replay: the
+    profile collects it and goes on."""
+    import gc
+
+    from scheduler import slottable
+
+    profile = AvailabilityProfile(CAPACITY)
+    vec = np.array([100, 0, 0, 0, 0], dtype=np.int64)
+    gc.disable()
+    try:
+        for values in (profile._times, profile._rows, profile._begins):
+            cycle: list[object] = [slottable._view(values, 0, 0)]
+            cycle.append(cycle)
+        del cycle
+        eid = profile.add((0,), 10, 20, vec, owner=1)  # inserts into all three lists
+        for values in (profile._times, profile._rows, profile._begins):
+            cycle = [slottable._view(values, 0, 0)]
+            cycle.append(cycle)
+        del cycle
+        profile.remove(eid)  # and takes those entries out again
+        profile.prune(30)
+    finally:
+        gc.enable()
+    assert list(profile._times) == [-INF] and list(profile._begins) == []
+    assert profile.fits_window(0, 100, vec).all()
