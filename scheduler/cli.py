@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import experiments, generator, metrics, plots, service_cli
 from .config import Config, ConfigError, load_config, load_profile, profile_names
-from .lwf import TraceError
+from .lwf import TraceError, trace_stem, trace_suffix
 from .replay import ReplayResult, replay, write_json
 from .swf import read_swf, write_swf
 
@@ -96,12 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser(
         "replay", help="replay an LWF or SWF trace in simulated time",
         description="Replay a trace (LWF, or SWF by its .swf suffix, each job a "
-        "best-effort lease), optionally with advance reservations injected, and write "
+        "best-effort lease; either may be compressed with gzip, bzip2 or xz, e.g. "
+        "log.swf.gz), optionally with advance reservations injected, and write "
         "every lease's schedule as JSON. The configuration starts from the built-in "
         "defaults, or from --profile, and --config overrides it key by key. The site "
         "comes from the trace's <site>, or else from the [site] table of the "
-        "configuration.")
-    rp.add_argument("trace", type=Path, metavar="TRACE", help="the lease trace (.lwf or .swf)")
+        "configuration; its [swf] table says how SWF jobs are read.")
+    rp.add_argument("trace", type=Path, metavar="TRACE", help="the lease trace (.lwf or .swf, "
+                    "optionally .gz, .bz2 or .xz)")
     rp.add_argument("--ars", type=Path, metavar="FILE",
                     help="advance reservations to inject: an LWF file or the plain-text "
                     "injection format (one AR per line)")
@@ -211,7 +213,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for plot in (args.gantt, args.utilization_plot):
         if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
             raise ValueError(f"{plot}: a plot is written as .png, .svg or .pdf")
-    if args.swf_out is not None and args.trace.suffix.lower() != ".swf":
+    if args.swf_out is not None and trace_suffix(args.trace) != ".swf":
         raise ValueError("--swf-out needs an SWF trace")
     workload = experiments.load_workload(args.trace, args.ars, config)
     n = len(workload.requests)
@@ -235,7 +237,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.leases_csv is not None:
         metrics.write_leases_csv(args.leases_csv, figures.leases)
     if args.swf_out is not None:
-        jobs = read_swf(args.trace).jobs
+        jobs = experiments.read_swf_trace(args.trace, config).jobs
         write_swf(args.swf_out, jobs, {o.request.id: o.start for o in result.outcomes},
                   notes=(f"replayed by wsched with profile {args.profile or 'default'}",))
     if args.gantt is not None:
@@ -243,7 +245,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.utilization_plot is not None:
         plots.utilization_plot(result, args.utilization_plot)
     if not args.quiet:
-        print_summary(args.trace.stem, result, out)
+        print_summary(trace_stem(args.trace), result, out)
         s = figures.summary
         if s.besteffort_wait_mean_all is not None:
             print(f"  best-effort  mean wait {s.besteffort_wait_mean_all:.0f} s, mean bounded "

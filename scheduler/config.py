@@ -83,6 +83,11 @@ class Config:
     workload_image_size: int = 0  # MB
     workload_image_mix: ImageMix = ImageMix.UNIFORM
     workload_image_seed: int = 1
+    # --- SWF traces: which field counts a job's processors, how many make a node, and
+    # whether jobs cancelled after they started are kept (see scheduler.swf)
+    swf_nodes_field: int = 8
+    swf_procs_per_node: int = 1
+    swf_keep_started_cancelled: bool = False
 
     def image_weights(self) -> tuple[float, ...] | None:
         """Relative frequency of each workload image (None: uniform)."""
@@ -142,6 +147,11 @@ _LAYOUT: dict[str, dict[str, str]] = {
         "image-mix": "workload_image_mix",
         "image-seed": "workload_image_seed",
     },
+    "swf": {
+        "nodes-field": "swf_nodes_field",
+        "procs-per-node": "swf_procs_per_node",
+        "keep-started-cancelled": "swf_keep_started_cancelled",
+    },
     "scheduling": {
         "admission": "admission",
         "preemption": "preemption",
@@ -151,6 +161,8 @@ _LAYOUT: dict[str, dict[str, str]] = {
     },
 }
 _SITE_KEYS = {"nodes", "cpu", "memory", "disk", "net-in", "net-out"}
+#: Integer settings with a narrower range than "non-negative": field -> (low, high)
+_RANGES = {"swf_nodes_field": (1, 18), "swf_procs_per_node": (1, None)}
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
@@ -215,6 +227,12 @@ def apply_toml(base: Config, data: dict[str, Any], source: str) -> Config:
                                   f"(known: {', '.join(_LAYOUT[section])})")
             name = _LAYOUT[section][key]
             changes[name] = _coerce(name, value, f"{source}: [{section}] {key}")
+            if name in _RANGES:
+                low, high = _RANGES[name]
+                if value < low or (high is not None and value > high):
+                    bound = f"at least {low}" if high is None else f"{low} to {high}"
+                    raise ConfigError(f"{source}: [{section}] {key} must be {bound} "
+                                      f"(got {value})")
     return replace(base, **changes)
 
 

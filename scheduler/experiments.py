@@ -27,11 +27,11 @@ from typing import Any
 from .config import Config, load_profile
 from .generator import assign_images
 from .injections import read_ar_injections
-from .leases import LeaseRequest, Site
-from .lwf import TraceError, read_lwf
+from .leases import LeaseRequest, Resources, Site
+from .lwf import TraceError, read_lwf, read_trace_bytes, trace_stem, trace_suffix
 from .metrics import Metrics, compute
 from .replay import ReplayResult, replay
-from .swf import read_swf
+from .swf import SwfTrace, read_swf
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,9 @@ class Workload:
 
 
 def read_trace(path: Path, config: Config) -> tuple[Site, tuple[LeaseRequest, ...]]:
-    """The best-effort trace: SWF by its suffix, LWF otherwise. The site is the LWF
-    file's, or the configuration's ``[site]``."""
-    if path.suffix.lower() == ".swf":
+    """The best-effort trace: SWF by its suffix (``.swf``, compressed or not), LWF
+    otherwise. The site is the LWF file's, or the configuration's ``[site]``."""
+    if trace_suffix(path) == ".swf":
         site = config.default_site()
         if site is None:
             raise TraceError(str(path), "an SWF trace describes no site: give the "
@@ -57,29 +57,43 @@ def read_trace(path: Path, config: Config) -> tuple[Site, tuple[LeaseRequest, ..
         try:
             stat = path.stat()
         except OSError:
-            return site, read_swf(path).requests  # (which says what is wrong)
-        return site, _swf_requests(str(path), stat.st_mtime_ns, stat.st_size)
+            return site, read_swf_trace(path, config).requests  # (which says what is wrong)
+        return site, _swf_requests(str(path), stat.st_mtime_ns, stat.st_size,
+                                   tuple(_swf_options(config).items()))
     workload = read_lwf(path, default_site=config.default_site())
     assert workload.site is not None  # read_lwf raises when there is none
     return workload.site, workload.requests
 
 
+def read_swf_trace(path: Path, config: Config) -> SwfTrace:
+    """An SWF trace read with the configuration's ``[swf]`` options."""
+    return read_swf(path, **_swf_options(config))
+
+
+def _swf_options(config: Config) -> dict[str, Any]:
+    # A job holds its nodes whole: each VM asks for a node's CPU and memory, as the
+    # [site] gives them (else read_swf's 1 CPU and 1024 MB, the study's nodes).
+    node = config.site_node
+    return {"nodes_field": config.swf_nodes_field,
+            "procs_per_node": config.swf_procs_per_node,
+            "keep_started_cancelled": config.swf_keep_started_cancelled,
+            "node": Resources(cpu=node.cpu, memory=node.memory)
+            if node.cpu and node.memory else None}
+
+
 @functools.lru_cache(maxsize=4)
-def _swf_requests(path: str, mtime_ns: int, size: int) -> tuple[LeaseRequest, ...]:
-    """An SWF file's leases, read once per process while the file stays as it is: a
-    sweep's worker replays the same trace in run after run (the requests are frozen)."""
-    return read_swf(path).requests
+def _swf_requests(path: str, mtime_ns: int, size: int, options: tuple[tuple[str, Any], ...]
+                  ) -> tuple[LeaseRequest, ...]:
+    """An SWF file's leases, read once per process while the file (and how it is read)
+    stays as it is: a sweep's worker replays the same trace in run after run (the
+    requests are frozen)."""
+    return read_swf(path, **dict(options)).requests
 
 
 def read_ars(path: Path, first_id: int, site: Site) -> tuple[LeaseRequest, ...]:
     """AR injections: an LWF file (XML; its leases are checked against ``site`` when it
     describes none) or the plain-text injection format."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(64).lstrip()
-    except OSError as e:
-        raise TraceError(str(path), f"cannot read: {e.strerror}") from e
-    if head.startswith(b"<"):
+    if read_trace_bytes(path).lstrip().startswith(b"<"):  # (small: its reader reads it again)
         return read_lwf(path, default_site=site).requests
     return read_ar_injections(path, first_id=first_id)
 
@@ -108,7 +122,7 @@ def injection_parameters(ars: Path | None) -> dict[str, Any]:
     """rho (%), delta (hours) and nu (node range) from an injection file's name."""
     if ars is None:
         return {"rho": 0, "delta": None, "nu": None}
-    m = _INJECTION_NAME.search(ars.stem)
+    m = _INJECTION_NAME.search(trace_stem(ars))
     if m is None:
         return {"rho": None, "delta": None, "nu": None}
     return {"rho": int(m[1]), "delta": int(m[2]), "nu": m[3]}
@@ -124,7 +138,8 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.trace.stem}__{self.ars.stem if self.ars else NO_ARS}__{self.profile}"
+        ars = trace_stem(self.ars) if self.ars else NO_ARS
+        return f"{trace_stem(self.trace)}__{ars}__{self.profile}"
 
     def baseline(self) -> RunSpec:
         return RunSpec(self.trace, None, self.profile)

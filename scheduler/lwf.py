@@ -4,12 +4,20 @@ This module owns the mapping between LWF files and the lease model: parsing a
 trace into a :class:`Workload` (site and lease requests), checking each lease
 against the site, and writing a workload back out. Every problem in a file is
 reported as a :class:`TraceError` naming the file, the line and the lease.
+
+It also reads any trace file's bytes (:func:`read_trace_bytes`), for every reader:
+a file compressed with gzip, bzip2 or xz (as the Parallel Workloads Archive ships its
+logs, ``*.swf.gz``) is decompressed, recognised by its first bytes, not its name.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import math
 import re
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -61,15 +69,61 @@ class Workload:
     requests: tuple[LeaseRequest, ...]
 
 
-def read_trace_text(path: str | Path) -> str:
-    """A text trace's contents (UTF-8); a file that cannot be read is a TraceError."""
+#: Compressed formats by their magic bytes, and the suffix such a file usually has.
+_COMPRESSED: tuple[tuple[bytes, str, str], ...] = (
+    (b"\x1f\x8b", "gzip", ".gz"), (b"BZh", "bzip2", ".bz2"),
+    (b"\xfd7zXZ\x00", "xz", ".xz"))
+_SUFFIXES = {suffix for _, _, suffix in _COMPRESSED}
+
+
+def _uncompressed_name(path: str | Path) -> Path:
+    """``path``'s name without a compression suffix: ``log.swf`` for ``log.swf.gz``."""
+    name = Path(Path(path).name)
+    return name.with_suffix("") if name.suffix.lower() in _SUFFIXES else name
+
+
+def trace_suffix(path: str | Path) -> str:
+    """The suffix that tells a trace's format (lower case), a compression suffix
+    skipped: ``.swf`` for ``log.swf.gz``."""
+    return _uncompressed_name(path).suffix.lower()
+
+
+def trace_stem(path: str | Path) -> str:
+    """A trace's name without its format and compression suffixes: ``log`` for
+    ``log.swf.gz``."""
+    return _uncompressed_name(path).stem
+
+
+def read_trace_bytes(path: str | Path) -> bytes:
+    """A trace file's contents, decompressed if gzip, bzip2 or xz made it; a file that
+    cannot be read, or whose compressed data is damaged, is a TraceError."""
     name = str(path)
     try:
-        return Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as e:
         raise TraceError(name, f"cannot read: {e.strerror}") from e
+    for magic, kind, _ in _COMPRESSED:
+        if data.startswith(magic):
+            try:
+                match kind:
+                    case "gzip":
+                        return gzip.decompress(data)
+                    case "bzip2":
+                        return bz2.decompress(data)
+                    case _:
+                        return lzma.decompress(data)
+            except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as e:
+                raise TraceError(name, f"damaged {kind} data: {e}") from e
+    return data
+
+
+def read_trace_text(path: str | Path) -> str:
+    """A text trace's contents (UTF-8, decompressed as :func:`read_trace_bytes` does);
+    a file that cannot be read is a TraceError."""
+    try:
+        return read_trace_bytes(path).decode("utf-8")
     except UnicodeDecodeError as e:
-        raise TraceError(name, f"not UTF-8 text: {e.reason}") from e
+        raise TraceError(str(path), f"not UTF-8 text: {e.reason}") from e
 
 
 def read_lwf(path: str | Path, default_site: Site | None = None) -> Workload:
@@ -86,10 +140,7 @@ class _Reader:
         return TraceError(self.path, message, line=_line(el), lease=self.lease)
 
     def read(self, default_site: Site | None) -> Workload:
-        try:
-            data = Path(self.path).read_bytes()
-        except OSError as e:
-            raise TraceError(self.path, f"cannot read: {e.strerror}") from e
+        data = read_trace_bytes(self.path)
         parser = etree.XMLParser(resolve_entities=False, no_network=True)
         try:
             root = etree.fromstring(data, parser)
@@ -122,7 +173,7 @@ class _Reader:
         for request, lease_el in parsed:
             self.lease = request.id
             self.check_fits(request, capacities, lease_el)
-        return Workload(name=root.get("name") or Path(self.path).stem,
+        return Workload(name=root.get("name") or trace_stem(self.path),
                         description=description, site=site,
                         requests=tuple(sorted((r for r, _ in parsed), key=lambda r: r.submit)))
 

@@ -224,6 +224,8 @@ BAD_CONFIGS = {
     "bad-toml": ("[enactment\noverhead = 0\n", "not valid TOML"),
     "unknown-key": ("[enactment]\noverheads = 3\n", "unknown key 'overheads' in [enactment]"),
     "bad-value": ('[images]\ntransfer-mode = "broadcast"\n', "transfer-mode"),
+    "swf-field": ("[swf]\nnodes-field = 19\n", "[swf] nodes-field must be 1 to 18 (got 19)"),
+    "swf-procs": ("[swf]\nprocs-per-node = 0\n", "[swf] procs-per-node must be at least 1 (got 0)"),
 }
 
 

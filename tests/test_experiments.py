@@ -4,6 +4,7 @@ injections, ``wsched replay`` outputs, ``wsched sweep`` (resumable) and ``plot``
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import logging
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from scheduler import cli, experiments
-from scheduler.config import ImageMix, load_profile
+from scheduler.config import ImageMix, apply_toml, load_profile
 from scheduler.invariants import assert_valid
 from scheduler.leases import DiskImage, LeaseKind, LeaseRequest, Resources, Site
 from scheduler.lwf import TraceError, read_lwf
@@ -146,6 +147,36 @@ def test_swf_needs_a_site() -> None:
         experiments.load_workload(SWF150, None, load_profile("test-notransfer"))
 
 
+def test_swf_options_come_from_the_configuration() -> None:
+    config = apply_toml(load_profile("batch-easy"),
+                        {"swf": {"procs-per-node": 4, "keep-started-cancelled": True}}, "t")
+    workload = experiments.load_workload(SWF150, None, config)
+    expected = read_swf(SWF150, procs_per_node=4, keep_started_cancelled=True).requests
+    assert workload.requests == tuple(sorted(expected, key=lambda r: (r.submit, r.id)))
+    # (and the plain reading differs: fewer VMs per job, started-cancelled jobs dropped)
+    plain = experiments.load_workload(SWF150, None, load_profile("batch-easy")).requests
+    assert sum(r.vms for r in workload.requests) < sum(r.vms for r in plain)
+    field5 = apply_toml(load_profile("batch-easy"), {"swf": {"nodes-field": 5}}, "t")
+    assert experiments.load_workload(SWF150, None, field5).requests == \
+        read_swf(SWF150, nodes_field=5).requests
+
+
+def test_swf_jobs_hold_whole_nodes(tmp_path: Path) -> None:
+    """On a site of 8-CPU nodes, a 1-node job takes a whole node (each VM is asked with the
+    node's CPU and memory): two such jobs on one node run one after the other, not side
+    by side as eight 1-CPU VMs would."""
+    line = "{id} {submit} -1 {run} -1 -1 -1 1 {run} -1 1 -1 -1 -1 -1 -1 -1 -1\n"
+    trace = tmp_path / "two.swf"
+    trace.write_text(line.format(id=1, submit=0, run=100) + line.format(id=2, submit=0, run=50))
+    config = apply_toml(load_profile("batch-easy"),
+                        {"site": {"nodes": 1, "cpu": 800, "memory": 8192}}, "t")
+    workload = experiments.load_workload(trace, None, config)
+    assert {r.resources for r in workload.requests} == {Resources(cpu=800, memory=8192)}
+    result = replay(workload.site, config, workload.requests)
+    assert [(o.request.id, o.start, o.end) for o in result.outcomes] == \
+        [(1, 0, 100), (2, 100, 150)]
+
+
 def test_injection_parameters() -> None:
     assert experiments.injection_parameters(INJ) == {"rho": 5, "delta": 1, "nu": "small"}
     assert experiments.injection_parameters(None) == {"rho": 0, "delta": None, "nu": None}
@@ -189,6 +220,34 @@ def test_replay_swf_with_ars_writes_every_output(tmp_path: Path,
     assert int(rows[some]["wait"]) == leases[some]["start"] - leases[some]["submit"]
     assert (tmp_path / "g.svg").read_text().startswith("<?xml")
     assert (tmp_path / "u.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_replay_compressed_log_and_injections(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``wsched replay log.swf.gz --ars ars.lwf.gz`` gives the plain files' schedule."""
+    log_gz, ars_gz = tmp_path / "150requests.swf.gz", tmp_path / "ars.lwf.gz"
+    log_gz.write_bytes(gzip.compress(SWF150.read_bytes()))
+    ars_gz.write_bytes(gzip.compress(INJ.read_bytes()))
+    outs = []
+    for trace, ars, tag in ((SWF150, INJ, "plain"), (log_gz, ars_gz, "gz")):
+        out = tmp_path / f"{tag}.json"
+        assert cli.main(["replay", str(trace), "--ars", str(ars), "--profile", "novm-sr",
+                         "--json", str(out), "--swf-out", str(tmp_path / f"{tag}.swf"),
+                         "--quiet"]) == 0
+        outs.append(json.loads(out.read_text())["leases"])
+    assert outs[0] == outs[1] and len(outs[0]) > 150
+    assert (tmp_path / "plain.swf").read_text() == (tmp_path / "gz.swf").read_text()
+    assert capsys.readouterr().out == ""
+    # a sweep names its runs without the suffixes
+    assert experiments.RunSpec(log_gz, ars_gz, "novm-sr").name == "150requests__ars__novm-sr"
+
+
+def test_compressed_lwf_injections_are_told_from_the_text_format(tmp_path: Path) -> None:
+    xml = SHARED / "lwf" / "preemption.lwf"
+    packed = tmp_path / "ars.lwf.gz"
+    packed.write_bytes(gzip.compress(xml.read_bytes()))
+    site = Site.uniform(4, NODE)
+    assert experiments.read_ars(packed, 1, site) == read_lwf(xml, default_site=site).requests
 
 
 def test_replay_rejects_swf_out_for_lwf(tmp_path: Path,

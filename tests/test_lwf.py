@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,12 @@ def test_migrate_and_reuse_values() -> None:
     reuse = by_id(read_lwf(SHARED / "reuse2.lwf"))
     assert reuse[3].image == reuse[2].image != reuse[1].image
     assert reuse[3].submit == 2700
+
+
+def test_compressed_trace(tmp_path: Path) -> None:
+    packed = tmp_path / "preemption.lwf.gz"
+    packed.write_bytes(gzip.compress((SHARED / "preemption.lwf").read_bytes()))
+    assert read_lwf(packed) == read_lwf(SHARED / "preemption.lwf")
 
 
 def test_trace_without_site_needs_default() -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -158,6 +162,48 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(TraceError) as info:
         read_swf(path)
     assert str(info.value) == f"{path}: cannot read: No such file or directory"
+
+
+# --- compressed logs (the Parallel Workloads Archive ships *.swf.gz)
+
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
+
+
+@pytest.mark.parametrize("kind", COMPRESSORS)
+def test_compressed_log_reads_as_the_plain_one(tmp_path: Path, kind: str) -> None:
+    plain = SWF_DIR / "150requests.swf"
+    packed = tmp_path / f"150requests.swf.{kind}"
+    packed.write_bytes(COMPRESSORS[kind](plain.read_bytes()))
+    expected, got = read_swf(plain), read_swf(packed)
+    assert (got.requests, got.jobs, got.skipped, got.header) == \
+        (expected.requests, expected.jobs, expected.skipped, expected.header)
+    assert len(got.requests) > 100
+    # recognised by its first bytes, whatever its name says
+    misnamed = tmp_path / "plain-looking.swf"
+    misnamed.write_bytes(packed.read_bytes())
+    assert read_swf(misnamed).requests == expected.requests
+
+
+def test_compressed_log_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "t.swf.gz"
+    path.write_bytes(gzip.compress(
+        f"; header\n{swf_line(1, 0, 1, 1, 1)}\n1 0 0 43 32\n".encode()))
+    with pytest.raises(TraceError) as info:
+        read_swf(path)
+    assert str(info.value) == f"{path}:3: expected 18 fields, found 5"
+
+
+@pytest.mark.parametrize("kind", COMPRESSORS)
+def test_damaged_compressed_log(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"t.swf.{kind}"
+    whole = COMPRESSORS[kind]((swf_line(1, 0, 1, 1, 1) + "\n").encode() * 50)
+    path.write_bytes(whole[: len(whole) // 2])  # cut short, as by an interrupted download
+    name = {"gz": "gzip", "bz2": "bzip2", "xz": "xz"}[kind]
+    with pytest.raises(TraceError) as info:
+        read_swf(path)
+    assert str(info.value).startswith(f"{path}: damaged {name} data: ")
+    assert info.value.line is None
 
 
 # --- the shared Blue Horizon traces
