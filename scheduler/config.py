@@ -83,11 +83,14 @@ class Config:
     workload_image_size: int = 0  # MB
     workload_image_mix: ImageMix = ImageMix.UNIFORM
     workload_image_seed: int = 1
-    # --- SWF traces: which field counts a job's processors, how many make a node, and
-    # whether jobs cancelled after they started are kept (see scheduler.swf)
+    # --- SWF traces: which field counts a job's processors, how many make a VM, whether
+    # jobs cancelled after they started are kept (see scheduler.swf), and each VM's CPU
+    # and memory (0: a whole [site] node's)
     swf_nodes_field: int = 8
     swf_procs_per_node: int = 1
     swf_keep_started_cancelled: bool = False
+    swf_vm_cpu: int = 0
+    swf_vm_memory: int = 0
 
     def image_weights(self) -> tuple[float, ...] | None:
         """Relative frequency of each workload image (None: uniform)."""
@@ -151,6 +154,8 @@ _LAYOUT: dict[str, dict[str, str]] = {
         "nodes-field": "swf_nodes_field",
         "procs-per-node": "swf_procs_per_node",
         "keep-started-cancelled": "swf_keep_started_cancelled",
+        "vm-cpu": "swf_vm_cpu",
+        "vm-memory": "swf_vm_memory",
     },
     "scheduling": {
         "admission": "admission",

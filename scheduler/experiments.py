@@ -71,14 +71,14 @@ def read_swf_trace(path: Path, config: Config) -> SwfTrace:
 
 
 def _swf_options(config: Config) -> dict[str, Any]:
-    # A job holds its nodes whole: each VM asks for a node's CPU and memory, as the
-    # [site] gives them (else read_swf's 1 CPU and 1024 MB, the study's nodes).
-    node = config.site_node
+    # By default a job holds its nodes whole: each VM asks for a [site] node's CPU and
+    # memory (with no [site] node described, read_swf's 1 CPU and 1024 MB).
+    cpu = config.swf_vm_cpu or config.site_node.cpu
+    memory = config.swf_vm_memory or config.site_node.memory
     return {"nodes_field": config.swf_nodes_field,
             "procs_per_node": config.swf_procs_per_node,
             "keep_started_cancelled": config.swf_keep_started_cancelled,
-            "node": Resources(cpu=node.cpu, memory=node.memory)
-            if node.cpu and node.memory else None}
+            "node": Resources(cpu=cpu, memory=memory) if cpu and memory else None}
 
 
 @functools.lru_cache(maxsize=4)

@@ -175,6 +175,13 @@ def test_swf_jobs_hold_whole_nodes(tmp_path: Path) -> None:
     result = replay(workload.site, config, workload.requests)
     assert [(o.request.id, o.start, o.end) for o in result.outcomes] == \
         [(1, 0, 100), (2, 100, 150)]
+    # a VM per processor instead, 1 CPU each: side by side
+    small = apply_toml(config, {"swf": {"vm-cpu": 100, "vm-memory": 1024}}, "t")
+    workload = experiments.load_workload(trace, None, small)
+    assert {r.resources for r in workload.requests} == {NODE}
+    result = replay(workload.site, small, workload.requests)
+    assert [(o.request.id, o.start, o.end) for o in result.outcomes] == \
+        [(1, 0, 100), (2, 0, 50)]
 
 
 def test_injection_parameters() -> None:
