@@ -52,8 +52,14 @@ def read_trace(path: Path, config: Config) -> tuple[Site, tuple[LeaseRequest, ..
     if trace_suffix(path) == ".swf":
         site = config.default_site()
         if site is None:
+            # (Its header may say how big the logged machine was: a hint, not a site,
+            # since whether jobs count processors or nodes depends on how it was made.)
+            sizes = [h for h in read_swf_trace(path, config).header
+                     if h.split(":")[0].strip() in ("MaxNodes", "MaxProcs")]
+            hint = f"; its header says {', '.join(sizes)}" if sizes else ""
             raise TraceError(str(path), "an SWF trace describes no site: give the "
-                             "configuration a [site] table (every experiment profile has one)")
+                             "configuration a [site] table (every experiment profile has "
+                             f"one){hint}")
         try:
             stat = path.stat()
         except OSError:

@@ -142,9 +142,18 @@ def test_load_workload_merges_injections_and_assigns_images() -> None:
     assert again == workload  # seeded: the same images every time
 
 
-def test_swf_needs_a_site() -> None:
-    with pytest.raises(TraceError, match="describes no site"):
+def test_swf_needs_a_site(tmp_path: Path) -> None:
+    with pytest.raises(TraceError) as info:
         experiments.load_workload(SWF150, None, load_profile("test-notransfer"))
+    assert str(info.value) == (f"{SWF150}: an SWF trace describes no site: give the "
+                               "configuration a [site] table (every experiment profile has one)")
+    # an archive log's header tells how big its machine was
+    logged = tmp_path / "logged.swf"
+    logged.write_text("; Version: 2.2\n; MaxNodes: 144\n; MaxProcs: 1152\n"
+                      + SWF150.read_text())
+    with pytest.raises(TraceError) as info:
+        experiments.load_workload(logged, None, load_profile("test-notransfer"))
+    assert str(info.value).endswith("has one); its header says MaxNodes: 144, MaxProcs: 1152")
 
 
 def test_swf_options_come_from_the_configuration() -> None:
