@@ -18,7 +18,7 @@ import lzma
 import math
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import groupby
@@ -69,11 +69,13 @@ class Workload:
     requests: tuple[LeaseRequest, ...]
 
 
-#: Compressed formats by their magic bytes, and the suffix such a file usually has.
-_COMPRESSED: tuple[tuple[bytes, str, str], ...] = (
-    (b"\x1f\x8b", "gzip", ".gz"), (b"BZh", "bzip2", ".bz2"),
-    (b"\xfd7zXZ\x00", "xz", ".xz"))
-_SUFFIXES = {suffix for _, _, suffix in _COMPRESSED}
+#: Compressed formats: magic bytes, name, the suffix such a file usually has, and how
+#: to decompress it.
+_COMPRESSED: tuple[tuple[bytes, str, str, Callable[[bytes], bytes]], ...] = (
+    (b"\x1f\x8b", "gzip", ".gz", gzip.decompress),
+    (b"BZh", "bzip2", ".bz2", bz2.decompress),
+    (b"\xfd7zXZ\x00", "xz", ".xz", lzma.decompress))
+_SUFFIXES = {suffix for _, _, suffix, _ in _COMPRESSED}
 
 
 def _uncompressed_name(path: str | Path) -> Path:
@@ -102,16 +104,10 @@ def read_trace_bytes(path: str | Path) -> bytes:
         data = Path(path).read_bytes()
     except OSError as e:
         raise TraceError(name, f"cannot read: {e.strerror}") from e
-    for magic, kind, _ in _COMPRESSED:
+    for magic, kind, _, decompress in _COMPRESSED:
         if data.startswith(magic):
             try:
-                match kind:
-                    case "gzip":
-                        return gzip.decompress(data)
-                    case "bzip2":
-                        return bz2.decompress(data)
-                    case _:
-                        return lzma.decompress(data)
+                return decompress(data)
             except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as e:
                 raise TraceError(name, f"damaged {kind} data: {e}") from e
     return data
