@@ -26,7 +26,7 @@ from . import experiments, generator, metrics, plots, service_cli
 from .config import Config, ConfigError, load_config, load_profile, profile_names
 from .lwf import TraceError, trace_stem, trace_suffix
 from .replay import ReplayResult, replay, write_json
-from .swf import read_swf, write_swf
+from .swf import prepare, read_swf, write_swf
 
 #: Traces with more requests than this get a progress bar (on a terminal).
 PROGRESS_THRESHOLD = 1000
@@ -179,6 +179,24 @@ def build_parser() -> argparse.ArgumentParser:
     ga.add_argument("--out", type=Path, required=True, metavar="OUT.lwf")
     _logging_options(ga)
 
+    ps = sub.add_parser(
+        "prepare-swf", help="prepare an archive log as the HPDC 2008 study did",
+        description="Write an SWF log prepared as the study prepared SDSC Blue Horizon's "
+        "(../shared/traces/README.md): only the jobs of --queues, submit times relative "
+        "to the first of them, field 8 (requested processors) divided by "
+        "--procs-per-node so it holds nodes, then only the jobs submitted in the first "
+        "--days, and only the --first of those. Every other field is kept, with the "
+        "log's header and a note of what was done.")
+    ps.add_argument("log", type=Path, metavar="LOG.swf",
+                    help="the archive log (.swf, optionally .gz, .bz2 or .xz)")
+    ps.add_argument("--queues", metavar="Q1,Q2,...", help="queues to keep (default: all)")
+    ps.add_argument("--procs-per-node", type=int, default=1, metavar="N",
+                    help="processors per node (default 1: field 8 unchanged)")
+    ps.add_argument("--days", type=float, metavar="D", help="keep the first D days")
+    ps.add_argument("--first", type=int, metavar="N", help="keep the first N jobs")
+    ps.add_argument("--out", type=Path, required=True, metavar="OUT.swf")
+    _logging_options(ps)
+
     pp = sub.add_parser("profiles", help="list the built-in configuration profiles")
     _logging_options(pp)
     parser.set_defaults(service_handlers=service_cli.add_commands(sub))
@@ -303,6 +321,40 @@ def cmd_generate_ars(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_swf(args: argparse.Namespace) -> int:
+    _writable(args.out)
+    queues = None
+    if args.queues is not None:
+        try:
+            queues = [int(q) for q in args.queues.split(",")]
+        except ValueError:
+            raise ValueError(f"--queues: expected queue numbers separated by commas "
+                             f"(got {args.queues!r})") from None
+    if args.procs_per_node < 1:
+        raise ValueError(f"--procs-per-node must be at least 1 (got {args.procs_per_node})")
+    if args.days is not None and args.days <= 0:
+        raise ValueError(f"--days must be positive (got {args.days:g})")
+    if args.first is not None and args.first < 1:
+        raise ValueError(f"--first must be at least 1 (got {args.first})")
+    log_ = read_swf(args.log)
+    jobs = prepare(log_, queues=queues, procs_per_node=args.procs_per_node,
+                   days=args.days, first=args.first)
+    done = [f"Note: prepared by wsched prepare-swf from {args.log.name}"]
+    if queues is not None:
+        done.append(f"Note: only queues {', '.join(map(str, queues))}")
+    done.append("Note: submit times relative to the first job kept")
+    if args.procs_per_node > 1:
+        done.append(f"Note: field 8 (requested processors) divided by "
+                    f"{args.procs_per_node}, rounded up: requested nodes")
+    if args.days is not None:
+        done.append(f"Note: jobs submitted in the first {args.days:g} days")
+    if args.first is not None:
+        done.append(f"Note: the first {args.first} jobs")
+    write_swf(args.out, jobs, header=[*log_.header, *done])
+    log.info("log prepared", extra={"jobs": len(jobs), "path": str(args.out)})
+    return 0
+
+
 def print_summary(name: str, result: ReplayResult, out: Path) -> None:
     s = result.summary()
     states = ", ".join(f"{state} {count}" for state, count in s["states"].items())
@@ -335,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_json)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "replay": cmd_replay, "profiles": cmd_profiles, "sweep": cmd_sweep, "plot": cmd_plot,
-        "generate-ars": cmd_generate_ars, **args.service_handlers}
+        "generate-ars": cmd_generate_ars, "prepare-swf": cmd_prepare_swf,
+        **args.service_handlers}
     try:
         return commands[args.command](args)
     except (TraceError, ConfigError, OSError, ValueError) as e:

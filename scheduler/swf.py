@@ -1,5 +1,6 @@
-"""Standard Workload Format (SWF 2.2): reading batch logs as best-effort leases, and
-writing them back with the wait times a schedule gave them.
+"""Standard Workload Format (SWF 2.2): reading batch logs as best-effort leases,
+writing them back with the wait times a schedule gave them, and preparing an archive
+log as the HPDC 2008 study prepared SDSC Blue Horizon's (:func:`prepare`).
 
 This module owns the mapping between SWF jobs and best-effort :class:`LeaseRequest`
 values (one lease per job, its VMs standing for the job's nodes) and the rules for which
@@ -40,7 +41,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -52,6 +53,7 @@ from .lwf import TraceError, read_trace_text
 FIELDS = 18
 #: 1-based field numbers used here.
 JOB_ID, SUBMIT, WAIT, RUN_TIME, REQUESTED_PROCS, REQUESTED_TIME, STATUS = 1, 2, 3, 4, 8, 9, 11
+QUEUE = 15
 #: SWF status of a cancelled job.
 CANCELLED = 5
 
@@ -199,26 +201,64 @@ def read_swf(path: str | Path, *, nodes_field: int = REQUESTED_PROCS,
     return SwfTrace(name, tuple(header), tuple(jobs), tuple(requests), tuple(skipped))
 
 
-def write_swf(path: str | Path, jobs: Iterable[SwfJob], starts: Mapping[int, int | None],
-              *, notes: Sequence[str] = ()) -> None:
-    """Write ``jobs`` as SWF with field 3 (wait time) = scheduled start - submit.
+def prepare(trace: SwfTrace, *, queues: Collection[int] | None = None,
+            procs_per_node: int = 1, days: float | None = None,
+            first: int | None = None) -> list[SwfJob]:
+    """An archive log prepared as the HPDC 2008 study prepared SDSC Blue Horizon's (see
+    ``../shared/traces/README.md``), every job of ``trace`` (kept or skipped) in file
+    order: only the jobs of ``queues`` (field 15; all if None); submit times made
+    relative to the first of them; field 8 divided by ``procs_per_node``, rounded up,
+    so it holds nodes (unknown, -1, stays so); then only the jobs submitted in the
+    first ``days``, and only the ``first`` of those. Every other field as read."""
+    if procs_per_node < 1:
+        raise ValueError(f"procs_per_node must be at least 1 (got {procs_per_node})")
+    jobs = sorted((*trace.jobs, *(s.job for s in trace.skipped)), key=lambda j: j.line or 0)
+    if queues is not None:
+        wanted = set(queues)
+        jobs = [j for j in jobs if j.int_field(QUEUE) in wanted]
+    base = jobs[0].submit if jobs else 0
+    out: list[SwfJob] = []
+    for job in jobs:
+        fields = list(job.fields)
+        submit = job.submit - base
+        if days is not None and submit >= days * 86400:
+            break  # (jobs are in submit order)
+        if first is not None and len(out) == first:
+            break
+        fields[SUBMIT - 1] = str(submit)
+        procs = job.int_field(REQUESTED_PROCS)
+        if procs > 0:
+            fields[REQUESTED_PROCS - 1] = str(math.ceil(procs / procs_per_node))
+        out.append(SwfJob(tuple(fields), job.line))
+    return out
 
-    ``starts`` maps a job id to the time the schedule started it (the lease's first
-    ``run``); a job it lacks, or maps to None, never started and gets ``-1``. Every
-    other field is written as read, so :func:`read_swf` gives back the same requests.
-    ``notes`` become extra header comment lines (e.g. the source trace and profile).
+
+def write_swf(path: str | Path, jobs: Iterable[SwfJob],
+              starts: Mapping[int, int | None] | None = None, *,
+              notes: Sequence[str] = (), header: Sequence[str] = ()) -> None:
+    """Write ``jobs`` as SWF, after the comment lines ``header`` (without their ';')
+    and ``notes`` (e.g. the source trace and profile).
+
+    With ``starts``, field 3 (wait time) becomes scheduled start - submit: ``starts``
+    maps a job id to the time the schedule started it (the lease's first ``run``); a
+    job it lacks, or maps to None, never started and gets ``-1``. Every other field is
+    written as read, so :func:`read_swf` gives back the same requests.
     """
-    lines = ["; Version: 2.2",
-             "; Note: written by wsched (scheduler.swf.write_swf)",
-             "; Note: field 3 (wait time) = scheduled start - submit time; -1 = never started"]
+    lines = [f"; {line}".rstrip() for line in header]
+    if not any(line.startswith("Version:") for line in header):
+        lines.insert(0, "; Version: 2.2")
+    lines.append("; Note: written by wsched (scheduler.swf.write_swf)")
+    if starts is not None:
+        lines.append("; Note: field 3 (wait time) = scheduled start - submit time; "
+                     "-1 = never started")
     lines += [f"; {note}".rstrip() for n in notes for note in n.splitlines()]
     for job in jobs:
-        start = starts.get(job.id)
-        if start is not None and start < job.submit:
-            raise ValueError(f"job {job.id}: start {start} s is before its submit time "
-                             f"{job.submit} s")
-        wait = -1 if start is None else start - job.submit
         fields = list(job.fields)
-        fields[WAIT - 1] = str(wait)
+        if starts is not None:
+            start = starts.get(job.id)
+            if start is not None and start < job.submit:
+                raise ValueError(f"job {job.id}: start {start} s is before its submit "
+                                 f"time {job.submit} s")
+            fields[WAIT - 1] = str(-1 if start is None else start - job.submit)
         lines.append(" ".join(fields))
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -339,3 +339,69 @@ def test_generate_ars_is_deterministic(tmp_path: Path) -> None:
     ars = read_lwf(paths[0], default_site=Site.uniform(144, NODE)).requests
     assert ars and all(r.kind is LeaseKind.AR and 25 <= r.vms <= 48 for r in ars)
     assert all(r.start is not None and r.start - r.submit <= 24 * 3600 for r in ars)
+
+
+# ------------------------------------------------------- preparing archive logs
+
+@pytest.mark.parametrize(("args", "shared"), [
+    (["--days", "30"], "30days"), (["--days", "15"], "15days"), (["--first", "1000"],
+                                                                 "1000requests")])
+def test_prepare_swf_reproduces_the_shared_cuts(tmp_path: Path, args: list[str],
+                                                shared: str) -> None:
+    """The shared traces are cuts of one prepared log: the 60-day file cut again gives
+    each shorter one, job for job."""
+    out = tmp_path / "cut.swf"
+    source = SHARED / "swf" / "60days.swf"
+    assert cli.main(["prepare-swf", str(source), *args, "--out", str(out)]) == 0
+    jobs = [line for line in out.read_text().splitlines() if not line.startswith(";")]
+    assert jobs == (SHARED / "swf" / f"{shared}.swf").read_text().splitlines()
+
+
+def test_prepare_swf_from_an_archive_log(tmp_path: Path) -> None:
+    """Queues kept, submit times rebased on the first kept job, processors made nodes
+    (rounded up; unknown stays unknown), the first day kept; the header carried over."""
+    def job(i: int, submit: int, procs: int, queue: int, status: int = 1) -> str:
+        return (f"{i} {submit} 5 100 {procs} 1.0 -1 {procs} 600 -1 {status} 3 -1 -1 {queue}"
+                " -1 -1 -1")
+
+    raw = tmp_path / "archive.swf.gz"
+    raw.write_bytes(gzip.compress("\n".join([
+        "; Version: 2.2", "; Computer: test machine", "; MaxProcs: 64",
+        job(1, 1000, 8, 0),            # queue 0: dropped
+        job(2, 1500, 16, 1),           # the first kept job: submit 0
+        job(3, 1600, 12, 2, status=5),  # 12 processors: 2 nodes; cancelled, kept
+        job(4, 2000, -1, 3),           # unknown processors stay unknown
+        job(5, 1500 + 86399, 8, 4),    # last second of the first day
+        job(6, 1500 + 86400, 8, 4),    # the second day: cut
+    ]).encode()))
+    out = tmp_path / "prepared.swf"
+    assert cli.main(["prepare-swf", str(raw), "--queues", "1,2,3,4", "--procs-per-node",
+                     "8", "--days", "1", "--out", str(out)]) == 0
+    assert out.read_text().splitlines() == [
+        "; Version: 2.2", "; Computer: test machine", "; MaxProcs: 64",
+        "; Note: prepared by wsched prepare-swf from archive.swf.gz",
+        "; Note: only queues 1, 2, 3, 4",
+        "; Note: submit times relative to the first job kept",
+        "; Note: field 8 (requested processors) divided by 8, rounded up: requested nodes",
+        "; Note: jobs submitted in the first 1 days",
+        "; Note: written by wsched (scheduler.swf.write_swf)",
+        "2 0 5 100 16 1.0 -1 2 600 -1 1 3 -1 -1 1 -1 -1 -1",
+        "3 100 5 100 12 1.0 -1 2 600 -1 5 3 -1 -1 2 -1 -1 -1",
+        "4 500 5 100 -1 1.0 -1 -1 600 -1 1 3 -1 -1 3 -1 -1 -1",
+        "5 86399 5 100 8 1.0 -1 1 600 -1 1 3 -1 -1 4 -1 -1 -1",
+    ]
+    assert [r.vms for r in read_swf(out).requests] == [2, 1]  # (3 cancelled, 4 no nodes)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--queues", "1,x"], "--queues: expected queue numbers separated by commas (got '1,x')"),
+    (["--days", "0"], "--days must be positive (got 0)"),
+    (["--first", "0"], "--first must be at least 1 (got 0)"),
+    (["--procs-per-node", "0"], "--procs-per-node must be at least 1 (got 0)"),
+])
+def test_prepare_swf_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 args: list[str], message: str) -> None:
+    out = tmp_path / "o.swf"
+    assert cli.main(["prepare-swf", str(SWF150), *args, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"wsched: error: {message}\n"
+    assert not out.exists()
