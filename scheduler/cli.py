@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--leases-csv", type=Path, metavar="OUT.csv",
                     help="write per-lease metrics (wait, response, bounded slowdown, ...)")
     rp.add_argument("--swf-out", type=Path, metavar="OUT.swf",
-                    help="SWF traces only: write the trace back with the wait field filled in")
+                    help="SWF traces only: write the trace back, every job, with the wait "
+                    "field filled in (-1: never started, as a skipped job)")
     rp.add_argument("--gantt", type=Path, metavar="OUT.png|svg",
                     help="draw a Gantt chart of the schedule")
     rp.add_argument("--utilization-plot", type=Path, metavar="OUT.png|svg",
@@ -255,7 +256,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.leases_csv is not None:
         metrics.write_leases_csv(args.leases_csv, figures.leases)
     if args.swf_out is not None:
-        jobs = experiments.read_swf_trace(args.trace, config).jobs
+        # every job, so the log stays whole: one never scheduled (skipped) waits -1
+        jobs = experiments.read_swf_trace(args.trace, config).all_jobs
         write_swf(args.swf_out, jobs, {o.request.id: o.start for o in result.outcomes},
                   notes=(f"replayed by wsched with profile {args.profile or 'default'}",))
     if args.gantt is not None:

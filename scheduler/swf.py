@@ -113,6 +113,11 @@ class SwfTrace:
         return dict(Counter(s.reason for s in self.skipped))
 
     @property
+    def all_jobs(self) -> list[SwfJob]:
+        """Every job of the file, kept or skipped, in file order."""
+        return sorted((*self.jobs, *(s.job for s in self.skipped)), key=lambda j: j.line or 0)
+
+    @property
     def max_id(self) -> int:
         """The largest job id in the file (kept or skipped), 0 if there is none; lease ids
         from another source should start above it."""
@@ -212,7 +217,7 @@ def prepare(trace: SwfTrace, *, queues: Collection[int] | None = None,
     first ``days``, and only the ``first`` of those. Every other field as read."""
     if procs_per_node < 1:
         raise ValueError(f"procs_per_node must be at least 1 (got {procs_per_node})")
-    jobs = sorted((*trace.jobs, *(s.job for s in trace.skipped)), key=lambda j: j.line or 0)
+    jobs = trace.all_jobs
     if queues is not None:
         wanted = set(queues)
         jobs = [j for j in jobs if j.int_field(QUEUE) in wanted]

@@ -224,6 +224,7 @@ def test_replay_swf_with_ars_writes_every_output(tmp_path: Path,
             fields = line.split()
             waits[int(fields[0])] = int(fields[2])
     kept = {r.id for r in swf.requests}
+    assert list(waits) == [j.id for j in swf.all_jobs] and len(swf.skipped) > 0
     for job_id, wait in waits.items():
         if job_id in kept:
             assert wait == leases[job_id]["start"] - leases[job_id]["submit"]
