@@ -341,6 +341,8 @@ def cmd_prepare_swf(args: argparse.Namespace) -> int:
     log_ = read_swf(args.log)
     jobs = prepare(log_, queues=queues, procs_per_node=args.procs_per_node,
                    days=args.days, first=args.first)
+    if not jobs:
+        raise ValueError(f"{args.log}: no job left to write (queues are field 15 of a job)")
     done = [f"Note: prepared by wsched prepare-swf from {args.log.name}"]
     if queues is not None:
         done.append(f"Note: only queues {', '.join(map(str, queues))}")

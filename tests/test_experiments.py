@@ -399,6 +399,7 @@ def test_prepare_swf_from_an_archive_log(tmp_path: Path) -> None:
     (["--days", "0"], "--days must be positive (got 0)"),
     (["--first", "0"], "--first must be at least 1 (got 0)"),
     (["--procs-per-node", "0"], "--procs-per-node must be at least 1 (got 0)"),
+    (["--queues", "9"], f"{SWF150}: no job left to write (queues are field 15 of a job)"),
 ])
 def test_prepare_swf_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                  args: list[str], message: str) -> None:
