@@ -219,7 +219,8 @@ class _Proposal:
 
 
 # (ready, has, distinct finite ready times, ready's bytes): see Scheduler._prepared
-_Prepared = tuple[np.ndarray, np.ndarray, list[int], bytes]
+# readiness, has the image, distinct finite readiness times (list and array), bytes
+_Prepared = tuple[np.ndarray, np.ndarray, list[int], np.ndarray, bytes]
 # (vms, VM shape, time, opening, partial) of a request that failed, per readiness vector
 _Need = tuple[int, Resources, int, int, bool]
 _Failures = dict[bytes, list[_Need]]
@@ -862,7 +863,7 @@ class Scheduler:
         if not failed or lease.image_nodes or not self._fresh_memo:
             return False
         # (Its readiness is what the try would compute first: remembered for it.)
-        if (done := failed.get(self._prepared(lease, None)[3])) is None:
+        if (done := failed.get(self._prepared(lease, None)[4])) is None:
             return False
         req = lease.request
         if (need := lease.fresh_need) is None:
@@ -1041,7 +1042,7 @@ class Scheduler:
         opening = ovh.resume(req) if resuming else ovh.boot
         run = lease.run_needed - (lease.run_done() if lease.segments else 0)
         whole = opening + run + ovh.shutdown
-        ready, has, groups, ready_bytes = self._prepared(lease, unicasts)
+        ready, has, groups, instants, ready_bytes = self._prepared(lease, unicasts)
         if not future:
             # Within a pass capacity only shrinks: a request needing at least as much as
             # one that already failed from the same readiness fails too. (Checked first:
@@ -1089,7 +1090,7 @@ class Scheduler:
             if uniform:  # groups == [now], and ``hosts`` open nodes can host it now
                 usable = hosts
             elif groups:
-                groups = self._viable(ready, ready_bytes, groups, vec, k)
+                groups = self._viable(ready, ready_bytes, groups, instants, vec, k)
             usable_whole = usable_partial = usable
             for g in groups:
                 # Starting at g must be what preparation dictates (on one of the chosen
@@ -1148,20 +1149,20 @@ class Scheduler:
         return best
 
     def _viable(self, ready: np.ndarray, ready_bytes: bytes, groups: list[int],
-                vec: np.ndarray, k: int) -> list[int]:
-        """The readiness groups (``groups``: the distinct finite times of ``ready``,
-        whose bytes are ``ready_bytes``) at which ``k`` VMs of ``vec`` could start: k
-        nodes ready by g have room for one at g, one of them ready exactly at g. The
-        same for every lease of that readiness and shape, whatever its size, while the
-        profile stays as it is: a queue pass of leases waiting for one link, or for
-        nodes, asks it for each of them (and most ask for more VMs than could start)."""
+                instants: np.ndarray, vec: np.ndarray, k: int) -> list[int]:
+        """The readiness groups (``groups``: the distinct finite times of ``ready``, also
+        as the array ``instants``; ``ready_bytes``: its bytes) at which ``k`` VMs of
+        ``vec`` could start: k nodes ready by g have room for one at g, one of them ready
+        exactly at g. The same for every lease of that readiness and shape, whatever its
+        size, while the profile stays as it is: a queue pass of leases waiting for one
+        link, or for nodes, asks it for each of them (and most ask for more VMs than
+        could start)."""
         if self._viability_version != self.profile.version:
             self._viability_memo.clear()
             self._viability_version = self.profile.version
         key = (ready_bytes, vec.tobytes())
         if (hit := self._viability_memo.get(key)) is None:
-            counts, exact = self.profile.ready_hosts(groups, vec, ready)
-            room = (counts * exact).tolist()  # (none where no node is ready exactly then)
+            room = self.profile.ready_room(instants, vec, ready).tolist()
             hit = self._viability_memo[key] = (max(room, default=0), room)
         most, room = hit
         return [] if k > most else [g for g, r in zip(groups, room, strict=True) if r >= k]
@@ -1230,7 +1231,8 @@ class Scheduler:
                 key2 = shared_key
         ready, has, _ = self._readiness(lease, unicasts)
         ready.flags.writeable = has.flags.writeable = False
-        prepared = (ready, has, kernels.distinct_finite(ready).tolist(), ready.tobytes())
+        instants = kernels.distinct_finite(ready)
+        prepared = (ready, has, instants.tolist(), instants, ready.tobytes())
         if key is not None:
             self._prep_memo[key] = prepared
             if key2 is not None:

@@ -85,23 +85,28 @@ def fits_rows(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray, pslabs: np
 
 
 @_jit
-def ready_hosts(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray, pslabs: np.ndarray,
-                rooms: np.ndarray, instants: np.ndarray, ready: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Per instant (its row in ``rows``): how many nodes ready by then (``ready``, per
-    node) can host the shape, and whether one ready exactly then can."""
+def ready_room(usage: np.ndarray, times: np.ndarray, rows: np.ndarray, slabs: np.ndarray,
+               pslabs: np.ndarray, rooms: np.ndarray, instants: np.ndarray,
+               ready: np.ndarray) -> np.ndarray:
+    """Per instant g of ``instants``: how many nodes ready by g (``ready``, per node) can
+    host the shape at g, or 0 if none of them is ready exactly at g (no start at g
+    can then be what preparation dictates). ``times`` and ``rows``: the breakpoints,
+    and their rows; an instant's usage is its breakpoint's."""
     n = rooms.shape[1]
-    counts = np.zeros(instants.shape[0], dtype=np.int64)
-    exact = np.zeros(instants.shape[0], dtype=np.bool_)
+    room = np.zeros(instants.shape[0], dtype=np.int64)
     fit = np.empty(n, dtype=np.bool_)
     for i in range(instants.shape[0]):
-        _row_fits(usage, slabs, pslabs, rooms, rows[i], fit)
         g = instants[i]
+        _row_fits(usage, slabs, pslabs, rooms, rows[np.searchsorted(times, g, "right") - 1],
+                  fit)
+        count, exact = 0, False
         for node in range(n):
             if fit[node] and ready[node] <= g:
-                counts[i] += 1
-                exact[i] |= ready[node] == g
-    return counts, exact
+                count += 1
+                exact |= ready[node] == g
+        if exact:
+            room[i] = count
+    return room
 
 
 @_jit

@@ -8,7 +8,7 @@ that suspensions/resumptions under *global* exclusion run one VM at a time.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import Config, Exclusion, Migration
 from .leases import DiskImage, LeaseRequest, seconds_for, transfer_seconds
@@ -17,6 +17,10 @@ from .leases import DiskImage, LeaseRequest, seconds_for, transfer_seconds
 @dataclass(frozen=True)
 class Overheads:
     config: Config
+    # Durations already worked out, by what they depend on: a queue pass asks them for
+    # every lease it tries (each is a few float operations, and that adds up).
+    _memo: dict[tuple[object, ...], int] = field(default_factory=dict, init=False,
+                                                 repr=False, compare=False)
 
     @property
     def boot(self) -> int:
@@ -30,22 +34,37 @@ class Overheads:
         return req.vms if self.config.suspendresume_exclusion is Exclusion.GLOBAL else 1
 
     def suspend(self, req: LeaseRequest) -> int:
-        per_vm = seconds_for(req.resources.memory, self.config.suspend_rate)
-        return self._serial(req) * (per_vm + self.config.enactment_overhead)
+        key = ("suspend", req.resources.memory, req.vms)
+        if (known := self._memo.get(key)) is None:
+            per_vm = seconds_for(req.resources.memory, self.config.suspend_rate)
+            known = self._memo[key] = self._serial(req) * (
+                per_vm + self.config.enactment_overhead)
+        return known
 
     def resume(self, req: LeaseRequest) -> int:
-        per_vm = seconds_for(req.resources.memory, self.config.resume_rate)
-        return self._serial(req) * (per_vm + self.config.enactment_overhead)
+        key = ("resume", req.resources.memory, req.vms)
+        if (known := self._memo.get(key)) is None:
+            per_vm = seconds_for(req.resources.memory, self.config.resume_rate)
+            known = self._memo[key] = self._serial(req) * (
+                per_vm + self.config.enactment_overhead)
+        return known
 
     def transfer(self, image: DiskImage) -> int:
-        return transfer_seconds(image.size_mb, self.config.repository_bandwidth)
+        key = ("transfer", image.size_mb)
+        if (known := self._memo.get(key)) is None:
+            known = self._memo[key] = transfer_seconds(image.size_mb,
+                                                       self.config.repository_bandwidth)
+        return known
 
     def migration(self, req: LeaseRequest, with_image: bool) -> int:
         """Moving one VM's memory state (and its disk image) to another node."""
         if self.config.migration is Migration.YES_NOTRANSFER:
             return 0
         mb = req.resources.memory + (req.image.size_mb if with_image else 0)
-        return transfer_seconds(mb, self.config.migration_bandwidth)
+        key = ("migration", mb)
+        if (known := self._memo.get(key)) is None:
+            known = self._memo[key] = transfer_seconds(mb, self.config.migration_bandwidth)
+        return known
 
     def run_time(self, seconds: int) -> int:
         """Wall time a VM needs for ``seconds`` of bare-metal work (runtime slowdown)."""

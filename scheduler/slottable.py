@@ -445,13 +445,14 @@ class AvailabilityProfile:
                                             *self._shape(vec))[0]
         return out
 
-    def ready_hosts(self, instants: list[int], vec: np.ndarray, ready: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def ready_room(self, instants: np.ndarray, vec: np.ndarray, ready: np.ndarray
+                   ) -> np.ndarray:
         """Per instant g of ``instants``: how many nodes ready by g (``ready``: per node,
-        when it could begin) can host ``vec`` at g, and whether one ready at g itself
-        can."""
-        return kernels.ready_hosts(self._usage, self._rows_at(instants), *self._shape(vec),
-                                   np.array(instants, dtype=np.int64), ready)
+        when it could begin) can host ``vec`` at g; 0 where none ready at g itself can."""
+        room: np.ndarray = kernels.ready_room(
+            self._usage, self._all_times(), self._all_rows(), *self._shape(vec), instants,
+            ready)
+        return room
 
     def free_until(self, t: int, vec: np.ndarray, *,
                    ignore_preemptible: bool = False) -> np.ndarray:

@@ -128,7 +128,7 @@ def _free(live: Live, n: int, t: int, cpu: int, ignore_preemptible: bool = False
 def test_the_stretch_queries_match_every_instant(
         ops: list[tuple[str, int, int, int, int, int]], instants: list[int], cpu: int,
         t: int, ignore_preemptible: bool, ready: list[int]) -> None:
-    """``hosts_at``, ``ready_hosts``, ``free_until``, ``free_since`` and ``soonest_ends``
+    """``hosts_at``, ``ready_room``, ``free_until``, ``free_since`` and ``soonest_ends``
     against each instant's usage recomputed from the entries (times are whole seconds,
     so checking every one is exact)."""
     profile = AvailabilityProfile(CAPACITY)
@@ -138,12 +138,12 @@ def test_the_stretch_queries_match_every_instant(
     instants = [max(i, now) for i in instants]
     assert [profile.hosts_at(i, vec).tolist() for i in instants] == [
         [_free(live, n, i, cpu) for n in range(NODES)] for i in instants]
-    counts, exact = profile.ready_hosts(instants, vec, np.array(ready, dtype=np.int64))
-    assert (counts.tolist(), exact.tolist()) == (
-        [sum(ready[n] <= i and _free(live, n, i, cpu) for n in range(NODES))
-         for i in instants],
-        [any(ready[n] == i and _free(live, n, i, cpu) for n in range(NODES))
-         for i in instants])
+    room = profile.ready_room(np.array(instants, dtype=np.int64), vec,
+                              np.array(ready, dtype=np.int64))
+    assert room.tolist() == [
+        sum(ready[n] <= i and _free(live, n, i, cpu) for n in range(NODES))
+        if any(ready[n] == i and _free(live, n, i, cpu) for n in range(NODES)) else 0
+        for i in instants]
     t = max(t, now)
     horizon = max([t] + [ee for _, _, ee, _, _ in live.values()]) + 1  # all free from here
     until = []
