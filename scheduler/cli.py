@@ -237,7 +237,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     workload = experiments.load_workload(args.trace, args.ars, config)
     n = len(workload.requests)
     log.info("trace loaded", extra={"trace": str(args.trace), "requests": n,
-                                    "nodes": len(workload.site.nodes)})
+                                    "nodes": len(workload.site.nodes),
+                                    "skipped": dict(workload.skipped)})
 
     show = not args.quiet and n > PROGRESS_THRESHOLD and sys.stderr.isatty()
     with tqdm(total=n, desc="replay", unit="lease", file=sys.stderr, disable=not show) as bar, \
@@ -272,6 +273,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                   f"slowdown {s.besteffort_bsld_mean_all:.2f} (all {s.besteffort_leases})")
         if s.ar_accepted or s.ar_rejected:
             print(f"  ARs          {s.ar_accepted} accepted, {s.ar_rejected} rejected")
+        if workload.skipped:
+            reasons = ", ".join(f"{reason} {count}" for reason, count in workload.skipped)
+            print(f"  not replayed {sum(c for _, c in workload.skipped)} SWF jobs ({reasons})")
     return 0
 
 

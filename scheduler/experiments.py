@@ -44,11 +44,15 @@ NO_ARS = "none"
 class Workload:
     site: Site
     requests: tuple[LeaseRequest, ...]  # sorted by submit time, then id
+    # SWF jobs not replayed, by reason (see scheduler.swf.SkipReason); none for LWF
+    skipped: tuple[tuple[str, int], ...] = ()
 
 
-def read_trace(path: Path, config: Config) -> tuple[Site, tuple[LeaseRequest, ...]]:
+def read_trace(path: Path, config: Config
+               ) -> tuple[Site, tuple[LeaseRequest, ...], tuple[tuple[str, int], ...]]:
     """The best-effort trace: SWF by its suffix (``.swf``, compressed or not), LWF
-    otherwise. The site is the LWF file's, or the configuration's ``[site]``."""
+    otherwise; with the counts of the SWF jobs skipped, by reason. The site is the LWF
+    file's, or the configuration's ``[site]``."""
     if trace_suffix(path) == ".swf":
         site = config.default_site()
         if site is None:
@@ -63,12 +67,13 @@ def read_trace(path: Path, config: Config) -> tuple[Site, tuple[LeaseRequest, ..
         try:
             stat = path.stat()
         except OSError:
-            return site, read_swf_trace(path, config).requests  # (which says what is wrong)
-        return site, _swf_requests(str(path), stat.st_mtime_ns, stat.st_size,
-                                   tuple(_swf_options(config).items()))
+            read_swf_trace(path, config)  # (which says what is wrong)
+            raise
+        return site, *_swf_requests(str(path), stat.st_mtime_ns, stat.st_size,
+                                    tuple(_swf_options(config).items()))
     workload = read_lwf(path, default_site=config.default_site())
     assert workload.site is not None  # read_lwf raises when there is none
-    return workload.site, workload.requests
+    return workload.site, workload.requests, ()
 
 
 def read_swf_trace(path: Path, config: Config) -> SwfTrace:
@@ -89,11 +94,12 @@ def _swf_options(config: Config) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=4)
 def _swf_requests(path: str, mtime_ns: int, size: int, options: tuple[tuple[str, Any], ...]
-                  ) -> tuple[LeaseRequest, ...]:
-    """An SWF file's leases, read once per process while the file (and how it is read)
-    stays as it is: a sweep's worker replays the same trace in run after run (the
-    requests are frozen)."""
-    return read_swf(path, **dict(options)).requests
+                  ) -> tuple[tuple[LeaseRequest, ...], tuple[tuple[str, int], ...]]:
+    """An SWF file's leases and skip counts, read once per process while the file (and
+    how it is read) stays as it is: a sweep's worker replays the same trace in run
+    after run (the requests are frozen)."""
+    trace = read_swf(path, **dict(options))
+    return trace.requests, tuple((str(k), v) for k, v in sorted(trace.skip_counts.items()))
 
 
 def read_ars(path: Path, first_id: int, site: Site) -> tuple[LeaseRequest, ...]:
@@ -105,7 +111,7 @@ def read_ars(path: Path, first_id: int, site: Site) -> tuple[LeaseRequest, ...]:
 
 
 def load_workload(trace: Path, ars: Path | None, config: Config) -> Workload:
-    site, requests = read_trace(trace, config)
+    site, requests, skipped = read_trace(trace, config)
     merged = list(requests)
     if ars is not None:
         first_id = max((r.id for r in requests), default=0) + 1
@@ -121,7 +127,7 @@ def load_workload(trace: Path, ars: Path | None, config: Config) -> Workload:
                                     size_mb=config.workload_image_size,
                                     weights=config.image_weights(),
                                     seed=config.workload_image_seed))
-    return Workload(site, tuple(merged))
+    return Workload(site, tuple(merged), skipped)
 
 
 def injection_parameters(ars: Path | None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from scheduler.invariants import assert_valid
 from scheduler.leases import DiskImage, LeaseKind, LeaseRequest, Resources, Site
 from scheduler.lwf import TraceError, read_lwf
 from scheduler.replay import replay
-from scheduler.swf import read_swf
+from scheduler.swf import SkipReason, read_swf
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 SWF150 = SHARED / "swf" / "150requests.swf"
@@ -140,6 +140,7 @@ def test_load_workload_merges_injections_and_assigns_images() -> None:
     assert {r.image.id for r in workload.requests} <= {f"img{i:02d}" for i in range(1, 38)}
     again = experiments.load_workload(SWF150, INJ, config)
     assert again == workload  # seeded: the same images every time
+    assert workload.skipped == (("cancelled", len(swf.skipped)),) and swf.skipped
 
 
 def test_swf_needs_a_site(tmp_path: Path) -> None:
@@ -216,6 +217,9 @@ def test_replay_swf_with_ars_writes_every_output(tmp_path: Path,
     assert summary["ar_accepted"] + summary["ar_rejected"] == len(ars) > 0
     assert summary["ar_rejected"] == sum(x["state"] == "rejected" for x in ars)
     assert f"ARs          {summary['ar_accepted']} accepted" in printed
+    swf_skipped = read_swf(SWF150).skip_counts
+    assert f"not replayed {len(read_swf(SWF150).skipped)} SWF jobs (cancelled " \
+        f"{swf_skipped[SkipReason.CANCELLED]})" in printed
     # the SWF written back: field 3 is each job's wait, start - submit, from the schedule
     swf = read_swf(SWF150)
     waits = {}
