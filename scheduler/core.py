@@ -175,7 +175,11 @@ class Lease:
         return [k[4] for k in keyed]
 
     def outcome(self) -> LeaseOutcome:
-        return LeaseOutcome(self.request, self.state, tuple(self.events()), self.reason)
+        # Without transfers, the events of its last push are its events (every change
+        # to a plan pushes it): a replay's end asks for every lease's.
+        evs = self.timeline if self.timeline is not None and not self.transfers \
+            else self.events()
+        return LeaseOutcome(self.request, self.state, tuple(evs), self.reason)
 
     def _transfer_nodes(self, transfers: list[Transfer]) -> list[tuple[int, ...]]:
         """The nodes where each transfer serves this lease: for each node it boots on,

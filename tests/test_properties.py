@@ -254,10 +254,14 @@ def drive(sc: Scenario, restore_after: int | None = None) -> Run:
 def _same_event_lists(sched: Scheduler) -> None:
     """What state changes follow (each lease's events, transfers with all of their
     destinations) lists the same kinds at the same instants in the same order as the
-    events reported."""
+    events reported, and is what the lease's last push listed."""
     for lease in sched.leases.values():
         assert [(e.kind, e.start, e.end) for e in lease.events(served_nodes=False)] == \
             [(e.kind, e.start, e.end) for e in lease.events()], f"lease {lease.id}"
+        # Every change to a plan pushes it: the events its last push kept (read by its
+        # ticks, and by its outcome when it has no transfers) are still its events.
+        if lease.timeline is not None and not any(t.cancelled for t in lease.transfers):
+            assert lease.timeline == lease.events(served_nodes=False), f"lease {lease.id}"
 
 
 def _window(config: Config, req: LeaseRequest, now: int) -> tuple[int, int] | None:
