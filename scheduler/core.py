@@ -222,8 +222,8 @@ class _Proposal:
     future: bool
 
 
-# (ready, has, distinct finite ready times, ready's bytes): see Scheduler._prepared
-# readiness, has the image, distinct finite readiness times (list and array), bytes
+# (ready, has, distinct finite ready times as a list and as an array, ready's bytes):
+# see Scheduler._prepared
 _Prepared = tuple[np.ndarray, np.ndarray, list[int], np.ndarray, bytes]
 # (vms, VM shape, time, opening, partial) of a request that failed, per readiness vector
 _Need = tuple[int, Resources, int, int, bool]

@@ -220,6 +220,10 @@ def prepare(trace: SwfTrace, *, queues: Collection[int] | None = None,
     jobs = trace.all_jobs
     if queues is not None:
         wanted = set(queues)
+        for job in jobs:
+            if not _INTEGER.fullmatch(job.fields[QUEUE - 1]):
+                raise TraceError(trace.path, f"field {QUEUE} (queue) is not an integer: "
+                                 f"{job.fields[QUEUE - 1]!r}", line=job.line, lease=job.id)
         jobs = [j for j in jobs if j.int_field(QUEUE) in wanted]
     base = jobs[0].submit if jobs else 0
     out: list[SwfJob] = []

@@ -398,6 +398,16 @@ def test_prepare_swf_from_an_archive_log(tmp_path: Path) -> None:
     assert [r.vms for r in read_swf(out).requests] == [2, 1]  # (3 cancelled, 4 no nodes)
 
 
+def test_prepare_swf_bad_queue_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                    ) -> None:
+    log_ = tmp_path / "log.swf"
+    log_.write_text("1 0 5 100 8 1.0 -1 8 600 -1 1 3 -1 -1 2.5 -1 -1 -1\n")
+    assert cli.main(["prepare-swf", str(log_), "--queues", "2", "--out",
+                     str(tmp_path / "o.swf")]) == 2
+    assert capsys.readouterr().err == (f"wsched: error: {log_}:1: lease 1: field 15 (queue) "
+                                       "is not an integer: '2.5'\n")
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--queues", "1,x"], "--queues: expected queue numbers separated by commas (got '1,x')"),
     (["--days", "0"], "--days must be positive (got 0)"),
