@@ -34,17 +34,16 @@ class Overheads:
         return req.vms if self.config.suspendresume_exclusion is Exclusion.GLOBAL else 1
 
     def suspend(self, req: LeaseRequest) -> int:
-        key = ("suspend", req.resources.memory, req.vms)
-        if (known := self._memo.get(key)) is None:
-            per_vm = seconds_for(req.resources.memory, self.config.suspend_rate)
-            known = self._memo[key] = self._serial(req) * (
-                per_vm + self.config.enactment_overhead)
-        return known
+        return self._memory_written("suspend", self.config.suspend_rate, req)
 
     def resume(self, req: LeaseRequest) -> int:
-        key = ("resume", req.resources.memory, req.vms)
+        return self._memory_written("resume", self.config.resume_rate, req)
+
+    def _memory_written(self, kind: str, rate: float, req: LeaseRequest) -> int:
+        """Suspending or resuming the lease's VMs: each VM's memory at ``rate`` MB/s."""
+        key = (kind, req.resources.memory, req.vms)
         if (known := self._memo.get(key)) is None:
-            per_vm = seconds_for(req.resources.memory, self.config.resume_rate)
+            per_vm = seconds_for(req.resources.memory, rate)
             known = self._memo[key] = self._serial(req) * (
                 per_vm + self.config.enactment_overhead)
         return known
