@@ -400,20 +400,11 @@ class AvailabilityProfile:
             self._shapes.clear()  # (they name the slabs)
         return slabs[d]
 
-    def _rows_at(self, instants: np.ndarray | list[int]) -> np.ndarray:
-        """The rows holding the usage at each of ``instants`` (none before the first
-        breakpoint)."""
-        if isinstance(instants, list) and len(instants) <= 4:
-            # bisect keeps the GIL: numpy's searchsorted lets it go on a long breakpoint
-            # list, and in the service taking it back waits behind the other threads.
-            # (And it is faster on a few Python ints; not on numpy's, which compare slowly.)
-            times, table_rows = self._times, self._rows
-            return np.array([table_rows[bisect.bisect_right(times, t) - 1]
-                             for t in instants], dtype=np.int64)
-        slots = np.searchsorted(_view(self._times, 0, len(self._times)), instants,
-                                side="right") - 1
-        rows: np.ndarray = _view(self._rows, 0, len(self._rows))[slots]
-        return rows
+    def _row_at(self, t: int) -> int:
+        """The row holding the usage at ``t`` (at or after the first breakpoint). (bisect
+        keeps the GIL: numpy's searchsorted lets it go on a long breakpoint list, and in
+        the service taking it back waits behind the other threads.)"""
+        return self._rows[bisect.bisect_right(self._times, t) - 1]
 
     def prune(self, now: int) -> None:
         """Forget usage before ``now`` (keeps the breakpoint covering ``now``)."""
@@ -441,8 +432,8 @@ class AvailabilityProfile:
 
     def hosts_at(self, t: int, vec: np.ndarray) -> np.ndarray:
         """Per node: can it host ``vec`` at ``t``? (A new array: not remembered.)"""
-        out: np.ndarray = kernels.fits_rows(self._usage, self._rows_at([t]),
-                                            *self._shape(vec))[0]
+        out: np.ndarray = kernels.fits_rows(
+            self._usage, np.array([self._row_at(t)], dtype=np.int64), *self._shape(vec))[0]
         return out
 
     def ready_room(self, instants: np.ndarray, vec: np.ndarray, ready: np.ndarray
