@@ -1,21 +1,22 @@
-"""Compiled loops over the availability profile's table, and over the core's per-node
-arrays (readiness, host choice) (numba).
+"""Compiled loops over the availability profile's per-node step functions, and over the
+core's per-node arrays (readiness, host choice) (numba).
 
-The profile's queries walk a (slab, row, node) usage table: a node can host a VM in
-a row when, in every dimension the VM uses, the node's usage there is at most what
-its capacity leaves for the VM (its *room*). Written with numpy, each query took
-tens of array operations on small arrays (a site has tens to hundreds of nodes),
-and their dispatch cost more than the arithmetic; each loop here is one call, and
-stops as soon as its answer is known.
+The profile keeps, per node, the times at which its usage changes (``times[node, x]``
+for ``x < count[node]``, ascending) and the usage from each until the next
+(``usage[slab, node, x]``, one slab per dimension booked). A node can host a VM in a
+step when, in every dimension the VM uses, its usage there is at most what its
+capacity leaves for the VM (its *room*). Each query is one call that walks, per
+node, only that node's steps: a few, where a table of every breakpoint of the site
+made each query and each booking touch hundreds of rows.
 
-Every profile kernel takes the table, the breakpoints' rows (``rows``, in time order) and a
-VM shape as three arrays, one entry per dimension it uses: ``slabs`` (the slab of
-all usage, or -1 if none was ever booked), ``pslabs`` (the slab of preemptible
-usage, subtracted when preemptible reservations are ignored; -1: nothing to
-subtract) and ``rooms`` (dimensions x nodes). Compiled on first use and cached
-beside this file (``cache=True``), so later processes load them. They keep the GIL:
-in the service, releasing and taking it back on every call would queue the engine
-thread behind the gRPC threads.
+Every profile kernel takes the times, counts and usage, and a VM shape as three
+arrays, one entry per dimension it uses: ``slabs`` (the slab of all usage, or -1 if
+none was ever booked), ``pslabs`` (the slab of preemptible usage, subtracted when
+preemptible reservations are ignored; -1: nothing to subtract) and ``rooms``
+(dimensions x nodes). Compiled on first use and cached beside this file
+(``cache=True``), so later processes load them. They keep the GIL: in the service,
+releasing and taking it back on every call would queue the engine thread behind the
+gRPC threads.
 """
 
 from __future__ import annotations
@@ -39,237 +40,294 @@ def _inlined(f: F) -> F:
 
 
 @_inlined
+def _seek(times: np.ndarray, count: np.ndarray, node: int, t: int) -> int:
+    """The node's step holding ``t``: its last time at or before ``t`` (its first step
+    if ``t`` is earlier than all it keeps)."""
+    lo, hi = 0, count[node]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if times[node, mid] <= t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return max(lo - 1, 0)
+
+
+@_inlined
 def _fits(usage: np.ndarray, slabs: np.ndarray, pslabs: np.ndarray, rooms: np.ndarray,
-          row: int, node: int) -> bool:
-    """Can ``node`` host the shape in ``row``? (For scans that stop per node.)"""
+          node: int, x: int) -> bool:
+    """Can ``node`` host the shape in its step ``x``?"""
     for d in range(slabs.shape[0]):
         used = 0
         if slabs[d] >= 0:
-            used = usage[slabs[d], row, node]
+            used = usage[slabs[d], node, x]
         if pslabs[d] >= 0:
-            used -= usage[pslabs[d], row, node]
+            used -= usage[pslabs[d], node, x]
         if used > rooms[d, node]:
             return False
     return True
 
 
 @_inlined
-def _row_fits(usage: np.ndarray, slabs: np.ndarray, pslabs: np.ndarray, rooms: np.ndarray,
-              row: int, out: np.ndarray) -> None:
-    """``out[node]``: can the node host the shape in ``row``? A loop per dimension
-    over all nodes, without branches, which the compiler vectorizes."""
-    n = out.shape[0]
-    for node in range(n):
-        out[node] = True
-    for d in range(slabs.shape[0]):
-        s, p = slabs[d], pslabs[d]
-        if s < 0:
-            for node in range(n):
-                out[node] &= rooms[d, node] >= 0
-        elif p < 0:
-            for node in range(n):
-                out[node] &= usage[s, row, node] <= rooms[d, node]
-        else:
-            for node in range(n):
-                out[node] &= usage[s, row, node] - usage[p, row, node] <= rooms[d, node]
+def _free_from(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
+               pslabs: np.ndarray, rooms: np.ndarray, node: int, t: int) -> int:
+    """The end of the node's stretch able to host the shape from ``t``: the start of its
+    first step from ``t`` on where it cannot (``t`` at the earliest), or ``INF``."""
+    for x in range(_seek(times, count, node, t), count[node]):
+        if not _fits(usage, slabs, pslabs, rooms, node, x):
+            return int(max(times[node, x], t))
+    return INF
 
 
 @_jit
-def fits_rows(usage: np.ndarray, rows: np.ndarray, slabs: np.ndarray, pslabs: np.ndarray,
-              rooms: np.ndarray) -> np.ndarray:
-    """(rows, nodes) booleans: can the node host the shape in that row?"""
-    out = np.empty((rows.shape[0], rooms.shape[1]), dtype=np.bool_)
-    for i in range(rows.shape[0]):
-        _row_fits(usage, slabs, pslabs, rooms, rows[i], out[i])
+def hosts_at(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
+             pslabs: np.ndarray, rooms: np.ndarray, t: int) -> np.ndarray:
+    """Per node: can it host the shape at ``t``?"""
+    n = rooms.shape[1]
+    out = np.empty(n, dtype=np.bool_)
+    for node in range(n):
+        out[node] = _fits(usage, slabs, pslabs, rooms, node, _seek(times, count, node, t))
     return out
 
 
 @_jit
-def ready_room(usage: np.ndarray, times: np.ndarray, rows: np.ndarray, slabs: np.ndarray,
+def ready_room(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
                pslabs: np.ndarray, rooms: np.ndarray, instants: np.ndarray,
                ready: np.ndarray) -> np.ndarray:
     """Per instant g of ``instants``: how many nodes ready by g (``ready``, per node) can
     host the shape at g, or 0 if none of them is ready exactly at g (no start at g
-    can then be what preparation dictates). ``times`` and ``rows``: the breakpoints,
-    and their rows; an instant's usage is its breakpoint's."""
+    can then be what preparation dictates)."""
     n = rooms.shape[1]
     room = np.zeros(instants.shape[0], dtype=np.int64)
-    fit = np.empty(n, dtype=np.bool_)
     for i in range(instants.shape[0]):
         g = instants[i]
-        _row_fits(usage, slabs, pslabs, rooms, rows[np.searchsorted(times, g, "right") - 1],
-                  fit)
-        count, exact = 0, False
+        c, exact = 0, False
         for node in range(n):
-            if fit[node] and ready[node] <= g:
-                count += 1
+            if ready[node] <= g and _fits(usage, slabs, pslabs, rooms, node,
+                                          _seek(times, count, node, g)):
+                c += 1
                 exact |= ready[node] == g
         if exact:
-            room[i] = count
+            room[i] = c
     return room
 
 
 @_jit
-def fits_window(usage: np.ndarray, rows: np.ndarray, times: np.ndarray, begins: np.ndarray,
-                slabs: np.ndarray, pslabs: np.ndarray, rooms: np.ndarray) -> np.ndarray:
-    """Per node: can it host the shape throughout a window whose slots are ``rows``
-    (starting at ``times``), given the entries' ``begins`` within it (ascending)?
-    Usage rises only where an entry begins, so a node's peak is in the first slot or
-    in one where an entry begins: only those are scanned (a window often spans
-    thousands of breakpoints, mostly ends). Per dimension, the peak against the room."""
-    m = rows.shape[0]
-    scan = np.empty(m, dtype=np.int64)
-    scan[0] = rows[0]
-    c, q = 1, 0
-    for b in begins:  # (merged with the slots: both ascending)
-        at = q
-        while at + 1 < m and times[at + 1] <= b:
-            at += 1
-        if at != q:
-            scan[c] = rows[at]
-            c += 1
-            q = at
+def fits_window(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
+                pslabs: np.ndarray, rooms: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Per node: can it host the shape throughout [start, end) (every step of it that
+    the window meets)?"""
     n = rooms.shape[1]
     out = np.ones(n, dtype=np.bool_)
-    peak = np.empty(n, dtype=np.int64)
-    for d in range(slabs.shape[0]):
-        s, p = slabs[d], pslabs[d]
-        peak[:] = -INF if s >= 0 else 0  # (never booked: no usage)
-        if s >= 0:
-            for x in range(c):
-                row = scan[x]
-                if p < 0:
-                    for node in range(n):
-                        peak[node] = max(peak[node], usage[s, row, node])
-                else:
-                    for node in range(n):
-                        peak[node] = max(peak[node], usage[s, row, node] - usage[p, row, node])
-        for node in range(n):
-            out[node] &= peak[node] <= rooms[d, node]
+    for node in range(n):
+        x = _seek(times, count, node, start)
+        while True:
+            if not _fits(usage, slabs, pslabs, rooms, node, x):
+                out[node] = False
+                break
+            x += 1
+            if x >= count[node] or times[node, x] >= end:
+                break
     return out
 
 
 @_jit
-def free_since(usage: np.ndarray, rows: np.ndarray, times: np.ndarray, slabs: np.ndarray,
-               pslabs: np.ndarray, rooms: np.ndarray, j: int, t: int) -> np.ndarray:
-    """Per node, the start of its last stretch able to host the shape before ``t``
-    (slots ``[0, j)`` lie before it): the end of the latest slot where it cannot
-    (``t`` for slot ``j - 1``), or ``times[0]`` if it can in all."""
+def free_since(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
+               pslabs: np.ndarray, rooms: np.ndarray, t: int, floor: int) -> np.ndarray:
+    """Per node, the start of its last stretch able to host the shape before ``t``:
+    the end of the latest step before ``t`` where it cannot (``t`` if that step holds
+    ``t - 1``), or, if it can in all from the step holding ``floor`` on, that step's
+    start (history before ``floor`` is not read: it may be gone)."""
     n = rooms.shape[1]
-    since = np.full(n, times[0], dtype=np.int64)
+    since = np.empty(n, dtype=np.int64)
     for node in range(n):
-        for s in range(j - 1, -1, -1):
-            if not _fits(usage, slabs, pslabs, rooms, rows[s], node):
-                since[node] = t if s == j - 1 else times[s + 1]
+        first = _seek(times, count, node, floor)
+        since[node] = times[node, first]
+        j = _seek(times, count, node, t)  # steps [first, j) begin before t, and j if ...
+        if times[node, j] < t:  # ... it begins before t too
+            j += 1
+        for x in range(j - 1, first - 1, -1):
+            if not _fits(usage, slabs, pslabs, rooms, node, x):
+                since[node] = t if x == j - 1 else times[node, x + 1]
                 break
     return since
 
 
 @_jit
-def free_until(usage: np.ndarray, rows: np.ndarray, times: np.ndarray, slabs: np.ndarray,
-               pslabs: np.ndarray, rooms: np.ndarray, i: int, t: int) -> np.ndarray:
-    """Per node, the end of its stretch able to host the shape from ``t`` (in slot
-    ``i``): the start of the first slot from ``i`` where it cannot (no earlier than
-    ``t``), or ``INF``."""
+def free_until(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
+               pslabs: np.ndarray, rooms: np.ndarray, t: int) -> np.ndarray:
+    """Per node, the end of its stretch able to host the shape from ``t`` (see
+    ``_free_from``)."""
     n = rooms.shape[1]
-    until = np.full(n, INF, dtype=np.int64)
+    until = np.empty(n, dtype=np.int64)
     for node in range(n):
-        for s in range(i, times.shape[0]):
-            if not _fits(usage, slabs, pslabs, rooms, rows[s], node):
-                until[node] = max(times[s], t)
-                break
+        until[node] = _free_from(times, count, usage, slabs, pslabs, rooms, node, t)
     return until
 
 
 @_jit
-def soonest_ends(usage: np.ndarray, rows: np.ndarray, times: np.ndarray, slabs: np.ndarray,
+def soonest_ends(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
                  pslabs: np.ndarray, rooms: np.ndarray, nodes: np.ndarray, open_: np.ndarray,
-                 i: int, last: int, t: int, r: int) -> np.ndarray:
+                 t: int, r: int) -> np.ndarray:
     """Positions in ``nodes`` of the ``r`` whose stretch able to host the shape from
-    ``t`` (in slot ``i``) ends soonest, ties to the lower position; only ``open_``
-    ones can end before slot ``last``. Slot by slot: once ``r`` have ended, every
-    other ends later."""
+    ``t`` ends soonest, ties to the lower position; only ``open_`` ones can end at
+    all (the others are free for good)."""
     m = nodes.shape[0]
     until = np.full(m, INF, dtype=np.int64)
-    open_ = open_.copy()
-    found = 0
-    s = i
-    while s < last and found < r:
-        for p in range(m):
-            if open_[p] and not _fits(usage, slabs, pslabs, rooms, rows[s], nodes[p]):
-                until[p] = max(times[s], t)
-                open_[p] = False
-                found += 1
-        s += 1
+    for p in range(m):
+        if open_[p]:
+            until[p] = _free_from(times, count, usage, slabs, pslabs, rooms, nodes[p], t)
     return np.argsort(until, kind="mergesort")[:r]
 
 
+@_inlined
+def _grown(values: np.ndarray) -> np.ndarray:
+    out = np.empty(2 * values.shape[0], dtype=values.dtype)
+    out[:values.shape[0]] = values
+    return out
+
+
 @_jit
-def earliest_fit(usage: np.ndarray, rows: np.ndarray, times: np.ndarray, slabs: np.ndarray,
-                 pslabs: np.ndarray, rooms: np.ndarray, eligible: np.ndarray, a: int,
-                 t0: int, k: int, duration: int) -> tuple[int, np.ndarray]:
-    """Earliest candidate start (slot ``a``'s at ``t0``, then each later breakpoint) at
-    which at least ``k`` eligible nodes can host the shape for ``duration``; with
-    which can. A window slides over the slots, counting per node the slots in it
-    where the node cannot: each slot is judged once on entering, once on leaving.
-    (-1 and an empty mask if there is none.)"""
+def earliest_fit(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
+                 pslabs: np.ndarray, rooms: np.ndarray, eligible: np.ndarray, t0: int,
+                 k: int, duration: int) -> tuple[int, np.ndarray]:
+    """Earliest start ``s >= t0`` at which at least ``k`` eligible nodes can host the
+    shape throughout [s, s + duration); with which can (-1 and an empty mask if
+    never). Per node, each stretch able to host it from ``t0`` on, [a, b), lets it
+    start anywhere in [a, b - duration]; a node's stretches are disjoint, so the
+    nodes able at ``s`` are the intervals holding ``s``, and the earliest ``s`` held
+    by ``k`` of them is the start of one."""
     n = rooms.shape[1]
-    total = times.shape[0]
-    bad = np.zeros(n, dtype=np.int64)  # per node, the window's slots it cannot host in
-    fit = np.empty(n, dtype=np.bool_)
-    good = 0  # eligible nodes with none
+    los = np.empty(16, dtype=np.int64)
+    his = np.empty(16, dtype=np.int64)
+    owner = np.empty(16, dtype=np.int64)
+    m = 0
     for node in range(n):
-        good += eligible[node]
-    q = a  # the window is slots [j, q)
-    for j in range(a, total):
-        start = max(times[j], t0)
-        end = start + duration
-        while q < total and times[q] < end:
-            _row_fits(usage, slabs, pslabs, rooms, rows[q], fit)
-            for node in range(n):
-                if eligible[node] and not fit[node]:
-                    good -= bad[node] == 0
-                    bad[node] += 1
-            q += 1
-        if good >= k:
-            for node in range(n):
-                fit[node] = eligible[node] and bad[node] == 0
-            return start, fit
-        _row_fits(usage, slabs, pslabs, rooms, rows[j], fit)
-        for node in range(n):
-            if eligible[node] and not fit[node]:
-                bad[node] -= 1
-                good += bad[node] == 0
+        if not eligible[node]:
+            continue
+        a, open_ = 0, False  # the open stretch's start, if one is open
+        x = _seek(times, count, node, t0)
+        while True:
+            ends = x >= count[node]
+            if not ends and _fits(usage, slabs, pslabs, rooms, node, x):
+                if not open_:
+                    a, open_ = max(times[node, x], t0), True
+                x += 1
+                continue
+            if open_:
+                b = INF if ends else times[node, x]
+                if b - a >= duration:
+                    if m == los.shape[0]:
+                        los, his, owner = _grown(los), _grown(his), _grown(owner)
+                    los[m], his[m], owner[m] = a, b - duration, node
+                    m += 1
+                open_ = False
+            if ends:
+                break
+            x += 1
+    lo = np.sort(los[:m])
+    hi = np.sort(his[:m])
+    h = 0
+    for i in range(m):
+        s = lo[i]
+        if i + 1 < m and lo[i + 1] == s:
+            continue  # count every interval starting at s first
+        while h < m and hi[h] < s:
+            h += 1
+        if i + 1 - h >= k:
+            fit = np.zeros(n, dtype=np.bool_)
+            for q in range(m):
+                if los[q] <= s <= his[q]:
+                    fit[owner[q]] = True
+            return s, fit
     return -1, np.zeros(0, dtype=np.bool_)
 
 
 @_jit
-def add_usage(usage: np.ndarray, slabs: np.ndarray, deltas: np.ndarray, rows: np.ndarray,
-              nodes: np.ndarray) -> None:
-    """Add ``deltas[x]`` to slab ``slabs[x]`` at every (row, node) of ``rows`` x
-    ``nodes``."""
-    for x in range(slabs.shape[0]):
-        s, delta = slabs[x], deltas[x]
-        for row in rows:
-            for node in nodes:
-                usage[s, row, node] += delta
+def peak_usage(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
+               node: int, start: int, end: int) -> np.ndarray:
+    """Per slab of ``slabs``: the node's peak usage over [start, end)."""
+    peak = np.zeros(slabs.shape[0], dtype=np.int64)
+    x = _seek(times, count, node, start)
+    while True:
+        for d in range(slabs.shape[0]):
+            peak[d] = max(peak[d], usage[slabs[d], node, x])
+        x += 1
+        if x >= count[node] or times[node, x] >= end:
+            break
+    return peak
+
+
+@_inlined
+def _split(times: np.ndarray, count: np.ndarray, usage: np.ndarray, node: int,
+           t: int) -> int:
+    """Ensure the node has a step beginning at ``t`` (at or after its first), with the
+    usage it had there; return its index. (Room for it was made.)"""
+    x = _seek(times, count, node, t)
+    if times[node, x] == t:
+        return x
+    c = count[node]
+    for y in range(c, x + 1, -1):  # shift the later steps right by one
+        times[node, y] = times[node, y - 1]
+        for s in range(usage.shape[0]):
+            usage[s, node, y] = usage[s, node, y - 1]
+    times[node, x + 1] = t
+    for s in range(usage.shape[0]):
+        usage[s, node, x + 1] = usage[s, node, x]
+    count[node] = c + 1
+    return x + 1
+
+
+@_inlined
+def _merge(times: np.ndarray, count: np.ndarray, usage: np.ndarray, node: int,
+           x: int) -> None:
+    """Drop the node's step ``x`` if its usage is its predecessor's."""
+    c = count[node]
+    if x <= 0 or x >= c:
+        return
+    for s in range(usage.shape[0]):
+        if usage[s, node, x] != usage[s, node, x - 1]:
+            return
+    for y in range(x, c - 1):
+        times[node, y] = times[node, y + 1]
+        for s in range(usage.shape[0]):
+            usage[s, node, y] = usage[s, node, y + 1]
+    count[node] = c - 1
 
 
 @_jit
-def copy_row(usage: np.ndarray, src: int, dst: int) -> None:
-    """Row ``dst`` := row ``src``, in every slab."""
-    for s in range(usage.shape[0]):
-        for node in range(usage.shape[2]):
-            usage[s, dst, node] = usage[s, src, node]
-
-
-@_jit
-def same_rows(usage: np.ndarray, a: int, b: int) -> bool:
-    """Do rows ``a`` and ``b`` hold the same usage in every slab?"""
-    for s in range(usage.shape[0]):
-        for node in range(usage.shape[2]):
-            if usage[s, a, node] != usage[s, b, node]:
+def add_usage(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
+              deltas: np.ndarray, nodes: np.ndarray, start: int, end: int,
+              floor: int, merge: bool) -> bool:
+    """Add ``deltas[x]`` to slab ``slabs[x]`` of each of ``nodes`` over [start, end)
+    (from its first step kept, if it began earlier); with ``merge`` (usage taken
+    away), drop the steps that no longer differ from the one before. False, with nothing changed,
+    if some node has no room for two more steps even once its steps before the one
+    holding ``floor`` (the last prune) are dropped."""
+    cap = times.shape[1]
+    for node in nodes:
+        if count[node] + 2 > cap:
+            first = _seek(times, count, node, floor)
+            if first > 0:  # forget the node's history before the last prune
+                c = count[node]
+                times[node, :c - first] = times[node, first:c]
+                usage[:, node, :c - first] = usage[:, node, first:c]
+                count[node] = c - first
+            if count[node] + 2 > cap:
                 return False
+    for node in nodes:
+        a = max(start, times[node, 0])
+        if end <= a:
+            continue
+        i = _split(times, count, usage, node, a)
+        j = _split(times, count, usage, node, end)
+        for x in range(slabs.shape[0]):
+            s, delta = slabs[x], deltas[x]
+            for y in range(i, j):
+                usage[s, node, y] += delta
+        if merge:
+            _merge(times, count, usage, node, j)
+            _merge(times, count, usage, node, i)
     return True
 
 

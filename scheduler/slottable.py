@@ -1,14 +1,13 @@
 """The availability profile: capacity committed per node and dimension over time.
 
-``AvailabilityProfile`` keeps a sorted list of breakpoints; each breakpoint owns a
-row of a numpy array holding the usage of every node in every dimension from that
-breakpoint to the next. Rows are not kept in time order in memory (a breakpoint
-list maps times to rows), so inserting a breakpoint copies one row instead of
-shifting the whole table. Rows before the present are pruned as time advances.
-The breakpoint lists are ``array.array``s: numpy reads a stretch of them in place
-(``_view``) where converting a list slice cost more than the query itself. It also
-marks, per node, when capacity was last let go (``released``), so that the scheduler
-can tell a retry that cannot succeed.
+``AvailabilityProfile`` keeps, per node, a step function of its usage: the times at
+which the node's usage changes and, per dimension, the usage from each until the
+next. They live in numpy arrays of one row per node (widened when some node needs
+more steps), so that a booking rewrites only its own nodes' few steps and each query
+walks every node's steps in one compiled call (``scheduler.kernels``). A node's steps
+before the last prune are dropped when its row fills up. The profile also marks, per
+node, when capacity was last let go (``released``), so that the scheduler can tell a
+retry that cannot succeed.
 
 ``Timeline`` is a much simpler structure for an exclusive channel (the image
 repository's link): a sorted list of busy intervals. ``Channels`` holds the
@@ -18,10 +17,7 @@ suspend/resume exclusion channels of every node: intervals, each on a set of nod
 from __future__ import annotations
 
 import bisect
-import gc
 import heapq
-from array import array
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -34,24 +30,6 @@ INF = kernels.INF  # "forever": later than any schedulable instant
 # Usage fits int32 when capacities stay below this: a node's usage never exceeds its
 # capacity by more than the preemptible usage an AR may be placed over (twice it, at most).
 _INT32_SAFE = 2**30
-
-
-def _view(values: array[int], i: int, j: int) -> np.ndarray:
-    """``values[i:j]`` as an int64 array sharing its memory: use it at once and keep
-    no reference (an array exporting its buffer cannot grow or shrink: ``_resize``)."""
-    return np.frombuffer(values, dtype=np.int64, count=j - i, offset=8 * i)
-
-
-def _resize(change: Callable[[], object]) -> None:
-    """Grow or shrink a breakpoint list (``change``). A view of it left in a reference
-    cycle lives until the cycle collector runs, and blocks that: numba's compiler
-    leaves such cycles on a kernel's first call, and a replay runs with the collector
-    off. So on that error, collect, and change it then."""
-    try:
-        change()
-    except BufferError:
-        gc.collect()
-        change()
 
 
 class _Shape(NamedTuple):
@@ -86,19 +64,20 @@ class AvailabilityProfile:
     def __init__(self, capacity: np.ndarray) -> None:
         self.capacity = capacity.astype(np.int64)
         n = self.capacity.shape[0]
-        self._times = array("q", [-INF])  # breakpoints, sorted
-        self._rows = array("q", [0])  # the table row of each breakpoint
-        # (slab, row, node): one slab per dimension some entry uses (and one per
-        # dimension some preemptible entry uses), allocated on first use -- a site's
-        # requests rarely use every dimension, and each slab is rows x nodes big.
-        # Half the memory (and memory traffic) of int64 when capacities allow it: the
-        # table is rows x nodes per slab, and every query gathers rows from it.
+        # Per node, the start times of its steps (``_count`` of them, ascending; the
+        # first at -INF until a prune lets history go) and, per (slab, node, step), the
+        # usage throughout the step. One slab per dimension some entry uses (and one per
+        # dimension some preemptible entry uses), allocated on first use: a site's
+        # requests rarely use every dimension.
+        self._times = np.full((n, 16), INF, dtype=np.int64)
+        self._times[:, 0] = -INF
+        self._count = np.ones(n, dtype=np.int64)
+        # Half the memory of int64 when capacities allow it.
         self._dtype: type[np.signedinteger] = (
             np.int32 if int(self.capacity.max(initial=0)) < _INT32_SAFE else np.int64)
-        self._usage = np.zeros((0, 64, n), dtype=self._dtype)
+        self._usage = np.zeros((0, n, 16), dtype=self._dtype)
         self._used_slab: dict[int, int] = {}  # dimension -> slab of all usage
         self._pre_slab: dict[int, int] = {}  # dimension -> slab of preemptible usage
-        self._spare = list(range(63, 0, -1))
         self._entries: dict[int, _Entry] = {}
         # Entry ids per node, for owners_overlapping (asked only when an AR may preempt
         # or a node leaves): entries are indexed when it is next asked, since most are
@@ -111,10 +90,6 @@ class AvailabilityProfile:
         # (end, entry id) of every entry, pushed when it is added or cut short, popped
         # once ``released`` reaches that end: a heap
         self._expiry: list[tuple[int, int]] = []
-        # When entries begin: usage only rises there, so a window's peak is at its start
-        # or at one of these (a window often spans thousands of breakpoints, mostly ends).
-        self._begins = array("q")  # distinct, sorted
-        self._begin_count: dict[int, int] = {}
         self._next_id = 1
         self._pruned_at = -INF
         self.version = 0  # changes whenever any commitment does
@@ -135,14 +110,7 @@ class AvailabilityProfile:
         self._deltas: dict[tuple[bytes, bool], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def __getstate__(self) -> dict[str, object]:
-        # What a checkpoint stores: not the table (rows x nodes per slab: ~100 MB at
-        # 10,000 leases on 500 nodes, 0.06 s to pickle and ~1 s to compress), which the
-        # entries determine, but its first row only (it may hold entries forgotten since,
-        # see __setstate__). Rows are then in time order.
         state = self.__dict__.copy()
-        state["_usage"] = self._usage[:, self._rows[0]].copy()
-        state["_rows"] = array("q", range(len(self._rows)))
-        state["_spare"] = []
         state["_memo"] = {}
         state["_shapes"] = {}
         state["_deltas"] = {}
@@ -151,47 +119,20 @@ class AvailabilityProfile:
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
-        self._usage = self._rebuild(state["_usage"])  # type: ignore[arg-type]
         self.released_at = self._read_only(self._released_at)
-
-    def _rebuild(self, first: np.ndarray) -> np.ndarray:
-        """The table from the entries, one row per breakpoint in time order: a row holds
-        the usage at its breakpoint (uniform until the next), the sum of the entries
-        under way then. Row 0 is ``first``, as stored: it covers the present, and an
-        entry over by then may have been forgotten (``forget``) while its usage, equal
-        to that of one that began as it ended, is still in the row."""
-        times = _view(self._times, 0, len(self._times))
-        slabs, n = first.shape
-        usage = np.empty((slabs, len(times), n), dtype=self._dtype)
-        entries = [e for e in self._entries.values() if e.end > e.start]
-        # one item per (entry, node): the rows it covers, [lo, hi), and its vector
-        counts = [len(e.nodes) for e in entries]
-        nodes = np.concatenate([e.nodes for e in entries] or [np.zeros(0, np.intp)])
-        lo = np.repeat(np.searchsorted(times, [e.start for e in entries]), counts)
-        hi = np.repeat(np.searchsorted(times, [e.end for e in entries]), counts)
-        vecs = np.repeat(np.array([e.vec for e in entries], dtype=np.int64).reshape(
-            len(entries), self.capacity.shape[1]), counts, axis=0)
-        pre = np.repeat(np.array([e.preemptible for e in entries], dtype=bool), counts)
-        for slabs_of, only_pre in ((self._used_slab, False), (self._pre_slab, True)):
-            for d, slab in slabs_of.items():
-                # + at the first row an item covers, - after its last: the running sum
-                # down the rows is the usage (values of the table's type throughout)
-                take = (vecs[:, d] != 0) & (lo < hi) & (pre if only_pre else True)
-                diff = np.zeros((len(times) + 1, n), dtype=self._dtype)
-                np.add.at(diff, (lo[take], nodes[take]), vecs[take, d])
-                np.add.at(diff, (hi[take], nodes[take]), -vecs[take, d])
-                np.cumsum(diff[:-1], axis=0, out=usage[slab])
-        usage[:, 0] = first
-        return usage
 
     def add_node(self, capacity: np.ndarray) -> None:
         """A new node, free at all times."""
         self.capacity = np.vstack([self.capacity, capacity.astype(np.int64)])
         if int(capacity.max(initial=0)) >= _INT32_SAFE:
             self._dtype = np.int64
-        s, rows, _ = self._usage.shape
+        s, _, width = self._usage.shape
         self._usage = np.concatenate([self._usage.astype(self._dtype, copy=False),
-                                      np.zeros((s, rows, 1), self._dtype)], axis=2)
+                                      np.zeros((s, 1, width), self._dtype)], axis=1)
+        row = np.full((1, width), INF, dtype=np.int64)
+        row[0, 0] = -INF
+        self._times = np.vstack([self._times, row])
+        self._count = np.append(self._count, 1)
         self._by_node.append(set())
         self._last_end = np.append(self._last_end, -INF)
         self._releases += 1
@@ -233,11 +174,6 @@ class AvailabilityProfile:
         self._last_end[entry.nodes] = np.maximum(self._last_end[entry.nodes], end)
         heapq.heappush(self._expiry, (end, eid))
         self._apply(entry, start, end, +1)
-        if end > start:
-            count = self._begin_count.get(start, 0)
-            if count == 0:
-                _resize(lambda: bisect.insort(self._begins, start))
-            self._begin_count[start] = count + 1
         return eid
 
     def remove(self, eid: int) -> None:
@@ -245,15 +181,6 @@ class AvailabilityProfile:
         self._unindex(eid, entry)
         self._release(entry.nodes)
         self._apply(entry, entry.start, entry.end, -1)
-        count = self._begin_count.get(entry.start)  # None: forgotten by prune
-        if count is not None and entry.end > entry.start:
-            if count > 1:
-                self._begin_count[entry.start] = count - 1
-            else:
-                del self._begin_count[entry.start]
-                at = bisect.bisect_left(self._begins, entry.start)
-                _resize(lambda: self._begins.pop(at))
-
     def forget(self, eid: int) -> None:
         """Drop the record of an entry that is over: its usage is history, pruned or
         about to be (``remove`` would rewrite that history)."""
@@ -333,11 +260,8 @@ class AvailabilityProfile:
                     found.add(e.owner)
         return found
 
+
     def _apply(self, entry: _Entry, start: int, end: int, sign: int) -> None:
-        # History before the first breakpoint kept is gone (``prune``): a change to an
-        # entry that began earlier (an extension, a removal) touches only the rows kept.
-        # (Splitting there put a row of made-up usage before the present.)
-        start = max(start, self._times[0])
         if end <= start:
             return
         self.version += 1
@@ -352,97 +276,50 @@ class AvailabilityProfile:
                     deltas.append(int(entry.vec[d]))
             added = np.array(deltas, dtype=np.int64)
             plan = self._deltas[key] = (np.array(slabs, dtype=np.int64), added, -added)
-        i = self._split(start)
-        j = self._split(end)
-        kernels.add_usage(self._usage, plan[0], plan[1] if sign > 0 else plan[2],
-                          _view(self._rows, i, j), entry.nodes)
-        if sign < 0:  # drop breakpoints that no longer separate different usage
-            self._merge(j)
-            self._merge(i)
+        # (A removal drops the steps that no longer differ: rows stay short.)
+        while not kernels.add_usage(self._times, self._count, self._usage, plan[0],
+                                    plan[1] if sign > 0 else plan[2], entry.nodes, start,
+                                    end, self._pruned_at, sign < 0):
+            self._widen()
 
-    def _split(self, t: int) -> int:
-        """Ensure a breakpoint at ``t``; return its index."""
-        i = bisect.bisect_left(self._times, t)
-        if i < len(self._times) and self._times[i] == t:
-            return i
-        if not self._spare:
-            self._grow()
-        row = self._spare.pop()
-        prev = self._rows[i - 1]
-        kernels.copy_row(self._usage, prev, row)
-        _resize(lambda: self._times.insert(i, t))
-        _resize(lambda: self._rows.insert(i, row))
-        return i
-
-    def _merge(self, i: int) -> None:
-        if 0 < i < len(self._times):
-            a, b = self._rows[i - 1], self._rows[i]
-            if kernels.same_rows(self._usage, a, b):
-                _resize(lambda: self._times.pop(i))
-                _resize(lambda: self._rows.pop(i))
-                self._spare.append(b)
-
-    def _grow(self) -> None:
-        slabs, old, n = self._usage.shape
-        # np.zeros gets zeroed pages from the OS lazily: only the old rows are written,
-        # where concatenating with zeros_like wrote (and first zeroed) everything.
-        grown = np.zeros((slabs, 2 * old, n), dtype=self._dtype)
-        grown[:, :old] = self._usage
-        self._usage = grown
-        self._spare.extend(range(2 * old - 1, old - 1, -1))
+    def _widen(self) -> None:
+        """Twice the steps per node."""
+        n, width = self._times.shape
+        times = np.full((n, 2 * width), INF, dtype=np.int64)
+        times[:, :width] = self._times
+        usage = np.zeros((self._usage.shape[0], n, 2 * width), dtype=self._dtype)
+        usage[:, :, :width] = self._usage
+        self._times, self._usage = times, usage
 
     def _slab(self, slabs: dict[int, int], d: int) -> int:
         """The slab of dimension ``d`` in ``slabs``, allocated (all zero) if new."""
         if d not in slabs:
             slabs[d] = self._usage.shape[0]
-            _, rows, n = self._usage.shape
-            self._usage = np.concatenate([self._usage, np.zeros((1, rows, n), self._dtype)])
+            _, n, width = self._usage.shape
+            self._usage = np.concatenate([self._usage, np.zeros((1, n, width), self._dtype)])
             self._shapes.clear()  # (they name the slabs)
         return slabs[d]
 
-    def _row_at(self, t: int) -> int:
-        """The row holding the usage at ``t`` (at or after the first breakpoint). (bisect
-        keeps the GIL: numpy's searchsorted lets it go on a long breakpoint list, and in
-        the service taking it back waits behind the other threads.)"""
-        return self._rows[bisect.bisect_right(self._times, t) - 1]
-
     def prune(self, now: int) -> None:
-        """Forget usage before ``now`` (keeps the breakpoint covering ``now``)."""
+        """Forget usage before ``now``: a node's steps before the one holding ``now`` go
+        once its row fills up (``kernels.add_usage``)."""
         self._pruned_at = max(self._pruned_at, now)
         self.released(now)  # (ends reached: counted, and unindexed)
-        i = bisect.bisect_right(self._times, now) - 1
-        if i > 0:
-            self._spare.extend(self._rows[:i])
-            _resize(lambda: self._times.__delitem__(slice(0, i)))
-            _resize(lambda: self._rows.__delitem__(slice(0, i)))
-        b = bisect.bisect_left(self._begins, self._times[0])
-        if b > 64:  # now and then: each cut copies the list
-            for t in self._begins[:b]:
-                del self._begin_count[t]
-            _resize(lambda: self._begins.__delitem__(slice(0, b)))
 
     # ---------------------------------------------------------------- queries
-    # Each runs one kernel over the table (``scheduler.kernels``), given the
-    # breakpoints' rows and times as arrays over the lists' memory.
-    def _all_rows(self) -> np.ndarray:
-        return _view(self._rows, 0, len(self._rows))
-
-    def _all_times(self) -> np.ndarray:
-        return _view(self._times, 0, len(self._times))
-
+    # Each runs one kernel over every node's steps (``scheduler.kernels``).
     def hosts_at(self, t: int, vec: np.ndarray) -> np.ndarray:
         """Per node: can it host ``vec`` at ``t``? (A new array: not remembered.)"""
-        out: np.ndarray = kernels.fits_rows(
-            self._usage, np.array([self._row_at(t)], dtype=np.int64), *self._shape(vec))[0]
+        out: np.ndarray = kernels.hosts_at(self._times, self._count, self._usage,
+                                           *self._shape(vec), t)
         return out
 
     def ready_room(self, instants: np.ndarray, vec: np.ndarray, ready: np.ndarray
                    ) -> np.ndarray:
         """Per instant g of ``instants``: how many nodes ready by g (``ready``: per node,
         when it could begin) can host ``vec`` at g; 0 where none ready at g itself can."""
-        room: np.ndarray = kernels.ready_room(
-            self._usage, self._all_times(), self._all_rows(), *self._shape(vec), instants,
-            ready)
+        room: np.ndarray = kernels.ready_room(self._times, self._count, self._usage,
+                                              *self._shape(vec), instants, ready)
         return room
 
     def free_until(self, t: int, vec: np.ndarray, *,
@@ -455,41 +332,31 @@ class AvailabilityProfile:
         key = (t, -1, ignore_preemptible, vec.tobytes())
         if (hit := self._recall(key)) is not None:
             return hit
-        i = bisect.bisect_right(self._times, t) - 1
         until: np.ndarray = kernels.free_until(
-            self._usage, self._all_rows(), self._all_times(),
-            *self._shape(vec, ignore_preemptible), i, t)
+            self._times, self._count, self._usage, *self._shape(vec, ignore_preemptible), t)
         return self._remember(key, until)
 
     def free_since(self, t: int, vec: np.ndarray) -> np.ndarray:
         """For each node, the start of the longest interval [since, t) in which it can
-        host ``vec`` (``t`` if it cannot just before ``t``; the oldest time still kept,
-        at or before the last ``prune``, if it could all along)."""
-        n = self.node_count
-        if not vec.any():
-            return np.full(n, self._times[0], dtype=np.int64)
+        host ``vec`` (``t`` if it cannot just before ``t``; if it could all along, the
+        start of its oldest step read: at or before the last ``prune``)."""
         key = (t, -2, False, vec.tobytes())
         if (cached := self._recall(key)) is not None:
             return cached
-        j = bisect.bisect_left(self._times, t)  # slots [0, j) lie before t
         since: np.ndarray = kernels.free_since(
-            self._usage, self._all_rows(), self._all_times(), *self._shape(vec), j, t)
+            self._times, self._count, self._usage, *self._shape(vec), t, self._pruned_at)
         return self._remember(key, since)
 
     def soonest_ends(self, t: int, vec: np.ndarray, nodes: np.ndarray, r: int) -> np.ndarray:
         """Positions in ``nodes`` (ascending node indices, all able to host ``vec`` at
         ``t``) of the ``r`` whose free stretch from ``t`` ends soonest (ties: lower
-        index). Scans only as far as it must: once ``r`` have ended, the others end
-        later."""
+        index)."""
         busy_later = self._last_end[nodes] > t  # the others are free for good from t
         if not vec.any() or not busy_later.any():
             return np.arange(min(r, len(nodes)))
-        horizon = int(self._last_end[nodes[busy_later]].max())
-        last = bisect.bisect_left(self._times, horizon)  # no slot from here changes
-        i = bisect.bisect_right(self._times, t) - 1
         chosen: np.ndarray = kernels.soonest_ends(
-            self._usage, self._all_rows(), self._all_times(), *self._shape(vec),
-            nodes, busy_later, i, last, t, r)
+            self._times, self._count, self._usage, *self._shape(vec), nodes, busy_later,
+            t, r)
         return chosen
 
     def fits_window(self, start: int, end: int, vec: np.ndarray, *,
@@ -501,13 +368,8 @@ class AvailabilityProfile:
         key = (start, end, ignore_preemptible, vec.tobytes())
         if (hit := self._recall(key)) is not None:
             return hit
-        i = bisect.bisect_right(self._times, start) - 1
-        j = max(bisect.bisect_left(self._times, end), i + 1)
-        b0 = bisect.bisect_right(self._begins, start)
-        b1 = bisect.bisect_left(self._begins, end, b0)
-        fits: np.ndarray = kernels.fits_window(
-            self._usage, _view(self._rows, i, j), _view(self._times, i, j),
-            _view(self._begins, b0, b1), *shape)
+        fits: np.ndarray = kernels.fits_window(self._times, self._count, self._usage,
+                                               *shape, start, end)
         return self._remember(key, fits)
 
     # Queue passes ask the same questions for many leases between two changes.
@@ -528,24 +390,21 @@ class AvailabilityProfile:
         """Earliest start ``s >= t0`` at which at least ``k`` eligible nodes can host
         ``vec`` throughout [s, s + duration) (``duration > 0``). Returns ``(s, fits)``,
         ``fits`` telling which eligible nodes can, or None if that never happens with
-        the current commitments. (Candidate starts: ``t0``, then each later breakpoint,
-        where usage may drop.)"""
+        the current commitments."""
         if eligible is None:
             eligible = np.ones(self.node_count, dtype=bool)
-        a = bisect.bisect_right(self._times, t0) - 1
         s, fits = kernels.earliest_fit(
-            self._usage, self._all_rows(), self._all_times(),
-            *self._shape(vec, ignore_preemptible), eligible, a, t0, k, duration)
+            self._times, self._count, self._usage, *self._shape(vec, ignore_preemptible),
+            eligible, t0, k, duration)
         return None if len(fits) == 0 else (int(s), fits)
 
     def min_free(self, node: int, start: int, end: int) -> np.ndarray:
         """Free capacity of ``node`` guaranteed throughout [start, end)."""
-        i = bisect.bisect_right(self._times, start) - 1
-        j = bisect.bisect_left(self._times, end)
-        rows = _view(self._rows, i, max(j, i + 1))
         free: np.ndarray = self.capacity[node].copy()
-        for d, slab in self._used_slab.items():
-            free[d] -= self._usage[slab, rows, node].max()
+        dims = list(self._used_slab)
+        slabs = np.array([self._used_slab[d] for d in dims], dtype=np.int64)
+        free[dims] -= kernels.peak_usage(self._times, self._count, self._usage, slabs, node,
+                                         start, end)
         return free
 
 
