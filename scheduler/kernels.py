@@ -42,15 +42,12 @@ def _inlined(f: F) -> F:
 @_inlined
 def _seek(times: np.ndarray, count: np.ndarray, node: int, t: int) -> int:
     """The node's step holding ``t``: its last time at or before ``t`` (its first step
-    if ``t`` is earlier than all it keeps)."""
-    lo, hi = 0, count[node]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if times[node, mid] <= t:
-            lo = mid + 1
-        else:
-            hi = mid
-    return max(lo - 1, 0)
+    if ``t`` is earlier than all it keeps). A node keeps few steps (none before the
+    last prune): a linear scan beats bisection."""
+    x, c = 0, count[node]
+    while x + 1 < c and times[node, x + 1] <= t:
+        x += 1
+    return x
 
 
 @_inlined
@@ -133,20 +130,18 @@ def fits_window(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: 
 
 @_jit
 def free_since(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
-               pslabs: np.ndarray, rooms: np.ndarray, t: int, floor: int) -> np.ndarray:
+               pslabs: np.ndarray, rooms: np.ndarray, t: int) -> np.ndarray:
     """Per node, the start of its last stretch able to host the shape before ``t``:
     the end of the latest step before ``t`` where it cannot (``t`` if that step holds
-    ``t - 1``), or, if it can in all from the step holding ``floor`` on, that step's
-    start (history before ``floor`` is not read: it may be gone)."""
+    ``t - 1``), or the start of its first step kept if it can in all."""
     n = rooms.shape[1]
     since = np.empty(n, dtype=np.int64)
     for node in range(n):
-        first = _seek(times, count, node, floor)
-        since[node] = times[node, first]
-        j = _seek(times, count, node, t)  # steps [first, j) begin before t, and j if ...
+        since[node] = times[node, 0]
+        j = _seek(times, count, node, t)  # steps [0, j) begin before t, and j if ...
         if times[node, j] < t:  # ... it begins before t too
             j += 1
-        for x in range(j - 1, first - 1, -1):
+        for x in range(j - 1, -1, -1):
             if not _fits(usage, slabs, pslabs, rooms, node, x):
                 since[node] = t if x == j - 1 else times[node, x + 1]
                 break
@@ -298,23 +293,15 @@ def _merge(times: np.ndarray, count: np.ndarray, usage: np.ndarray, node: int,
 @_jit
 def add_usage(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
               deltas: np.ndarray, nodes: np.ndarray, start: int, end: int,
-              floor: int, merge: bool) -> bool:
+              merge: bool) -> bool:
     """Add ``deltas[x]`` to slab ``slabs[x]`` of each of ``nodes`` over [start, end)
     (from its first step kept, if it began earlier); with ``merge`` (usage taken
-    away), drop the steps that no longer differ from the one before. False, with nothing changed,
-    if some node has no room for two more steps even once its steps before the one
-    holding ``floor`` (the last prune) are dropped."""
+    away), drop the steps that no longer differ from the one before. False, with
+    nothing changed, if some node has no room for two more steps."""
     cap = times.shape[1]
     for node in nodes:
         if count[node] + 2 > cap:
-            first = _seek(times, count, node, floor)
-            if first > 0:  # forget the node's history before the last prune
-                c = count[node]
-                times[node, :c - first] = times[node, first:c]
-                usage[:, node, :c - first] = usage[:, node, first:c]
-                count[node] = c - first
-            if count[node] + 2 > cap:
-                return False
+            return False
     for node in nodes:
         a = max(start, times[node, 0])
         if end <= a:
@@ -329,6 +316,20 @@ def add_usage(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np
             _merge(times, count, usage, node, j)
             _merge(times, count, usage, node, i)
     return True
+
+
+@_jit
+def drop_before(times: np.ndarray, count: np.ndarray, usage: np.ndarray, t: int) -> None:
+    """Drop every node's steps before the one holding ``t``."""
+    for node in range(times.shape[0]):
+        first = _seek(times, count, node, t)
+        if first > 0:
+            c = count[node]
+            for y in range(c - first):
+                times[node, y] = times[node, y + first]
+                for s in range(usage.shape[0]):
+                    usage[s, node, y] = usage[s, node, y + first]
+            count[node] = c - first
 
 
 @_jit

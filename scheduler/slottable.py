@@ -4,8 +4,8 @@
 which the node's usage changes and, per dimension, the usage from each until the
 next. They live in numpy arrays of one row per node (widened when some node needs
 more steps), so that a booking rewrites only its own nodes' few steps and each query
-walks every node's steps in one compiled call (``scheduler.kernels``). A node's steps
-before the last prune are dropped when its row fills up. The profile also marks, per
+walks every node's steps in one compiled call (``scheduler.kernels``). Steps before
+the present are dropped as time advances. The profile also marks, per
 node, when capacity was last let go (``released``), so that the scheduler can tell a
 retry that cannot succeed.
 
@@ -279,7 +279,7 @@ class AvailabilityProfile:
         # (A removal drops the steps that no longer differ: rows stay short.)
         while not kernels.add_usage(self._times, self._count, self._usage, plan[0],
                                     plan[1] if sign > 0 else plan[2], entry.nodes, start,
-                                    end, self._pruned_at, sign < 0):
+                                    end, sign < 0):
             self._widen()
 
     def _widen(self) -> None:
@@ -301,9 +301,10 @@ class AvailabilityProfile:
         return slabs[d]
 
     def prune(self, now: int) -> None:
-        """Forget usage before ``now``: a node's steps before the one holding ``now`` go
-        once its row fills up (``kernels.add_usage``)."""
-        self._pruned_at = max(self._pruned_at, now)
+        """Forget usage before ``now`` (keeps each node's step holding ``now``)."""
+        if now > self._pruned_at:
+            self._pruned_at = now
+            kernels.drop_before(self._times, self._count, self._usage, now)
         self.released(now)  # (ends reached: counted, and unindexed)
 
     # ---------------------------------------------------------------- queries
@@ -339,12 +340,12 @@ class AvailabilityProfile:
     def free_since(self, t: int, vec: np.ndarray) -> np.ndarray:
         """For each node, the start of the longest interval [since, t) in which it can
         host ``vec`` (``t`` if it cannot just before ``t``; if it could all along, the
-        start of its oldest step read: at or before the last ``prune``)."""
+        start of its oldest step kept: at or before the last ``prune``)."""
         key = (t, -2, False, vec.tobytes())
         if (cached := self._recall(key)) is not None:
             return cached
         since: np.ndarray = kernels.free_since(
-            self._times, self._count, self._usage, *self._shape(vec), t, self._pruned_at)
+            self._times, self._count, self._usage, *self._shape(vec), t)
         return self._remember(key, since)
 
     def soonest_ends(self, t: int, vec: np.ndarray, nodes: np.ndarray, r: int) -> np.ndarray:
