@@ -21,6 +21,7 @@ gRPC threads.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -175,13 +176,6 @@ def soonest_ends(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs:
     return np.argsort(until, kind="mergesort")[:r]
 
 
-@_inlined
-def _grown(values: np.ndarray) -> np.ndarray:
-    out = np.empty(2 * values.shape[0], dtype=values.dtype)
-    out[:values.shape[0]] = values
-    return out
-
-
 @_jit
 def earliest_fit(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
                  pslabs: np.ndarray, rooms: np.ndarray, eligible: np.ndarray, t0: int,
@@ -191,11 +185,15 @@ def earliest_fit(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs:
     never). Per node, each stretch able to host it from ``t0`` on, [a, b), lets it
     start anywhere in [a, b - duration]; a node's stretches are disjoint, so the
     nodes able at ``s`` are the intervals holding ``s``, and the earliest ``s`` held
-    by ``k`` of them is the start of one."""
+    by ``k`` of them is the start of one: taken in order, with the ends of those
+    begun so far in a heap."""
     n = rooms.shape[1]
-    los = np.empty(16, dtype=np.int64)
-    his = np.empty(16, dtype=np.int64)
-    owner = np.empty(16, dtype=np.int64)
+    size = n  # (a node's stretches: at most one more than its steps)
+    for node in range(n):
+        size += count[node]
+    los = np.empty(size, dtype=np.int64)
+    his = np.empty(size, dtype=np.int64)
+    owner = np.empty(size, dtype=np.int64)
     m = 0
     for node in range(n):
         if not eligible[node]:
@@ -207,29 +205,26 @@ def earliest_fit(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs:
             if not ends and _fits(usage, slabs, pslabs, rooms, node, x):
                 if not open_:
                     a, open_ = max(times[node, x], t0), True
-                x += 1
-                continue
-            if open_:
+            elif open_:
                 b = INF if ends else times[node, x]
                 if b - a >= duration:
-                    if m == los.shape[0]:
-                        los, his, owner = _grown(los), _grown(his), _grown(owner)
                     los[m], his[m], owner[m] = a, b - duration, node
                     m += 1
                 open_ = False
             if ends:
                 break
             x += 1
-    lo = np.sort(los[:m])
-    hi = np.sort(his[:m])
-    h = 0
+    order = np.argsort(los[:m])
+    ending = [INF]  # (a typed list for heapq)
+    ending.pop()
     for i in range(m):
-        s = lo[i]
-        if i + 1 < m and lo[i + 1] == s:
-            continue  # count every interval starting at s first
-        while h < m and hi[h] < s:
-            h += 1
-        if i + 1 - h >= k:
+        s = los[order[i]]
+        heapq.heappush(ending, his[order[i]])
+        if i + 1 < m and los[order[i + 1]] == s:
+            continue  # every interval starting at s first
+        while ending[0] < s:
+            heapq.heappop(ending)
+        if len(ending) >= k:
             fit = np.zeros(n, dtype=np.bool_)
             for q in range(m):
                 if los[q] <= s <= his[q]:
