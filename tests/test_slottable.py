@@ -363,6 +363,41 @@ def _assert_same_steps(a: AvailabilityProfile, b: AvailabilityProfile) -> None:
 
 
 @settings(max_examples=300, deadline=None)
+@given(histories(), st.integers(0, 30))
+def test_each_node_keeps_its_steps_from_the_present_on(
+        ops: list[tuple[str, int, int, int, int, int]], wait: int) -> None:
+    """Per node: steps in time order, each holding the usage the entries give at its
+    start, and after a prune none before the one holding the present."""
+    profile = AvailabilityProfile(CAPACITY)
+    live: Live = {}
+    now = play(profile, ops, live, 0) + wait
+    profile.prune(now)
+    slab = profile._used_slab.get(0)
+    for node in range(NODES):
+        times = profile._times[node, :profile._count[node]].tolist()
+        assert times == sorted(set(times))
+        assert times[0] <= now and (len(times) == 1 or times[1] > now)
+        for x, t in enumerate(times):
+            used = 0 if slab is None else int(profile._usage[slab, node, x])
+            assert used == _peak(live, node, max(t, now), False)
+
+
+def test_a_node_with_many_steps_widens_every_row() -> None:
+    profile = AvailabilityProfile(CAPACITY)
+    vec = np.array([60, 0, 0, 0, 0], dtype=np.int64)
+    width = profile._times.shape[1]
+    for i in range(width):  # 2 steps each: twice the width
+        profile.add((1,), 10 * i, 10 * i + 5, vec, owner=i)
+    assert profile._times.shape[1] >= 2 * width and profile._count.tolist() == [1, 2 * width + 1, 1]
+    assert [bool(profile.hosts_at(t, vec)[1]) for t in range(0, 10 * width, 5)] == \
+        [False, True] * width
+    assert profile.free_until(12, vec).tolist() == [INF, 12, INF]
+    assert profile.free_until(15, vec).tolist() == [INF, 20, INF]
+    profile.prune(10 * width - 13)  # between the last two entries
+    assert profile._count.tolist() == [1, 3, 1]
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["add", "add", "remove", "ask"]), st.integers(0, 80),
                           st.integers(1, 20), st.integers(0, 10**6)), max_size=30))
 def test_link_gaps_are_the_earliest_and_latest_free_windows(
