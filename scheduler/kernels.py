@@ -43,12 +43,19 @@ def _inlined(f: F) -> F:
 @_inlined
 def _seek(times: np.ndarray, count: np.ndarray, node: int, t: int) -> int:
     """The node's step holding ``t``: its last time at or before ``t`` (its first step
-    if ``t`` is earlier than all it keeps). A node keeps few steps (none before the
-    last prune): a linear scan beats bisection."""
-    x, c = 0, count[node]
-    while x + 1 < c and times[node, x + 1] <= t:
-        x += 1
-    return x
+    if ``t`` is earlier than all it keeps). Most often ``t`` is the present, in the
+    first step (none before the last prune is kept): a glance, before bisecting."""
+    c = count[node]
+    if c == 1 or times[node, 1] > t:
+        return 0
+    lo, hi = 2, c  # the first step beginning after t is in [lo, hi] (hi: none)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if times[node, mid] <= t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
 
 
 @_inlined

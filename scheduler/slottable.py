@@ -302,9 +302,8 @@ class AvailabilityProfile:
 
     def prune(self, now: int) -> None:
         """Forget usage before ``now`` (keeps each node's step holding ``now``)."""
-        if now > self._pruned_at:
-            self._pruned_at = now
-            kernels.drop_before(self._times, self._count, self._usage, now)
+        self._pruned_at = max(self._pruned_at, now)
+        kernels.drop_before(self._times, self._count, self._usage, self._pruned_at)
         self.released(now)  # (ends reached: counted, and unindexed)
 
     # ---------------------------------------------------------------- queries
