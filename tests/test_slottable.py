@@ -128,9 +128,9 @@ def _free(live: Live, n: int, t: int, cpu: int, ignore_preemptible: bool = False
 def test_the_stretch_queries_match_every_instant(
         ops: list[tuple[str, int, int, int, int, int]], instants: list[int], cpu: int,
         t: int, ignore_preemptible: bool, ready: list[int]) -> None:
-    """``hosts_at``, ``ready_room``, ``free_until``, ``free_since`` and ``soonest_ends``
-    against each instant's usage recomputed from the entries (times are whole seconds,
-    so checking every one is exact)."""
+    """``hosts_at``, ``ready_room``, ``free_until``, ``free_since``, ``soonest_ends`` and
+    ``min_free`` against each instant's usage recomputed from the entries (times are
+    whole seconds, so checking every one is exact)."""
     profile = AvailabilityProfile(CAPACITY)
     live: Live = {}
     now = play(profile, ops, live, 0)
@@ -164,6 +164,9 @@ def test_the_stretch_queries_match_every_instant(
             s -= 1
         since.append(-INF if s == -1 else s)
     assert unpruned.free_since(t, vec).tolist() == since
+    for n in range(NODES):  # (over a window as long as cpu, 10-100 s)
+        peak = max(_peak(live, n, i, False) for i in range(t, t + cpu))
+        assert profile.min_free(n, t, t + cpu).tolist() == [100 - peak, 1024, 0, 0, 0]
     hosts = np.array([n for n in range(NODES) if _free(live, n, t, cpu)], dtype=np.intp)
     plain = [next((i for i in range(t, horizon) if not _free(live, n, i, cpu)), INF)
              for n in hosts]
