@@ -5,9 +5,9 @@ which the node's usage changes and, per dimension, the usage from each until the
 next. They live in numpy arrays of one row per node (widened when some node needs
 more steps), so that a booking rewrites only its own nodes' few steps and each query
 walks every node's steps in one compiled call (``scheduler.kernels``). Steps before
-the present are dropped as time advances. The profile also marks, per
-node, when capacity was last let go (``released``), so that the scheduler can tell a
-retry that cannot succeed.
+the present are dropped as time advances. The profile also marks, per node, when
+capacity was last let go (``released``), so that the scheduler can tell a retry that
+cannot succeed.
 
 ``Timeline`` is a much simpler structure for an exclusive channel (the image
 repository's link): a sorted list of busy intervals. ``Channels`` holds the
@@ -181,6 +181,7 @@ class AvailabilityProfile:
         self._unindex(eid, entry)
         self._release(entry.nodes)
         self._apply(entry, entry.start, entry.end, -1)
+
     def forget(self, eid: int) -> None:
         """Drop the record of an entry that is over: its usage is history, pruned or
         about to be (``remove`` would rewrite that history)."""
@@ -259,7 +260,6 @@ class AvailabilityProfile:
                 if e.start < end and start < e.end and (e.preemptible or not preemptible_only):
                     found.add(e.owner)
         return found
-
 
     def _apply(self, entry: _Entry, start: int, end: int, sign: int) -> None:
         if end <= start:
