@@ -1,9 +1,9 @@
-"""The availability profile's queries against a brute-force reading of the table,
+"""The availability profile's queries against a brute-force reading of its entries,
 and the suspend/resume exclusion channels' gaps against a brute-force search.
 
-``fits_window`` only reads the rows where usage can rise (the window's first and those
-where an entry begins); here random additions, removals, truncations and prunes are
-followed by windows checked against every instant's usage, recomputed from the entries.
+The profile keeps a step function per node, from the present on; here random
+additions, removals, truncations and prunes are followed by queries checked against
+every instant's usage, recomputed from the entries.
 """
 
 from __future__ import annotations
@@ -386,6 +386,7 @@ def test_each_node_keeps_its_steps_from_the_present_on(
 
 
 def test_a_node_with_many_steps_widens_every_row() -> None:
+    """Rows start 16 steps wide; a node needing more widens them all, keeping each."""
     profile = AvailabilityProfile(CAPACITY)
     vec = np.array([60, 0, 0, 0, 0], dtype=np.int64)
     width = profile._times.shape[1]
