@@ -217,11 +217,10 @@ def test_replay_swf_with_ars_writes_every_output(tmp_path: Path,
     assert summary["ar_accepted"] + summary["ar_rejected"] == len(ars) > 0
     assert summary["ar_rejected"] == sum(x["state"] == "rejected" for x in ars)
     assert f"ARs          {summary['ar_accepted']} accepted" in printed
-    swf_skipped = read_swf(SWF150).skip_counts
-    assert f"not replayed {len(read_swf(SWF150).skipped)} SWF jobs (cancelled " \
-        f"{swf_skipped[SkipReason.CANCELLED]})" in printed
-    # the SWF written back: field 3 is each job's wait, start - submit, from the schedule
     swf = read_swf(SWF150)
+    assert f"not replayed {len(swf.skipped)} SWF jobs (cancelled " \
+        f"{swf.skip_counts[SkipReason.CANCELLED]})" in printed
+    # the SWF written back: field 3 is each job's wait, start - submit, from the schedule
     waits = {}
     for line in (tmp_path / "w.swf").read_text().splitlines():
         if line.strip() and not line.startswith(";"):
