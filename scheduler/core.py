@@ -1043,6 +1043,11 @@ class Scheduler:
             # (A queue pass, which brings its failure memo, asked _fails_again first.)
             if failed is None and self._stuck_now(lease, fit_now, hosts):
                 return None
+        if resuming and not future and \
+                self.profile.most_ready_room(vec, self._readiness(lease)[0]) < k:
+            # The first question below (``_viable``), asked at once: in a queue of many
+            # suspended leases, most cannot resume yet, and each has its own readiness.
+            return None
         opening = ovh.resume(req) if resuming else ovh.boot
         run = lease.run_needed - (lease.run_done() if lease.segments else 0)
         whole = opening + run + ovh.shutdown

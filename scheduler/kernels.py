@@ -118,6 +118,14 @@ def ready_room(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: n
 
 
 @_jit
+def most_ready_room(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
+                    pslabs: np.ndarray, rooms: np.ndarray, ready: np.ndarray) -> int:
+    """``ready_room``'s largest count over the distinct finite times of ``ready``."""
+    room = ready_room(times, count, usage, slabs, pslabs, rooms, distinct_finite(ready), ready)
+    return int(room.max()) if room.shape[0] else 0
+
+
+@_jit
 def fits_window(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
                 pslabs: np.ndarray, rooms: np.ndarray, start: int, end: int) -> np.ndarray:
     """Per node: can it host the shape throughout [start, end) (every step of it that

@@ -322,6 +322,12 @@ class AvailabilityProfile:
                                               *self._shape(vec), instants, ready)
         return room
 
+    def most_ready_room(self, vec: np.ndarray, ready: np.ndarray) -> int:
+        """``ready_room``'s largest count over the distinct finite times of ``ready``:
+        fewer than k, and no k VMs can start at any of them."""
+        return int(kernels.most_ready_room(self._times, self._count, self._usage,
+                                           *self._shape(vec), ready))
+
     def free_until(self, t: int, vec: np.ndarray, *,
                    ignore_preemptible: bool = False) -> np.ndarray:
         """For each node, the end of the longest interval [t, end) in which it can host

@@ -128,9 +128,9 @@ def _free(live: Live, n: int, t: int, cpu: int, ignore_preemptible: bool = False
 def test_the_stretch_queries_match_every_instant(
         ops: list[tuple[str, int, int, int, int, int]], instants: list[int], cpu: int,
         t: int, ignore_preemptible: bool, ready: list[int]) -> None:
-    """``hosts_at``, ``ready_room``, ``free_until``, ``free_since``, ``soonest_ends`` and
-    ``min_free`` against each instant's usage recomputed from the entries (times are
-    whole seconds, so checking every one is exact)."""
+    """``hosts_at``, ``ready_room``, ``most_ready_room``, ``free_until``, ``free_since``,
+    ``soonest_ends`` and ``min_free`` against each instant's usage recomputed from the
+    entries (times are whole seconds, so checking every one is exact)."""
     profile = AvailabilityProfile(CAPACITY)
     live: Live = {}
     now = play(profile, ops, live, 0)
@@ -138,12 +138,18 @@ def test_the_stretch_queries_match_every_instant(
     instants = [max(i, now) for i in instants]
     assert [profile.hosts_at(i, vec).tolist() for i in instants] == [
         [_free(live, n, i, cpu) for n in range(NODES)] for i in instants]
-    room = profile.ready_room(np.array(instants, dtype=np.int64), vec,
-                              np.array(ready, dtype=np.int64))
-    assert room.tolist() == [
-        sum(ready[n] <= i and _free(live, n, i, cpu) for n in range(NODES))
-        if any(ready[n] == i and _free(live, n, i, cpu) for n in range(NODES)) else 0
-        for i in instants]
+
+    def room(i: int, ready: list[int]) -> int:
+        return sum(ready[n] <= i and _free(live, n, i, cpu) for n in range(NODES)) \
+            if any(ready[n] == i and _free(live, n, i, cpu) for n in range(NODES)) else 0
+
+    assert profile.ready_room(np.array(instants, dtype=np.int64), vec,
+                              np.array(ready, dtype=np.int64)).tolist() == [
+        room(i, ready) for i in instants]
+    # the largest room over a readiness's own times (from now on; some nodes never ready)
+    ready = [INF if r > 90 else max(r, now) for r in ready]
+    assert profile.most_ready_room(vec, np.array(ready, dtype=np.int64)) == max(
+        (room(i, ready) for i in set(ready) - {INF}), default=0)
     t = max(t, now)
     horizon = max([t] + [ee for _, _, ee, _, _ in live.values()]) + 1  # all free from here
     until = []
