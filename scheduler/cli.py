@@ -152,12 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser(
         "plot", help="the completion-time ratio figure of a sweep",
         description="Draw the completion-time ratio of the best-effort leases against "
-        "rho, one panel per node range (nu), one line per profile and delta, from a "
-        "sweep's results.csv.")
+        "rho from a sweep's results.csv: a column of panels per node range (nu) and, as "
+        "in the paper, a row per profile with a line per delta.")
     pl.add_argument("results", type=Path, metavar="RESULTS.csv")
     pl.add_argument("--out", type=Path, required=True, metavar="OUT.png|svg")
-    pl.add_argument("--delta-panels", action="store_true",
-                    help="one row of panels per delta instead of one line per delta")
+    pl.add_argument("--layout", choices=plots.LAYOUTS, default="profiles",
+                    help="the rows of panels: one per profile, a line per delta "
+                    "(default); one per delta, a line per profile; or a single row, a "
+                    "line per profile and delta")
     _logging_options(pl)
 
     ga = sub.add_parser(
@@ -310,7 +312,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
                 and r.get("completion_ratio") and r.get("nu")]
     if not rows:
         raise ValueError(f"{args.results}: no runs with AR injections and a completion ratio")
-    plots.completion_ratio_figure(rows, args.out, delta_panels=args.delta_panels)
+    plots.completion_ratio_figure(rows, args.out, layout=args.layout)
     return 0
 
 

@@ -10,8 +10,9 @@ and writes PNG, SVG or PDF by the file suffix. Drawn elements carry SVG ids
   when a chart has too many bars for one patch each); ``label-<lease>-<i>-<node>`` for a run
   bar's lease id;
 - utilization: ``utilization`` (the step line), ``capacity`` (the site's nodes);
-- completion ratio: ``panel-nu-<nu>`` (or ``panel-nu-<nu>-delta-<delta>``) per axes and
-  ``line-<profile>-delta-<delta>-nu-<nu>`` per line;
+- completion ratio: ``panel-nu-<nu>-profile-<profile>`` per axes (``panel-nu-<nu>-delta-<delta>``
+  with a row per delta, ``panel-nu-<nu>`` in one row), ``line-<profile>-delta-<delta>-nu-<nu>``
+  per line, ``legend``;
 - everywhere: ``title``, ``xlabel-…``/``ylabel-…`` for the texts.
 """
 
@@ -274,27 +275,40 @@ def _nu_key(nu: str) -> tuple[int, str]:
 
 _LINESTYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+#: Layouts of the completion-ratio figure (see :func:`completion_ratio_figure_of`).
+LAYOUTS = ("profiles", "deltas", "combined")
+_LEGEND_ENTRY_IN = 0.16  # height of a legend entry at fontsize 7, with its spacing
+_PANEL_IN = (3.2, 2.6)  # width and height of a panel
 
 
 def completion_ratio_figure_of(rows: Iterable[CompletionRow | Mapping[str, Any]], *,
-                               delta_panels: bool = False, title: str | None = None,
+                               layout: str = "profiles", title: str | None = None,
                                size: tuple[float, float] | None = None,
                                dpi: int = 100) -> Figure:
-    """Completion-time ratio (y) against rho (x), one panel per nu (small, medium, large).
+    """Completion-time ratio (y) against rho (x), a column of panels per nu (small,
+    medium, large). ``layout`` says what the rows and lines are:
 
-    By default each panel has one line per (profile, delta): colour = profile, line style and
-    marker = delta. With ``delta_panels`` the panels form a grid (a row per delta, a column per
-    nu) with one line per profile, for sweeps with many delta. Rows repeating the same
-    (profile, delta, nu, rho), e.g. several seeds, are averaged. The y axis is shared, and a
-    dotted line marks ratio 1 (the baseline).
+    - ``profiles`` (the paper's figures): a row per profile, a line per delta; the y axis
+      is shared along each row only, since profiles differ far more than the deltas of
+      one profile do;
+    - ``deltas``: a row per delta, a line per profile (colour = profile);
+    - ``combined``: one row, a line per (profile, delta): colour = profile, line style
+      and marker = delta.
+
+    Profiles come in the order the rows first name them (a sweep's table: the order of
+    its ``--profiles``). Rows repeating the same (profile, delta, nu, rho), e.g. several
+    seeds, are averaged.
+    A dotted line marks ratio 1 (the baseline). The figure is tall enough for its
+    legend.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r} (use one of {', '.join(LAYOUTS)})")
     data = [CompletionRow.of(r) for r in rows]
     if not data:
         raise ValueError("no rows to plot")
     nus = sorted({r.nu for r in data}, key=_nu_key)
     deltas = sorted({r.delta for r in data})
-    profiles = sorted({r.profile for r in data})
-    color = {p: f"C{i % 10}" for i, p in enumerate(profiles)}
+    profiles = list(dict.fromkeys(r.profile for r in data))  # as the table lists them
     style = {d: (_LINESTYLES[i % len(_LINESTYLES)], _MARKERS[i % len(_MARKERS)])
              for i, d in enumerate(deltas)}
     points: dict[tuple[str, float, str], dict[float, list[float]]] = defaultdict(
@@ -302,62 +316,80 @@ def completion_ratio_figure_of(rows: Iterable[CompletionRow | Mapping[str, Any]]
     for r in data:
         points[(r.profile, r.delta, r.nu)][r.rho].append(r.completion_ratio)
 
-    nrows = len(deltas) if delta_panels else 1
+    # Each row of panels: the profiles and deltas its lines are drawn for.
+    panel_rows: list[tuple[list[str], list[float]]]
+    if layout == "profiles":
+        panel_rows = [([p], deltas) for p in profiles]
+        color = {(p, d): f"C{i % 10}" for p in profiles for i, d in enumerate(deltas)}
+        entries = len(deltas)
+    else:
+        panel_rows = [(profiles, [d]) for d in deltas] if layout == "deltas" \
+            else [(profiles, deltas)]
+        color = {(p, d): f"C{i % 10}" for i, p in enumerate(profiles) for d in deltas}
+        entries = len(profiles) * (1 if layout == "deltas" else len(deltas))
     if size is None:
-        size = (3.2 * len(nus) + 2.2, 2.8 * nrows + 0.6)
+        width, height = _PANEL_IN
+        size = (width * len(nus) + (2.2 if layout == "combined" else 1.4),
+                max(height * len(panel_rows), _LEGEND_ENTRY_IN * entries) + 0.6)
     fig = Figure(figsize=size, dpi=dpi, layout="constrained")
-    axes = fig.subplots(nrows, len(nus), sharex=True, sharey=True, squeeze=False)
-    for row_i in range(nrows):
+    axes = fig.subplots(len(panel_rows), len(nus), sharex=True,
+                        sharey="row" if layout == "profiles" else True, squeeze=False)
+    for row_i, (row_profiles, row_deltas) in enumerate(panel_rows):
         for col_i, nu in enumerate(nus):
             ax: Axes = axes[row_i][col_i]
-            panel_deltas = [deltas[row_i]] if delta_panels else deltas
-            suffix = f"-nu-{nu}" + (f"-delta-{deltas[row_i]:g}" if delta_panels else "")
+            suffix, heading = f"-nu-{nu}", rf"$\nu$ = {nu}"
+            if layout == "profiles":
+                suffix += f"-profile-{row_profiles[0]}"
+                heading = f"{row_profiles[0]}, {heading}"
+            elif layout == "deltas":
+                suffix += f"-delta-{row_deltas[0]:g}"
+                heading += rf", $\delta$ = {row_deltas[0]:g} h"
             ax.set_gid(f"panel{suffix}")
-            heading = rf"$\nu$ = {nu}"
-            if delta_panels:
-                heading += rf", $\delta$ = {deltas[row_i]:g} h"
             ax.set_title(heading, fontsize=9).set_gid(f"title{suffix}")
             ax.axhline(1.0, color="grey", linestyle=":", linewidth=0.8)
-            for profile in profiles:
-                for d in panel_deltas:
+            for profile in row_profiles:
+                for d in row_deltas:
                     by_rho = points.get((profile, d, nu))
                     if not by_rho:
                         continue
                     xs = sorted(by_rho)
                     ys = [sum(by_rho[x]) / len(by_rho[x]) for x in xs]
                     ls, marker = style[d]
-                    label = profile if delta_panels else rf"{profile}, $\delta$ = {d:g} h"
-                    (line,) = ax.plot(xs, ys, color=color[profile], linestyle=ls,
+                    label = (rf"$\delta$ = {d:g} h" if layout == "profiles"
+                             else profile if layout == "deltas"
+                             else rf"{profile}, $\delta$ = {d:g} h")
+                    (line,) = ax.plot(xs, ys, color=color[(profile, d)], linestyle=ls,
                                       marker=marker, markersize=4, linewidth=1.0,
                                       label=label)
                     line.set_gid(f"line-{profile}-delta-{d:g}-nu-{nu}")
             ax.grid(linewidth=0.3, alpha=0.5)
-            xlabel = r"$\rho$ (% of CPU-hours in ARs)" if row_i == nrows - 1 else ""
+            xlabel = r"$\rho$ (% of CPU-hours in ARs)" if row_i == len(panel_rows) - 1 else ""
             ylabel = "completion time ratio" if col_i == 0 else ""
             _labels(ax, xlabel, ylabel, suffix)
-    # One legend for all panels: every (profile, delta) pair that appears anywhere.
+    # One legend for all panels: every label that appears anywhere.
     handles: dict[str, Any] = {}
     for ax_row in axes:
         for ax in ax_row:
             for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
                 handles.setdefault(lab, h)
     fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=7,
-               frameon=False)
+               frameon=False).set_gid("legend")
     fig.suptitle(title if title is not None else "Best-effort completion time with ARs",
                  fontsize=10).set_gid("title")
     return fig
 
 
 def completion_ratio_figure(rows: Iterable[CompletionRow | Mapping[str, Any]],
-                            path: Path | str, *, delta_panels: bool = False,
+                            path: Path | str, *, layout: str = "profiles",
                             title: str | None = None, size: tuple[float, float] | None = None,
                             dpi: int = 100) -> None:
     """Write the completion-ratio figure (see :func:`completion_ratio_figure_of`)."""
     _check_suffix(Path(path))
-    _save(completion_ratio_figure_of(rows, delta_panels=delta_panels, title=title, size=size,
-                                     dpi=dpi), path)
+    _save(completion_ratio_figure_of(rows, layout=layout, title=title, size=size, dpi=dpi),
+          path)
 
 
-__all__ = ["HATCHES", "KIND_COLORS", "NU_ORDER", "CompletionRow", "completion_ratio_figure",
+__all__ = ["HATCHES", "KIND_COLORS", "LAYOUTS", "NU_ORDER", "CompletionRow",
+           "completion_ratio_figure",
            "completion_ratio_figure_of", "gantt", "gantt_figure", "utilization_figure",
            "utilization_plot"]

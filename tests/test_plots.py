@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from lxml import etree
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.image import imread
 
 from scheduler.config import Config, load_profile
@@ -210,9 +211,51 @@ def sweep_rows(tmp_path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_completion_ratio_lines_per_delta(tmp_path: Path) -> None:
+def test_completion_ratio_rows_per_profile(tmp_path: Path) -> None:
+    """The default, the paper's figures: a row per profile, a column per nu, a line per
+    delta."""
     path = tmp_path / "c.svg"
     completion_ratio_figure(sweep_rows(tmp_path), path)
+    ids = svg_ids(path)
+    assert prefixed(ids, "panel-") == [f"panel-nu-{nu}-profile-{p}"
+                                       for nu in ("large", "medium", "small")
+                                       for p in ("notransfer", "transfer")]
+    lines = prefixed(ids, "line-")
+    assert len(lines) == 12  # 2 deltas in each of 6 panels
+    assert "line-transfer-delta-2-nu-medium" in lines
+    assert text_of(ids["title-nu-small-profile-transfer"]) == r"transfer, $\nu$ = small"
+    assert "xlabel-nu-small-profile-notransfer" not in ids  # only the bottom row
+    assert text_of(ids["xlabel-nu-small-profile-transfer"]) == r"$\rho$ (% of CPU-hours in ARs)"
+    assert text_of(ids["ylabel-nu-small-profile-notransfer"]) == "completion time ratio"
+    texts = all_texts(path)
+    assert r"$\delta$ = 2 h" in texts  # legend entries: the deltas only
+    assert r"transfer, $\delta$ = 2 h" not in texts
+
+    fig = completion_ratio_figure_of(sweep_rows(tmp_path))
+    assert [ax.get_title() for ax in fig.axes[:3]] == [
+        rf"notransfer, $\nu$ = {nu}" for nu in ("small", "medium", "large")]
+    # Each row has its own y range: the transfer row's ratios are its own.
+    top, bottom = fig.axes[0], fig.axes[3]
+    assert top.get_shared_y_axes().joined(top, fig.axes[2])
+    assert not top.get_shared_y_axes().joined(top, bottom)
+    (line,) = [ln for ln in fig.axes[0].get_lines()
+               if ln.get_gid() == "line-notransfer-delta-2-nu-small"]
+    assert np.asarray(line.get_xdata()).tolist() == [5, 10, 20]  # sorted by rho
+    assert np.asarray(line.get_ydata()).tolist() == pytest.approx([1.1, 1.2, 1.4])
+    # one colour per delta, the same in every panel
+    colours = {ln.get_gid(): ln.get_color() for ax in fig.axes for ln in ax.get_lines()
+               if ln.get_gid()}
+    one = colours["line-notransfer-delta-1-nu-small"]
+    assert one == colours["line-transfer-delta-1-nu-large"]
+    assert one != colours["line-notransfer-delta-2-nu-small"]
+    # rows in the order the table first names the profiles
+    flipped = completion_ratio_figure_of(sweep_rows(tmp_path)[::-1])
+    assert flipped.axes[0].get_title() == r"transfer, $\nu$ = small"
+
+
+def test_completion_ratio_one_row(tmp_path: Path) -> None:
+    path = tmp_path / "c.svg"
+    completion_ratio_figure(sweep_rows(tmp_path), path, layout="combined")
     ids = svg_ids(path)
     assert prefixed(ids, "panel-") == ["panel-nu-large", "panel-nu-medium", "panel-nu-small"]
     # one line per (profile, delta) in each panel: 2 * 2 * 3 panels
@@ -225,7 +268,7 @@ def test_completion_ratio_lines_per_delta(tmp_path: Path) -> None:
     assert "ylabel-nu-medium" not in ids  # shared y axis: left panel only (empty: not drawn)
     assert r"transfer, $\delta$ = 2 h" in all_texts(path)  # legend entry
 
-    fig = completion_ratio_figure_of(sweep_rows(tmp_path))
+    fig = completion_ratio_figure_of(sweep_rows(tmp_path), layout="combined")
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == [r"$\nu$ = small", r"$\nu$ = medium", r"$\nu$ = large"]  # left to right
     (line,) = [ln for ln in fig.axes[0].get_lines()
@@ -237,7 +280,7 @@ def test_completion_ratio_lines_per_delta(tmp_path: Path) -> None:
 
 def test_completion_ratio_delta_panels(tmp_path: Path) -> None:
     path = tmp_path / "c.svg"
-    completion_ratio_figure(sweep_rows(tmp_path), path, delta_panels=True, title="sweep")
+    completion_ratio_figure(sweep_rows(tmp_path), path, layout="deltas", title="sweep")
     ids = svg_ids(path)
     panels = prefixed(ids, "panel-")
     assert len(panels) == 6  # 2 deltas x 3 nu
@@ -261,3 +304,24 @@ def test_completion_ratio_averages_repeats() -> None:
     assert np.asarray(line.get_ydata()).tolist() == pytest.approx([1.3, 1.5])
     with pytest.raises(ValueError, match="no rows"):
         completion_ratio_figure_of([])
+    with pytest.raises(ValueError, match="unknown layout 'grid'"):
+        completion_ratio_figure_of(rows, layout="grid")
+
+
+@pytest.mark.parametrize("layout", ["profiles", "deltas", "combined"])
+def test_completion_ratio_legend_fits(layout: str) -> None:
+    """The paper's whole grid (6 profiles, 4 deltas, 3 nu): every legend entry is inside
+    the figure, whatever the layout (24 entries in one row of panels)."""
+    rows = [CompletionRow(f"profile-{p}", rho, delta, nu, 1 + rho / 1000)
+            for p in range(6) for delta in (1, 2, 3, 4) for nu in ("small", "medium", "large")
+            for rho in (5, 10, 15, 20, 25, 30)]
+    fig = completion_ratio_figure_of(rows, layout=layout)
+    FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # lays the figure out (constrained layout) as a save would
+    (legend,) = fig.legends
+    assert len(legend.get_texts()) == {"profiles": 4, "deltas": 6, "combined": 24}[layout]
+    inside = fig.bbox
+    for text in legend.get_texts():
+        box = text.get_window_extent()
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1, text.get_text()
+        assert inside.y0 <= box.y0 and box.y1 <= inside.y1, text.get_text()
