@@ -325,3 +325,19 @@ def test_completion_ratio_legend_fits(layout: str) -> None:
         box = text.get_window_extent()
         assert inside.x0 <= box.x0 and box.x1 <= inside.x1, text.get_text()
         assert inside.y0 <= box.y0 and box.y1 <= inside.y1, text.get_text()
+
+
+def test_docs_sweep_figure(tmp_path: Path) -> None:
+    """The README's figure comes from the committed table of the paper's whole sweep:
+    6 profiles x 3 nu panels, a line per delta in each (4 x 6 rho values)."""
+    table = Path(__file__).resolve().parents[1] / "docs" / "sweep-30days.csv"
+    with table.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 72 * 6 + 6
+    assert {float(r["completion_ratio"]) for r in rows if r["ars"] == "none"} == {1.0}
+    fig = completion_ratio_figure_of([r for r in rows if r["ars"] != "none"])
+    assert [ax.get_title() for ax in fig.axes[::3]] == [
+        rf"{p}, $\nu$ = small" for p in ("novm-nosr", "novm-sr", "vm-predeploy", "vm-mult",
+                                         "vm-reuse-uniform", "vm-reuse-skewed")]
+    lines = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid()]
+    assert len(lines) == 72 and all(np.asarray(ln.get_xdata()).size == 6 for ln in lines)
