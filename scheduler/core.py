@@ -1147,6 +1147,8 @@ class Scheduler:
                 if found is None:
                     break
                 s, fits = found
+                if best is not None and s >= best.start:
+                    break  # (a busy channel only makes it later): skip the host selection
                 prop = full(s, (ready <= g) & fits)
                 if prop is None:
                     break
