@@ -307,9 +307,21 @@ def cmd_plot(args: argparse.Namespace) -> int:
     import csv
 
     _writable(args.out)
+    rows: list[plots.CompletionRow] = []
     with args.results.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("ars") != experiments.NO_ARS
-                and r.get("completion_ratio") and r.get("nu")]
+        reader = csv.DictReader(f)
+        needed = ("profile", "rho", "delta", "nu", "completion_ratio")
+        if missing := [c for c in needed if c not in (reader.fieldnames or ())]:
+            raise ValueError(f"{args.results}: no column {', '.join(missing)} (a sweep's "
+                             "results.csv has them)")
+        for line, r in enumerate(reader, start=2):  # (line 1: the header)
+            if r.get("ars") == experiments.NO_ARS or not r["completion_ratio"] or not r["nu"]:
+                continue  # a baseline, or a run without a ratio (its baseline failed)
+            try:
+                rows.append(plots.CompletionRow.of(r))
+            except ValueError as e:
+                raise ValueError(f"{args.results}, line {line}: {e} (rho, delta and "
+                                 "completion_ratio must be numbers)") from e
     if not rows:
         raise ValueError(f"{args.results}: no runs with AR injections and a completion ratio")
     plots.completion_ratio_figure(rows, args.out, layout=args.layout)

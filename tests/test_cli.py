@@ -322,3 +322,22 @@ def test_entry_point_profiles() -> None:
         "batch-conservative", "batch-easy", "novm-nosr", "novm-sr", "test-notransfer",
         "test-transfer", "test-transfer-reuse", "vm-mult", "vm-predeploy", "vm-reuse-skewed",
         "vm-reuse-uniform"]
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("profile,rho\np,5\n", "t.csv: no column delta, nu, completion_ratio (a sweep's "
+     "results.csv has them)"),
+    ("profile,ars,rho,delta,nu,completion_ratio\np,none,0,,,1.0\np,a.lwf,5,1,small,1.01\n"
+     "p,b.lwf,five,1,small,1.02\n",
+     "t.csv, line 4: could not convert string to float: 'five' (rho, delta and "
+     "completion_ratio must be numbers)"),
+    ("profile,ars,rho,delta,nu,completion_ratio\np,none,0,,,1.0\np,a.lwf,5,1,small,\n",
+     "t.csv: no runs with AR injections and a completion ratio"),
+])
+def test_plot_bad_table(table: str, message: str, capsys: pytest.CaptureFixture[str],
+                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("t.csv").write_text(table)
+    code, out, err = run(capsys, "plot", "t.csv", "--out", "f.png")
+    assert (code, out, err) == (2, "", f"wsched: error: {message}\n")
+    assert not Path("f.png").exists()
