@@ -38,6 +38,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -74,6 +75,9 @@ class InvariantViolation(AssertionError):
         if len(self.violations) > MAX_LISTED:
             lines.append(f"  ... and {len(self.violations) - MAX_LISTED} more")
         super().__init__("\n".join(lines))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return InvariantViolation, (self.violations,)  # (picklable, as TraceError)
 
 
 def check_schedule(site: Site, config: Config, outcomes: Sequence[LeaseOutcome], *,

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from lxml import etree
@@ -57,6 +58,14 @@ class TraceError(ValueError):
         where = path if line is None else f"{path}:{line}"
         who = "" if lease is None else f"lease {lease}: "
         super().__init__(f"{where}: {who}{message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # (a sweep's worker process sends it back to the parent, pickled)
+        return _trace_error, (self.path, self.message, self.line, self.lease)
+
+
+def _trace_error(path: str, message: str, line: int | None, lease: int | None) -> TraceError:
+    return TraceError(path, message, line=line, lease=lease)
 
 
 @dataclass(frozen=True)

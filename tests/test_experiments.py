@@ -334,6 +334,53 @@ def test_sweep_bad_profile_runs_nothing(tmp_path: Path,
     assert not (tmp_path / "s").exists()
 
 
+def test_sweep_bad_injection_runs_nothing(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Every input file is read before any run starts: a bad line stops the sweep with
+    its file and line."""
+    bad = tmp_path / "work_10-dur_1h-size_1small.lwf"
+    lines = INJ.read_text().splitlines()
+    lines[4] = "0 19327 3518"
+    bad.write_text("\n".join(lines) + "\n")
+    code = cli.main(["sweep", "--trace", str(SWF150), "--ars", str(INJ), str(bad),
+                     "--profiles", "novm-sr", "--out", str(tmp_path / "s"), "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err == f"wsched: error: {bad}:5: lease 680: expected 10 " \
+        "columns, found 3\n"
+    assert list((tmp_path / "s" / "runs").iterdir()) == []
+
+    # two files of one name would be one run: which one is not for the sweep to guess
+    same = tmp_path / INJ.name
+    same.write_bytes(INJ.read_bytes())
+    code = cli.main(["sweep", "--trace", str(SWF150), "--ars", str(INJ), str(same),
+                     "--profiles", "novm-sr", "--out", str(tmp_path / "t"), "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"wsched: error: {INJ} and {same} would write the same run "
+        "150requests__work_05-dur_1h-size_1small__novm-sr: a sweep names its runs by the "
+        "files' names, without their folders\n")
+    assert not (tmp_path / "t").exists()
+
+
+def test_sweep_keeps_the_runs_that_finish(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A run failing in its worker (an injection whose lease ids the trace uses too)
+    fails alone: its error comes back whole (the pool survives it), the other runs are
+    kept, and the next sweep runs only the failed one."""
+    clash = SHARED / "lwf" / "inj1.lwf"
+    args = ["sweep", "--trace", str(SWF150), "--ars", str(clash), str(INJ), "--profiles",
+            "novm-sr", "--out", str(tmp_path / "s"), "--jobs", "2", "--quiet"]
+    message = (f"wsched: error: 1 of 3 runs failed (the others are kept), e.g. "
+               f"150requests__inj1__novm-sr: {clash}: lease ids also used by {SWF150}: 13\n")
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err.endswith(message)
+    runs = tmp_path / "s" / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == [
+        "150requests__none__novm-sr.json", "150requests__work_05-dur_1h-size_1small__novm-sr.json"]
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err.endswith(message.replace("1 of 3", "1 of 1"))
+
+
 def test_generate_ars_is_deterministic(tmp_path: Path) -> None:
     paths = [tmp_path / f"{i}.lwf" for i in range(3)]
     for path, seed in zip(paths, (7, 7, 8), strict=True):

@@ -3,6 +3,7 @@ invariant, broken minimally, is reported with the lease, node and instant."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import replace
 
 import pytest
@@ -501,3 +502,11 @@ def test_kill_and_restart_needs_suspension_off_and_transfers_before_the_restart(
     # only the last attempt's run counts: 100 s here, as requested
     assert not [v for v in violations([killed_and_restarted((40, 50))], no_suspension)
                 if v.startswith("work:")]
+
+
+def test_violation_survives_pickling() -> None:
+    """A sweep's worker sends it back to the parent pickled."""
+    e = pickle.loads(pickle.dumps(InvariantViolation(["P1 over-committed", "AR 2 late"])))
+    assert e.violations == ["P1 over-committed", "AR 2 late"]
+    assert str(e) == ("2 schedule invariant violation(s):\n  - P1 over-committed\n"
+                      "  - AR 2 late")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,10 @@ def test_round_trip_with_default_site(tmp_path: Path) -> None:
     original = read_lwf(SHARED / "withprematureend.lwf", default_site=default)
     write_lwf(tmp_path / "out.lwf", original)
     assert read_lwf(tmp_path / "out.lwf") == original  # the site is now in the file
+
+
+def test_trace_error_survives_pickling() -> None:
+    """A sweep's worker sends it back to the parent pickled, with where it happened."""
+    e = pickle.loads(pickle.dumps(TraceError("w.lwf", "no duration", line=7, lease=3)))
+    assert (e.path, e.message, e.line, e.lease) == ("w.lwf", "no duration", 7, 3)
+    assert str(e) == "w.lwf:7: lease 3: no duration"
