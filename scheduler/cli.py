@@ -283,6 +283,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    if not profiles:
+        raise ValueError(f"--profiles names no profile (got {args.profiles!r})")
     for p in profiles:
         load_profile(p)
     if args.jobs is not None and args.jobs < 1:

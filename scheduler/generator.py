@@ -74,13 +74,18 @@ class ARParameters:
     def __post_init__(self) -> None:
         low, high = self.nodes
         problems = []
-        if not self.rho > 0:
-            problems.append(f"rho must be positive (got {self.rho})")
+        if not 0 < self.rho <= 1:  # (5 meaning 5 % would ask for 5 times the site)
+            problems.append(f"rho must be a share in (0, 1], e.g. 0.05 for 5 % "
+                            f"(got {self.rho:g})")
         if not 1 <= low <= high:
             problems.append(f"nodes must be a range 1 <= low <= high (got {self.nodes})")
-        if not 0 <= self.duration_spread < self.delta_seconds:
-            problems.append(f"duration spread must be in [0, {self.delta_seconds}) s "
+        if self.duration_spread < 0:
+            problems.append(f"duration spread must not be negative "
                             f"(got {self.duration_spread} s)")
+        elif not self.duration_spread < self.delta_seconds:
+            problems.append(f"delta must be longer than the durations' spread (± "
+                            f"{self.duration_spread} s), so that every duration is positive "
+                            f"(got delta {self.delta_hours:g} h)")
         if self.interval_spread < 0:
             problems.append(f"interval spread must not be negative (got {self.interval_spread})")
         if self.notice_hours < 0:

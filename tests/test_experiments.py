@@ -332,6 +332,11 @@ def test_sweep_bad_profile_runs_nothing(tmp_path: Path,
     assert code == 2
     assert "unknown profile 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+    code = cli.main(["sweep", "--trace", str(SWF150), "--profiles", " , ",
+                     "--out", str(tmp_path / "s")])
+    assert (code, capsys.readouterr().err) == (
+        2, "wsched: error: --profiles names no profile (got ' , ')\n")
+    assert not (tmp_path / "s").exists()
 
 
 def test_sweep_bad_injection_runs_nothing(tmp_path: Path,

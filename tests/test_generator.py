@@ -76,11 +76,17 @@ def test_parameters() -> None:
     assert (p.delta_seconds, p.notice_seconds, p.mean_nodes) == (3600, 86400, 12.5)
     with pytest.raises(ValueError, match=r"unknown size 'huge' \(known: small, medium, large\)"):
         ARParameters.named(5, 1, "huge")
-    with pytest.raises(ValueError, match=r"rho must be positive \(got 0\); nodes must be a "
-                                         r"range 1 <= low <= high \(got \(5, 4\)\)"):
+    with pytest.raises(ValueError, match=r"rho must be a share in \(0, 1\], e.g. 0.05 for 5 % "
+                       r"\(got 0\); nodes must be a range 1 <= low <= high \(got \(5, 4\)\)"):
         ARParameters(rho=0, delta_hours=1, nodes=(5, 4))
-    with pytest.raises(ValueError, match=r"duration spread must be in \[0, 1800\) s"):
+    with pytest.raises(ValueError, match=r"rho must be a share .* \(got 5\)$"):
+        ARParameters(rho=5, delta_hours=1, nodes=(1, 2))  # 5 %, written as a percentage
+    assert ARParameters(rho=1, delta_hours=1, nodes=(1, 2)).rho == 1
+    with pytest.raises(ValueError, match=r"^delta must be longer than the durations' spread "
+                       r"\(± 1800 s\), so that every duration is positive \(got delta 0.5 h\)$"):
         ARParameters(rho=0.1, delta_hours=0.5, nodes=(1, 2))
+    with pytest.raises(ValueError, match=r"^duration spread must not be negative \(got -1 s\)$"):
+        ARParameters(rho=0.1, delta_hours=1, nodes=(1, 2), duration_spread=-1)
     with pytest.raises(ValueError, match="notice must not be negative"):
         ARParameters(rho=0.1, delta_hours=1, nodes=(1, 2), notice_hours=-1)
     with pytest.raises(ValueError, match="tolerance must be positive"):
