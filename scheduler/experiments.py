@@ -50,10 +50,13 @@ class Workload:
 
 
 def read_trace(path: Path, config: Config
-               ) -> tuple[Site, tuple[LeaseRequest, ...], tuple[tuple[str, int], ...]]:
+               ) -> tuple[Site, tuple[LeaseRequest, ...], tuple[tuple[str, int], ...],
+                          frozenset[int]]:
     """The best-effort trace: SWF by its suffix (``.swf``, compressed or not), LWF
-    otherwise; with the counts of the SWF jobs skipped, by reason. The site is the LWF
-    file's, or the configuration's ``[site]``."""
+    otherwise; with the counts of the SWF jobs skipped, by reason, and the ids of all its
+    jobs, skipped ones included (injected leases must not take them: the SWF written
+    back with the wait times lists every job by its id). The site is the LWF file's, or
+    the configuration's ``[site]``."""
     if trace_suffix(path) == ".swf":
         site = config.default_site()
         if site is None:
@@ -74,7 +77,7 @@ def read_trace(path: Path, config: Config
                                     tuple(_swf_options(config).items()))
     workload = read_lwf(path, default_site=config.default_site())
     assert workload.site is not None  # read_lwf raises when there is none
-    return workload.site, workload.requests, ()
+    return workload.site, workload.requests, (), frozenset(r.id for r in workload.requests)
 
 
 def read_swf_trace(path: Path, config: Config) -> SwfTrace:
@@ -95,12 +98,14 @@ def _swf_options(config: Config) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=4)
 def _swf_requests(path: str, mtime_ns: int, size: int, options: tuple[tuple[str, Any], ...]
-                  ) -> tuple[tuple[LeaseRequest, ...], tuple[tuple[str, int], ...]]:
-    """An SWF file's leases and skip counts, read once per process while the file (and
-    how it is read) stays as it is: a sweep's worker replays the same trace in run
-    after run (the requests are frozen)."""
+                  ) -> tuple[tuple[LeaseRequest, ...], tuple[tuple[str, int], ...],
+                             frozenset[int]]:
+    """An SWF file's leases, skip counts and job ids, read once per process while the
+    file (and how it is read) stays as it is: a sweep's worker replays the same trace
+    in run after run (the requests are frozen)."""
     trace = read_swf(path, **dict(options))
-    return trace.requests, tuple((str(k), v) for k, v in sorted(trace.skip_counts.items()))
+    return (trace.requests, tuple((str(k), v) for k, v in sorted(trace.skip_counts.items())),
+            frozenset(j.id for j in trace.all_jobs))
 
 
 def read_ars(path: Path, first_id: int, site: Site) -> tuple[LeaseRequest, ...]:
@@ -112,12 +117,11 @@ def read_ars(path: Path, first_id: int, site: Site) -> tuple[LeaseRequest, ...]:
 
 
 def load_workload(trace: Path, ars: Path | None, config: Config) -> Workload:
-    site, requests, skipped = read_trace(trace, config)
+    site, requests, skipped, ids = read_trace(trace, config)
     merged = list(requests)
     if ars is not None:
-        first_id = max((r.id for r in requests), default=0) + 1
-        injected = read_ars(ars, first_id, site)
-        clash = {r.id for r in requests} & {r.id for r in injected}
+        injected = read_ars(ars, max(ids, default=0) + 1, site)
+        clash = ids & {r.id for r in injected}
         if clash:
             raise TraceError(str(ars), f"lease ids also used by {trace}: "
                              f"{', '.join(map(str, sorted(clash)[:5]))}")
@@ -270,8 +274,8 @@ def check_inputs(specs: Sequence[RunSpec]) -> None:
         config = load_profile(spec.profile)
         key = (spec.trace, config.default_site())
         if key not in traces:
-            site, requests, _ = read_trace(spec.trace, config)
-            traces[key] = site, max((r.id for r in requests), default=0) + 1
+            site, _, _, ids = read_trace(spec.trace, config)
+            traces[key] = site, max(ids, default=0) + 1
         site, first_id = traces[key]
         if spec.ars is not None and (spec.ars, site, first_id) not in read:
             read_ars(spec.ars, first_id, site)

@@ -143,6 +143,29 @@ def test_load_workload_merges_injections_and_assigns_images() -> None:
     assert workload.skipped == (("cancelled", len(swf.skipped)),) and swf.skipped
 
 
+def test_injected_ids_start_above_skipped_jobs(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The trace's last jobs may be skipped (cancelled before they started): the ARs'
+    ids start above theirs too, so the SWF written back gives each job its own wait
+    (30days.swf ends with 17 such jobs: ARs took ids 8,719-8,735 and the SWF writer
+    gave those jobs the ARs' starts, or failed on a start before the job's submit)."""
+    trace = tmp_path / "t.swf"
+    cancelled = "690 125800 -1 -1 8 -1 -1 1 300 -1 5 6 -1 -1 3 -1 -1 -1"  # status 5
+    trace.write_text(SWF150.read_text() + cancelled + "\n")
+    workload = experiments.load_workload(trace, INJ, load_profile("novm-sr"))
+    ars = sorted(r.id for r in workload.requests if r.kind is LeaseKind.AR)
+    assert ars[0] == 691 and max(r.id for r in read_swf(trace).requests) == 675
+    assert cli.main(["replay", str(trace), "--ars", str(INJ), "--profile", "novm-sr",
+                     "--json", str(tmp_path / "r.json"), "--swf-out", str(tmp_path / "w.swf"),
+                     "--quiet"]) == 0
+    waits = {int(f[0]): int(f[2]) for f in (line.split() for line in
+             (tmp_path / "w.swf").read_text().splitlines() if not line.startswith(";"))}
+    assert waits[690] == -1  # never scheduled
+    leases = {x["id"]: x for x in json.loads((tmp_path / "r.json").read_text())["leases"]}
+    assert waits[675] == leases[675]["start"] - leases[675]["submit"]
+    assert 690 not in leases and leases[691]["kind"] == "ar"
+
+
 def test_swf_needs_a_site(tmp_path: Path) -> None:
     with pytest.raises(TraceError) as info:
         experiments.load_workload(SWF150, None, load_profile("test-notransfer"))
