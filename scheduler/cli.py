@@ -318,14 +318,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
                              "results.csv has them)")
         for line, r in enumerate(reader, start=2):  # (line 1: the header)
             if r.get("ars") == experiments.NO_ARS or not r["completion_ratio"] or not r["nu"]:
-                continue  # a baseline, or a run without a ratio (its baseline failed)
+                continue  # a baseline, a run without a ratio (its baseline failed) or nu
             try:
                 rows.append(plots.CompletionRow.of(r))
             except ValueError as e:
                 raise ValueError(f"{args.results}, line {line}: {e} (rho, delta and "
                                  "completion_ratio must be numbers)") from e
     if not rows:
-        raise ValueError(f"{args.results}: no runs with AR injections and a completion ratio")
+        raise ValueError(f"{args.results}: no runs with AR injections, their rho, delta and "
+                         "nu, and a completion ratio (rho, delta and nu come from injection "
+                         "files named as work_10-dur_2h-size_2medium.lwf, or written by "
+                         "wsched generate-ars)")
     plots.completion_ratio_figure(rows, args.out, layout=args.layout)
     return 0
 

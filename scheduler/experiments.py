@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, load_profile
-from .generator import assign_images
+from .generator import NODE_RANGES, assign_images
 from .injections import read_ar_injections
 from .leases import LeaseRequest, Resources, Site
 from .lwf import TraceError, read_lwf, read_trace_bytes, trace_stem, trace_suffix
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 #: ``work_10-dur_2h-size_2medium``: rho (%), mean duration (h), node range
 _INJECTION_NAME = re.compile(r"work_(\d+)-dur_(\d+)h-size_\d*(small|medium|large)")
+#: what ``wsched generate-ars`` writes in an LWF file's description (generator.ar_workload)
+_GENERATED = re.compile(rb"rho ([0-9.e+-]+) of \d+ node-seconds.*?durations (\d+) s .*?"
+                        rb"nodes (\d+)-(\d+);", re.S)
 NO_ARS = "none"
 
 
@@ -136,13 +139,23 @@ def load_workload(trace: Path, ars: Path | None, config: Config) -> Workload:
 
 
 def injection_parameters(ars: Path | None) -> dict[str, Any]:
-    """rho (%), delta (hours) and nu (node range) from an injection file's name."""
+    """rho (%), delta (hours) and nu (node range) of an injection file: from its name,
+    as the shared files give them (``work_10-dur_2h-size_2medium``), else from what
+    ``wsched generate-ars`` recorded in the file it wrote (None where neither says)."""
     if ars is None:
         return {"rho": 0, "delta": None, "nu": None}
-    m = _INJECTION_NAME.search(trace_stem(ars))
-    if m is None:
+    if (m := _INJECTION_NAME.search(trace_stem(ars))) is not None:
+        return {"rho": int(m[1]), "delta": int(m[2]), "nu": m[3]}
+    if (g := _GENERATED.search(read_trace_bytes(ars)[:4096])) is None:
         return {"rho": None, "delta": None, "nu": None}
-    return {"rho": int(m[1]), "delta": int(m[2]), "nu": m[3]}
+    nodes = (int(g[3]), int(g[4]))
+    nu = next((size for size, r in NODE_RANGES.items() if r == nodes), f"{nodes[0]}-{nodes[1]}")
+    return {"rho": _number(float(g[1]) * 100), "delta": _number(int(g[2]) / 3600), "nu": nu}
+
+
+def _number(x: float) -> float | int:
+    x = round(x, 6)  # (0.07 * 100 is 7.000000000000001)
+    return int(x) if x.is_integer() else x
 
 
 # ------------------------------------------------------------------------ one run

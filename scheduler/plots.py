@@ -248,8 +248,9 @@ NU_ORDER = ("small", "medium", "large")
 class CompletionRow:
     """One replay of a sweep: ``profile`` (configuration name), ``rho`` (ARs' aggregate
     duration, % of the trace's CPU-hours), ``delta`` (mean AR duration, hours), ``nu``
-    (AR size: small, medium, large; a leading number as in ``1small`` is dropped) and
-    ``completion_ratio`` (best-effort completion time / the baseline's)."""
+    (AR size: small, medium, large, a leading number as in ``1small`` dropped; or a
+    node range such as ``10-20``) and ``completion_ratio`` (best-effort completion time
+    / the baseline's)."""
 
     profile: str
     rho: float
@@ -265,7 +266,7 @@ class CompletionRow:
             return row
         return cls(profile=str(row["profile"]), rho=float(row["rho"]),
                    delta=float(row["delta"]),
-                   nu=re.sub(r"^\d+", "", str(row["nu"]).strip()).lower(),
+                   nu=re.sub(r"^\d+(?=[a-z])", "", str(row["nu"]).strip().lower()),
                    completion_ratio=float(row["completion_ratio"]))
 
 

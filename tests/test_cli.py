@@ -332,7 +332,9 @@ def test_entry_point_profiles() -> None:
      "t.csv, line 4: could not convert string to float: 'five' (rho, delta and "
      "completion_ratio must be numbers)"),
     ("profile,ars,rho,delta,nu,completion_ratio\np,none,0,,,1.0\np,a.lwf,5,1,small,\n",
-     "t.csv: no runs with AR injections and a completion ratio"),
+     "t.csv: no runs with AR injections, their rho, delta and nu, and a completion ratio "
+     "(rho, delta and nu come from injection files named as work_10-dur_2h-size_2medium.lwf, "
+     "or written by wsched generate-ars)"),
 ])
 def test_plot_bad_table(table: str, message: str, capsys: pytest.CaptureFixture[str],
                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from scheduler import cli, experiments
+from scheduler import cli, experiments, generator
 from scheduler.config import ImageMix, apply_toml, load_profile
 from scheduler.invariants import assert_valid
 from scheduler.leases import DiskImage, LeaseKind, LeaseRequest, Resources, Site
@@ -217,9 +217,22 @@ def test_swf_jobs_hold_whole_nodes(tmp_path: Path) -> None:
         [(1, 0, 100), (2, 0, 50)]
 
 
-def test_injection_parameters() -> None:
+def test_injection_parameters(tmp_path: Path) -> None:
     assert experiments.injection_parameters(INJ) == {"rho": 5, "delta": 1, "nu": "small"}
     assert experiments.injection_parameters(None) == {"rho": 0, "delta": None, "nu": None}
+    # a file generate-ars wrote says how it was made, whatever its name
+    made = tmp_path / "mine.lwf"
+    assert cli.main(["generate-ars", str(SWF150), "--rho", "0.07", "--delta", "2.5",
+                     "--nu", "medium", "--seed", "1", "--out", str(made)]) == 0
+    assert experiments.injection_parameters(made) == {"rho": 7, "delta": 2.5, "nu": "medium"}
+    odd = tmp_path / "odd.lwf.gz"
+    generator.write_ar_workload(tmp_path / "odd.lwf", generator.ARParameters(
+        rho=0.125, delta_hours=1, nodes=(10, 20)), span=86400, basis_node_seconds=10**7,
+        seed=1)
+    odd.write_bytes(gzip.compress((tmp_path / "odd.lwf").read_bytes()))
+    assert experiments.injection_parameters(odd) == {"rho": 12.5, "delta": 1, "nu": "10-20"}
+    assert experiments.injection_parameters(SHARED / "lwf" / "inj1.lwf") == {
+        "rho": None, "delta": None, "nu": None}
 
 
 # ------------------------------------------------------------------------ CLI

@@ -297,6 +297,8 @@ def test_completion_ratio_averages_repeats() -> None:
         CompletionRow("p", 5, 1, "small", 1.2), CompletionRow("p", 5, 1, "small", 1.4),
         {"profile": "p", "rho": "10", "delta": "1", "nu": "1small",
          "completion_ratio": "1.5"}]
+    assert CompletionRow.of({"profile": "p", "rho": "5", "delta": "1", "nu": "10-20",
+                             "completion_ratio": "1"}).nu == "10-20"  # a range stays whole
     fig = completion_ratio_figure_of(rows)
     assert len(fig.axes) == 1
     (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_gid() == "line-p-delta-1-nu-small"]
