@@ -235,8 +235,10 @@ def sweep_specs(traces: Sequence[Path], ars: Sequence[Path | None],
 def sweep(specs: Iterable[RunSpec], out: Path, *, jobs: int | None = None,
           progress: Callable[[int, int], None] | None = None) -> Path:
     """Run every spec not finished yet in ``out/runs`` on ``jobs`` processes (default:
-    all cores) and write ``out/results.csv``; returns its path. A failed run is logged
-    and re-raised once the others are done (finished runs are kept)."""
+    all cores) and write ``out/results.csv``; returns its path. Every input file is read
+    first (``check_inputs``). A failed run is logged; once the others are done, the
+    first error is raised again, as a ``SweepError`` if every failure was bad input
+    (finished runs are kept)."""
     specs = list(specs)
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
