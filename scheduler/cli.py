@@ -31,6 +31,7 @@ from .swf import prepare, read_swf, write_swf
 #: Traces with more requests than this get a progress bar (on a terminal).
 PROGRESS_THRESHOLD = 1000
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # (128 + SIGINT, as a shell reports it)
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 log = logging.getLogger("scheduler.cli")  # not __main__ under python -m
@@ -299,7 +300,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         def progress(done: int, total: int) -> None:
             bar.update(done - bar.n)
 
-        table = experiments.sweep(specs, args.out, jobs=args.jobs, progress=progress)
+        try:
+            table = experiments.sweep(specs, args.out, jobs=args.jobs, progress=progress)
+        except KeyboardInterrupt:
+            finished = sum((args.out / "runs" / f"{s.name}.json").exists() for s in specs)
+            print(f"wsched: interrupted: {finished} of {len(specs)} runs finished (in "
+                  f"{args.out / 'runs'}); the same command resumes the sweep", file=sys.stderr)
+            return EXIT_INTERRUPTED
     if not args.quiet:
         print(f"{len(specs)} runs; results in {table}")
     return 0

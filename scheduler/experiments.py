@@ -12,6 +12,7 @@ run without injections: that is the baseline of the completion-time ratio.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -19,7 +20,8 @@ import logging
 import os
 import pickle
 import re
-from collections.abc import Callable, Iterable, Sequence
+import signal
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +254,8 @@ def sweep(specs: Iterable[RunSpec], out: Path, *, jobs: int | None = None,
         progress(done, len(specs))
     errors: list[tuple[RunSpec, BaseException]] = []
     if todo:
-        with ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        with ProcessPoolExecutor(max_workers=jobs or os.cpu_count() or 1,
+                                 initializer=_ignore_interrupts) as pool, _stop_on_interrupt(pool):
             futures = {pool.submit(_run_one, s, runs): s for s in todo}
             for fut in as_completed(futures):
                 spec = futures[fut]
@@ -273,6 +276,30 @@ def sweep(specs: Iterable[RunSpec], out: Path, *, jobs: int | None = None,
             raise SweepError(message) from error  # bad input
         raise RuntimeError(message) from error
     return write_results(specs, runs, out / "results.csv")
+
+
+def _ignore_interrupts() -> None:
+    # A terminal's Ctrl-C reaches every process of the sweep: the parent stops the
+    # workers (below), which would otherwise each print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """On Ctrl-C, drop the runs not begun and stop those under way at once (the pool's
+    own exit would wait for every run still to come). Finished runs are kept, so the
+    same sweep resumes."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        terminate = getattr(pool, "terminate_workers", None)  # (Python 3.14)
+        if terminate is not None:
+            terminate()
+        else:  # (before shutdown, which forgets the processes)
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 class SweepError(ValueError):

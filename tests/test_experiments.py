@@ -7,6 +7,11 @@ import csv
 import gzip
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +29,7 @@ from scheduler.swf import SkipReason, read_swf
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 SWF150 = SHARED / "swf" / "150requests.swf"
+SWF30 = SHARED / "swf" / "30days.swf"
 INJ = SHARED / "ar-injections-30days" / "work_05-dur_1h-size_1small.lwf"
 NODE = Resources(cpu=100, memory=1024)
 PAPER = ["novm-nosr", "novm-sr", "vm-predeploy", "vm-mult", "vm-reuse-uniform",
@@ -420,6 +426,50 @@ def test_sweep_keeps_the_runs_that_finish(tmp_path: Path,
         "150requests__none__novm-sr.json", "150requests__work_05-dur_1h-size_1small__novm-sr.json"]
     assert cli.main(args) == 2
     assert capsys.readouterr().err.endswith(message.replace("1 of 3", "1 of 1"))
+
+
+def test_sweep_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) stops the
+    sweep at once: no run still to come starts, the workers are gone, the finished runs
+    are kept, and the exit status is 130. (The pool's own exit used to wait for every
+    run still to come.)"""
+    ars = sorted((SHARED / "ar-injections-30days").glob("work_2*.lwf"))[:12]
+    out = tmp_path / "s"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "scheduler.cli", "sweep", "--trace", str(SWF30), "--ars",
+         *map(str, ars), "--profiles", "novm-sr", "--out", str(out), "--jobs", "2"],
+        cwd=Path(__file__).resolve().parents[1], start_new_session=True, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # (a shell's background job ignores SIGINT, and its children inherit that)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        while not (out / "runs").is_dir() or not any((out / "runs").glob("*.json")):
+            assert sweep.poll() is None, sweep.communicate()
+            time.sleep(0.05)
+        os.killpg(sweep.pid, signal.SIGINT)
+        _, err = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    finished = len(list((out / "runs").glob("*.json")))
+    assert sweep.returncode == 130
+    assert err.endswith(f"wsched: interrupted: {finished} of 13 runs finished (in "
+                        f"{out / 'runs'}); the same command resumes the sweep\n")
+    assert 1 <= finished <= 4  # (2 workers: at most the runs under way could finish)
+    assert _live_in_group(sweep.pid) == []  # no worker left behind
+
+
+def _live_in_group(pgid: int) -> list[int]:
+    """Processes of a process group that are still running (not zombies)."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # (gone meanwhile)
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(int(stat.parent.name))
+    return live
 
 
 def test_generate_ars_is_deterministic(tmp_path: Path) -> None:
