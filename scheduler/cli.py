@@ -428,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TraceError, ConfigError, OSError, ValueError) as e:
         print(f"wsched: error: {_message(e)}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:  # (Ctrl-C: a line, not a traceback)
+        print("wsched: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from scheduler import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "traces" / "lwf"
+TRACES = SHARED.parent
 PREEMPTION = SHARED / "preemption.lwf"
 NO_SITE = SHARED / "withprematureend.lwf"  # neither trace has a <site>
 NO_SITE_2 = SHARED / "withoutprematureend.lwf"
@@ -343,3 +345,28 @@ def test_plot_bad_table(table: str, message: str, capsys: pytest.CaptureFixture[
     code, out, err = run(capsys, "plot", "t.csv", "--out", "f.png")
     assert (code, out, err) == (2, "", f"wsched: error: {message}\n")
     assert not Path("f.png").exists()
+
+
+def test_ctrl_c_is_one_line(tmp_path: Path) -> None:
+    """Ctrl-C during a replay ends it with one line and status 130, writing nothing."""
+    out = tmp_path / "r.json"
+    replay = subprocess.Popen(
+        [sys.executable, "-m", "scheduler.cli", "replay", str(TRACES / "swf" / "30days.swf"),
+         "--ars", str(TRACES / "ar-injections-30days" / "work_30-dur_1h-size_1small.lwf"),
+         "--profile", "vm-mult", "--json", str(out), "--log-level", "info"],
+        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # (a shell's background job ignores SIGINT, and its children inherit that)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert replay.stderr is not None
+        for line in replay.stderr:  # interrupted once it replays (the trace is loaded)
+            if "trace loaded" in line:
+                break
+        replay.send_signal(signal.SIGINT)
+        rest, err = replay.communicate(timeout=120)
+    finally:
+        if replay.poll() is None:
+            replay.kill()
+    assert (replay.returncode, rest) == (130, "")
+    assert err.endswith("wsched: interrupted\n") and "Traceback" not in err
+    assert not out.exists()
