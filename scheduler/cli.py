@@ -4,7 +4,8 @@ and ``profiles``.
 This is the only module that configures logging or writes to the terminal: the
 replay summary and the profile list go to stdout; logs, the progress bar and
 error messages go to stderr. Bad input (trace, configuration, files) ends with a
-one-line ``wsched: error: ...`` and exit status 2, like argparse's usage errors.
+one-line ``wsched: error: ...`` and exit status 2, like argparse's usage errors;
+Ctrl-C with ``wsched: interrupted`` and status 130.
 """
 
 from __future__ import annotations
