@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +211,8 @@ def _run_one(spec: RunSpec, out: Path) -> Path:
         raise
     path = out / f"{spec.name}.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_row(spec, metrics), indent=1) + "\n")
+    row = {**_row(spec, metrics), INPUTS_KEY: inputs_digest(spec)}
+    tmp.write_text(json.dumps(row, indent=1) + "\n")
     tmp.replace(path)  # atomic: a killed sweep never leaves half a result
     return path
 
@@ -246,7 +249,7 @@ def sweep(specs: Iterable[RunSpec], out: Path, *, jobs: int | None = None,
     runs.mkdir(parents=True, exist_ok=True)
     for p in profiles_in(specs):
         load_profile(p)  # fail before starting anything
-    todo = [s for s in specs if not (runs / f"{s.name}.json").exists()]
+    todo = [s for s in specs if not _finished(runs / f"{s.name}.json", s)]
     check_inputs(todo)
     done = len(specs) - len(todo)
     log.info("sweep", extra={"runs": len(specs), "to_do": len(todo), "done": done})
@@ -276,6 +279,49 @@ def sweep(specs: Iterable[RunSpec], out: Path, *, jobs: int | None = None,
             raise SweepError(message) from error  # bad input
         raise RuntimeError(message) from error
     return write_results(specs, runs, out / "results.csv")
+
+
+#: A finished run's record of what it replayed (see ``inputs_digest``).
+INPUTS_KEY = "inputs_sha256"
+
+
+def inputs_digest(spec: RunSpec) -> str:
+    """What a run's result depends on: wsched's version, the profile's configuration and
+    the contents of its trace and injection files. A sweep re-runs a finished run whose
+    digest differs (a file or profile changed since), rather than keep a stale result."""
+    parts = [_version(), repr(load_profile(spec.profile)), _file_digest(spec.trace),
+             _file_digest(spec.ars) if spec.ars is not None else NO_ARS]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _version() -> str:
+    try:
+        return version("wsched")
+    except PackageNotFoundError:  # (run from a source tree that was never installed)
+        return "unknown"
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    return _file_digest_of(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _file_digest_of(path: Path, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _finished(path: Path, spec: RunSpec) -> bool:
+    """Has ``spec`` run, on the inputs it has now? (A record that cannot be read, or
+    from before runs recorded their inputs, counts as not run.)"""
+    try:
+        recorded = json.loads(path.read_text()).get(INPUTS_KEY)
+    except (OSError, ValueError):
+        return False
+    if recorded == inputs_digest(spec):
+        return True
+    log.info("run out of date: run again", extra={"run": spec.name})
+    return False
 
 
 def _ignore_interrupts() -> None:
@@ -334,6 +380,7 @@ def write_results(specs: Sequence[RunSpec], runs: Path, path: Path) -> Path:
     table: list[dict[str, Any]] = []
     for s in specs:
         row = dict(rows[s.name])
+        row.pop(INPUTS_KEY, None)  # (the run's own record, not a figure)
         base = rows.get(s.baseline().name)
         completion, base_completion = row["besteffort_completion"], (
             base["besteffort_completion"] if base else None)

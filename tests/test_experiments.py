@@ -367,6 +367,45 @@ def test_sweep_is_parallel_resumable_and_ratios_use_the_baseline(
     assert "line-novm-sr-delta-1-nu-small" in (tmp_path / "f.svg").read_text()
 
 
+def test_sweep_runs_again_what_is_out_of_date(tmp_path: Path) -> None:
+    """A finished run is kept only while its inputs are what it replayed: an injection
+    file changed since, or a record from before runs recorded their inputs, runs again
+    (and only those runs)."""
+    inj = tmp_path / INJ.name
+    inj.write_bytes(INJ.read_bytes())
+    out = tmp_path / "s"
+    args = ["sweep", "--trace", str(SWF150), "--ars", str(inj), "--profiles", "novm-sr",
+            "--out", str(out), "--jobs", "1", "--quiet"]
+    runs = out / "runs"
+    injected = runs / "150requests__work_05-dur_1h-size_1small__novm-sr.json"
+    baseline = runs / "150requests__none__novm-sr.json"
+
+    def stamps() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in runs.iterdir()}
+
+    assert cli.main(args) == 0
+    record = json.loads(injected.read_text())
+    assert record[experiments.INPUTS_KEY] == experiments.inputs_digest(
+        experiments.RunSpec(SWF150, inj, "novm-sr"))
+    assert experiments.INPUTS_KEY not in read_results(out / "results.csv")[baseline.stem]
+    before = stamps()
+    assert cli.main(args) == 0 and stamps() == before  # nothing changed: nothing runs
+
+    lines = inj.read_text().splitlines()
+    inj.write_text("\n".join(lines[:-1]) + "\n")  # one AR fewer
+    assert cli.main(args) == 0
+    after = stamps()
+    assert {n for n in after if after[n] != before[n]} == {injected.name}
+    assert int(json.loads(injected.read_text())["leases"]) == int(record["leases"]) - 1
+
+    del record[experiments.INPUTS_KEY]  # as an older wsched wrote it
+    baseline.write_text(json.dumps(record))
+    before = stamps()
+    assert cli.main(args) == 0
+    after = stamps()
+    assert {n for n in after if after[n] != before[n]} == {baseline.name}
+
+
 def test_sweep_bad_profile_runs_nothing(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["sweep", "--trace", str(SWF150), "--profiles", "batch-easy,nope",
