@@ -930,22 +930,7 @@ class Scheduler:
         start = max(now, lease.segments[-1].end) if lease.segments and not lease.live \
             else now
         if lease.live:  # resuming: state is on the last segment's nodes
-            last = lease.live[-1]
-            base = max(now, last.end)
-            if self.config.migration is Migration.NO:
-                light = heavy = INF
-                copies = np.zeros(n, dtype=np.int64)  # (no copy, no wait)
-            elif not self.config.image_transfer:
-                light = heavy = base + self.overheads.migration(req, False)
-                copies = np.zeros(n, dtype=np.int64)
-            else:
-                # The image moves too, to nodes that lack it; where a copy is on its way,
-                # the lease waits for it, or brings the image along if that is sooner.
-                light = base + self.overheads.migration(req, False)
-                heavy = base + self.overheads.migration(req, True)
-                copies = self.images.ready_times(req.image.id, never=INF)
-            ready, orig = kernels.resume_readiness(
-                copies, last.node_array, base, light, heavy)
+            ready, orig = kernels.resume_readiness(*self._resumption(lease))
             return ready, orig, None
         if not self.config.image_transfer:
             return np.full(n, start, dtype=np.int64), np.ones(n, dtype=bool), None
@@ -963,6 +948,25 @@ class Scheduler:
             ready[~has] = max(start, self._unicast_end(
                 per, req.vms if unicasts is None else unicasts))
         return ready, has, None
+
+    def _resumption(self, lease: Lease) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+        """What a suspended lease's readiness is made of (``kernels.resume_readiness``):
+        when a copy of its image is on each node, the nodes holding its state, when it
+        could resume there, and elsewhere after moving its state alone or its image too."""
+        req, last = lease.request, lease.live[-1]
+        base = max(self.now, last.end)
+        if self.config.migration is Migration.NO:  # (no copy, no wait; never elsewhere)
+            return np.zeros(len(self.site.nodes), dtype=np.int64), last.node_array, base, \
+                INF, INF
+        if not self.config.image_transfer:
+            light = base + self.overheads.migration(req, False)
+            return np.zeros(len(self.site.nodes), dtype=np.int64), last.node_array, base, \
+                light, light
+        # The image moves too, to nodes that lack it; where a copy is on its way, the
+        # lease waits for it, or brings the image along if that is sooner.
+        return (self.images.ready_times(req.image.id, never=INF), last.node_array, base,
+                base + self.overheads.migration(req, False),
+                base + self.overheads.migration(req, True))
 
     def _unicast_end(self, per: int, count: int) -> int:
         """When the last of ``count`` unicast transfers of ``per`` seconds ends, each
@@ -1044,9 +1048,10 @@ class Scheduler:
             if failed is None and self._stuck_now(lease, fit_now, hosts):
                 return None
         if resuming and not future and \
-                self.profile.most_ready_room(vec, self._readiness(lease)[0]) < k:
-            # The first question below (``_viable``), asked at once: in a queue of many
-            # suspended leases, most cannot resume yet, and each has its own readiness.
+                self.profile.resume_room(vec, *self._resumption(lease), self._closed) < k:
+            # The first question below (``_viable``), asked at once of its readiness
+            # (``_readiness``) in one call: in a queue of many suspended leases, most
+            # cannot resume yet, and each has its own readiness.
             return None
         opening = ovh.resume(req) if resuming else ovh.boot
         run = lease.run_needed - (lease.run_done() if lease.segments else 0)

@@ -419,6 +419,20 @@ def resume_readiness(copies: np.ndarray, nodes: np.ndarray, base: int, light: in
 
 
 @_jit
+def resume_room(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
+                pslabs: np.ndarray, rooms: np.ndarray, copies: np.ndarray, nodes: np.ndarray,
+                base: int, light: int, heavy: int, closed: np.ndarray) -> int:
+    """``most_ready_room`` of a suspended lease's ``resume_readiness``, where nodes
+    ``closed`` to new placements are never ready (but those holding its state): in one
+    call, since a queue pass asks it of every suspended lease, and most cannot resume."""
+    ready, orig = resume_readiness(copies, nodes, base, light, heavy)
+    for i in range(ready.shape[0]):
+        if closed[i] and not orig[i]:
+            ready[i] = INF
+    return most_ready_room(times, count, usage, slabs, pslabs, rooms, ready)
+
+
+@_jit
 def greedy_split(free_since: np.ndarray, has_image: np.ndarray, holds_state: np.ndarray,
                  needs_preemption: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """For ``Greedy``'s order of m > k candidates (needing no preemption, holding the

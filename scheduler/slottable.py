@@ -322,11 +322,15 @@ class AvailabilityProfile:
                                               *self._shape(vec), instants, ready)
         return room
 
-    def most_ready_room(self, vec: np.ndarray, ready: np.ndarray) -> int:
-        """``ready_room``'s largest count over the distinct finite times of ``ready``:
-        fewer than k, and no k VMs can start at any of them."""
-        return int(kernels.most_ready_room(self._times, self._count, self._usage,
-                                           *self._shape(vec), ready))
+    def resume_room(self, vec: np.ndarray, copies: np.ndarray, nodes: np.ndarray, base: int,
+                    light: int, heavy: int, closed: np.ndarray) -> int:
+        """``ready_room``'s largest count over the distinct finite times of a suspended
+        lease's readiness (fewer than k: no k VMs can resume at any of them): ``base`` on
+        ``nodes`` (its state's), elsewhere ``light``, the image's copy (``copies``) or
+        ``heavy`` (``kernels.resume_readiness``), never on other ``closed`` nodes."""
+        return int(kernels.resume_room(self._times, self._count, self._usage,
+                                       *self._shape(vec), copies, nodes, base, light, heavy,
+                                       closed))
 
     def free_until(self, t: int, vec: np.ndarray, *,
                    ignore_preemptible: bool = False) -> np.ndarray:

@@ -128,7 +128,7 @@ def _free(live: Live, n: int, t: int, cpu: int, ignore_preemptible: bool = False
 def test_the_stretch_queries_match_every_instant(
         ops: list[tuple[str, int, int, int, int, int]], instants: list[int], cpu: int,
         t: int, ignore_preemptible: bool, ready: list[int]) -> None:
-    """``hosts_at``, ``ready_room``, ``most_ready_room``, ``free_until``, ``free_since``,
+    """``hosts_at``, ``ready_room``, ``resume_room``, ``free_until``, ``free_since``,
     ``soonest_ends`` and ``min_free`` against each instant's usage recomputed from the
     entries (times are whole seconds, so checking every one is exact)."""
     profile = AvailabilityProfile(CAPACITY)
@@ -146,10 +146,20 @@ def test_the_stretch_queries_match_every_instant(
     assert profile.ready_room(np.array(instants, dtype=np.int64), vec,
                               np.array(ready, dtype=np.int64)).tolist() == [
         room(i, ready) for i in instants]
-    # the largest room over a readiness's own times (from now on; some nodes never ready)
+    # The largest room over a suspended lease's readiness's own times: base where its
+    # state is; elsewhere light, its image's copy (``ready`` as copies, from now on,
+    # some never) or heavy; never on closed nodes but its own.
     ready = [INF if r > 90 else max(r, now) for r in ready]
-    assert profile.most_ready_room(vec, np.array(ready, dtype=np.int64)) == max(
-        (room(i, ready) for i in set(ready) - {INF}), default=0)
+    base = now + instants[0] % 20
+    light, heavy = base + cpu % 30, base + cpu % 30 + t % 30
+    holds = [n for n in range(NODES) if n % 3 == cpu % 3]
+    closed = [r % 4 == 0 for r in ready]
+    resume = [base if n in holds else INF if closed[n] else
+              heavy if ready[n] > heavy else max(ready[n], light) for n in range(NODES)]
+    assert profile.resume_room(vec, np.array(ready, dtype=np.int64),
+                               np.array(holds, dtype=np.int64), base, light, heavy,
+                               np.array(closed)) == max(
+        (room(i, resume) for i in set(resume) - {INF}), default=0)
     t = max(t, now)
     horizon = max([t] + [ee for _, _, ee, _, _ in live.values()]) + 1  # all free from here
     until = []
