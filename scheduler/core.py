@@ -955,18 +955,17 @@ class Scheduler:
         could resume there, and elsewhere after moving its state alone or its image too."""
         req, last = lease.request, lease.live[-1]
         base = max(self.now, last.end)
-        if self.config.migration is Migration.NO:  # (no copy, no wait; never elsewhere)
-            return np.zeros(len(self.site.nodes), dtype=np.int64), last.node_array, base, \
-                INF, INF
-        if not self.config.image_transfer:
-            light = base + self.overheads.migration(req, False)
-            return np.zeros(len(self.site.nodes), dtype=np.int64), last.node_array, base, \
-                light, light
-        # The image moves too, to nodes that lack it; where a copy is on its way, the
-        # lease waits for it, or brings the image along if that is sooner.
-        return (self.images.ready_times(req.image.id, never=INF), last.node_array, base,
-                base + self.overheads.migration(req, False),
-                base + self.overheads.migration(req, True))
+        if self.config.image_transfer and self.config.migration is not Migration.NO:
+            # The image moves too, to nodes that lack it; where a copy is on its way, the
+            # lease waits for it, or brings the image along if that is sooner.
+            return (self.images.ready_times(req.image.id, never=INF), last.node_array, base,
+                    base + self.overheads.migration(req, False),
+                    base + self.overheads.migration(req, True))
+        # (no copy to wait for; without migration, never elsewhere)
+        light = INF if self.config.migration is Migration.NO \
+            else base + self.overheads.migration(req, False)
+        return np.zeros(len(self.site.nodes), dtype=np.int64), last.node_array, base, \
+            light, light
 
     def _unicast_end(self, per: int, count: int) -> int:
         """When the last of ``count`` unicast transfers of ``per`` seconds ends, each
