@@ -304,7 +304,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         try:
             table = experiments.sweep(specs, args.out, jobs=args.jobs, progress=progress)
         except KeyboardInterrupt:
-            finished = sum((args.out / "runs" / f"{s.name}.json").exists() for s in specs)
+            finished = sum(experiments.finished(s, args.out / "runs") for s in specs)
             print(f"wsched: interrupted: {finished} of {len(specs)} runs finished (in "
                   f"{args.out / 'runs'}); the same command resumes the sweep", file=sys.stderr)
             return EXIT_INTERRUPTED

@@ -199,6 +199,7 @@ def _row(spec: RunSpec, metrics: Metrics) -> dict[str, Any]:
 
 def _run_one(spec: RunSpec, out: Path) -> Path:
     """Run ``spec`` (in a worker process) and write its row; returns the file."""
+    inputs = inputs_digest(spec)  # (before the run reads them: what it replays)
     try:
         _, metrics = run_experiment(spec)
     except Exception as e:
@@ -211,7 +212,7 @@ def _run_one(spec: RunSpec, out: Path) -> Path:
         raise
     path = out / f"{spec.name}.json"
     tmp = path.with_suffix(".json.tmp")
-    row = {**_row(spec, metrics), INPUTS_KEY: inputs_digest(spec)}
+    row = {**_row(spec, metrics), INPUTS_KEY: inputs}
     tmp.write_text(json.dumps(row, indent=1) + "\n")
     tmp.replace(path)  # atomic: a killed sweep never leaves half a result
     return path
@@ -249,7 +250,9 @@ def sweep(specs: Iterable[RunSpec], out: Path, *, jobs: int | None = None,
     runs.mkdir(parents=True, exist_ok=True)
     for p in profiles_in(specs):
         load_profile(p)  # fail before starting anything
-    todo = [s for s in specs if not _finished(runs / f"{s.name}.json", s)]
+    todo = [s for s in specs if not finished(s, runs)]
+    if stale := [s.name for s in todo if (runs / f"{s.name}.json").exists()]:
+        log.info("runs out of date: run again", extra={"runs": stale})
     check_inputs(todo)
     done = len(specs) - len(todo)
     log.info("sweep", extra={"runs": len(specs), "to_do": len(todo), "done": done})
@@ -311,17 +314,14 @@ def _file_digest_of(path: Path, mtime_ns: int, size: int) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _finished(path: Path, spec: RunSpec) -> bool:
-    """Has ``spec`` run, on the inputs it has now? (A record that cannot be read, or
-    from before runs recorded their inputs, counts as not run.)"""
+def finished(spec: RunSpec, runs: Path) -> bool:
+    """Has ``spec`` run into ``runs``, on the inputs it has now? (A record that cannot
+    be read, or from before runs recorded their inputs, counts as not run.)"""
     try:
-        recorded = json.loads(path.read_text()).get(INPUTS_KEY)
+        recorded = json.loads((runs / f"{spec.name}.json").read_text()).get(INPUTS_KEY)
     except (OSError, ValueError):
         return False
-    if recorded == inputs_digest(spec):
-        return True
-    log.info("run out of date: run again", extra={"run": spec.name})
-    return False
+    return bool(recorded == inputs_digest(spec))
 
 
 def _ignore_interrupts() -> None:
