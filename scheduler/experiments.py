@@ -24,7 +24,7 @@ import re
 import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -115,24 +115,34 @@ def _swf_requests(path: str, mtime_ns: int, size: int, options: tuple[tuple[str,
             frozenset(j.id for j in trace.all_jobs))
 
 
-def read_ars(path: Path, first_id: int, site: Site) -> tuple[LeaseRequest, ...]:
+def read_ars(path: Path, first_id: int, site: Site, taken: frozenset[int] = frozenset(),
+             *, warn: bool = True) -> tuple[LeaseRequest, ...]:
     """AR injections: an LWF file (XML; its leases are checked against ``site`` when it
-    describes none) or the plain-text injection format."""
-    if read_trace_bytes(path).lstrip().startswith(b"<"):  # (small: its reader reads it again)
-        return read_lwf(path, default_site=site).requests
-    return read_ar_injections(path, first_id=first_id)
+    describes none) or the plain-text injection format, whose leases take the ids
+    ``first_id``, ``first_id + 1``, … An LWF file's leases keep their ids unless the
+    trace uses one of them (``taken``): Haizea's injection files number their leases
+    from 1, as its traces do. Then they are numbered like the plain-text format's, in
+    file order, and a warning says so (``warn``; else an info record: a sweep warns
+    once, as it checks its inputs, not once per run)."""
+    if not read_trace_bytes(path).lstrip().startswith(b"<"):  # (its reader reads it again)
+        return read_ar_injections(path, first_id=first_id)
+    requests = read_lwf(path, default_site=site).requests
+    if clash := taken & {r.id for r in requests}:
+        renumbered = tuple(replace(r, id=first_id + i) for i, r in enumerate(requests))
+        log.log(logging.WARNING if warn else logging.INFO,
+                "the trace uses lease ids of the injection file: its leases are renumbered "
+                f"{first_id}-{renumbered[-1].id} in file order",
+                extra={"path": str(path), "clashing": len(clash)})
+        return renumbered
+    return requests
 
 
-def load_workload(trace: Path, ars: Path | None, config: Config) -> Workload:
+def load_workload(trace: Path, ars: Path | None, config: Config, *, warn: bool = True
+                  ) -> Workload:
     site, requests, skipped, ids = read_trace(trace, config)
     merged = list(requests)
     if ars is not None:
-        injected = read_ars(ars, max(ids, default=0) + 1, site)
-        clash = ids & {r.id for r in injected}
-        if clash:
-            raise TraceError(str(ars), f"lease ids also used by {trace}: "
-                             f"{', '.join(map(str, sorted(clash)[:5]))}")
-        merged += injected
+        merged += read_ars(ars, max(ids, default=0) + 1, site, ids, warn=warn)
     merged.sort(key=lambda r: (r.submit, r.id))
     if config.workload_images:
         merged = list(assign_images(merged, images=config.workload_images,
@@ -181,7 +191,7 @@ class RunSpec:
 
 def run_experiment(spec: RunSpec) -> tuple[ReplayResult, Metrics]:
     config = load_profile(spec.profile)
-    workload = load_workload(spec.trace, spec.ars, config)
+    workload = load_workload(spec.trace, spec.ars, config, warn=False)  # (check_inputs did)
     result = replay(workload.site, config, workload.requests)
     return result, compute(result)
 
@@ -356,17 +366,17 @@ def check_inputs(specs: Sequence[RunSpec]) -> None:
     """Read every trace and injection file of ``specs`` once, so that a bad one stops
     a sweep before any run starts, its error naming the file and line (every run that
     reads it would fail). About 0.7 s for the 72 injection files of the paper's sweep."""
-    traces: dict[tuple[Path, Site | None], tuple[Site, int]] = {}
+    traces: dict[tuple[Path, Site | None], tuple[Site, int, frozenset[int]]] = {}
     read: set[tuple[Path, Site, int]] = set()
     for spec in specs:
         config = load_profile(spec.profile)
         key = (spec.trace, config.default_site())
         if key not in traces:
             site, _, _, ids = read_trace(spec.trace, config)
-            traces[key] = site, max(ids, default=0) + 1
-        site, first_id = traces[key]
+            traces[key] = site, max(ids, default=0) + 1, ids
+        site, first_id, taken = traces[key]
         if spec.ars is not None and (spec.ars, site, first_id) not in read:
-            read_ars(spec.ars, first_id, site)
+            read_ars(spec.ars, first_id, site, taken)
             read.add((spec.ars, site, first_id))
 
 

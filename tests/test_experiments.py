@@ -312,6 +312,38 @@ def test_compressed_lwf_injections_are_told_from_the_text_format(tmp_path: Path)
     assert experiments.read_ars(packed, 1, site) == read_lwf(xml, default_site=site).requests
 
 
+def test_lwf_injection_ids_the_trace_uses_are_renumbered(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Haizea's pairing: withprematureend.lwf (ids 1-139) with inj1.lwf (ids 1-13). The
+    ARs take ids 140-152 in file order, times and shapes unchanged, with one warning; an
+    injection whose ids the trace leaves free keeps them."""
+    trace, inj = SHARED / "lwf" / "withprematureend.lwf", SHARED / "lwf" / "inj1.lwf"
+    config = replace(load_profile("test-notransfer"), site_nodes=4, site_node=NODE)
+    site = config.default_site()
+    assert site is not None
+    with caplog.at_level(logging.INFO, logger="scheduler.experiments"):
+        workload = experiments.load_workload(trace, inj, config)
+    file_ars = read_lwf(inj, default_site=site).requests
+    ars = sorted((r for r in workload.requests if r.kind is LeaseKind.AR), key=lambda r: r.id)
+    assert [r.id for r in file_ars] == list(range(1, 14))
+    assert [r.id for r in ars] == list(range(140, 153))
+    assert [replace(r, id=f.id) for r, f in zip(ars, file_ars, strict=True)] == list(file_ars)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "the trace uses lease ids of the injection file: its leases are "
+                    "renumbered 140-152 in file order")]
+    # a sweep's runs log it as information only (check_inputs warned once)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="scheduler.experiments"):
+        assert experiments.load_workload(trace, inj, config, warn=False) == workload
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    # free ids are kept
+    free = tmp_path / "free.lwf"
+    free.write_text(inj.read_text().replace('lease id="', 'lease id="50'))
+    kept = experiments.load_workload(trace, free, config)
+    assert sorted(r.id for r in kept.requests if r.kind is LeaseKind.AR) == \
+        [int(f"50{i}") for i in range(1, 14)]
+
+
 def test_replay_rejects_swf_out_for_lwf(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["replay", str(SHARED / "lwf" / "wait.lwf"), "--json",
@@ -450,19 +482,23 @@ def test_sweep_bad_injection_runs_nothing(tmp_path: Path,
 
 def test_sweep_keeps_the_runs_that_finish(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """A run failing in its worker (an injection whose lease ids the trace uses too)
-    fails alone: its error comes back whole (the pool survives it), the other runs are
-    kept, and the next sweep runs only the failed one."""
-    clash = SHARED / "lwf" / "inj1.lwf"
-    args = ["sweep", "--trace", str(SWF150), "--ars", str(clash), str(INJ), "--profiles",
-            "novm-sr", "--out", str(tmp_path / "s"), "--jobs", "2", "--quiet"]
+    """A run failing in its worker (its result cannot be written: a directory stands
+    where its temporary file goes) fails alone: its error comes back whole (the pool
+    survives it), the other runs are kept, and the next sweep runs only the failed one."""
+    out = tmp_path / "s"
+    blocked = out / "runs" / "150requests__work_05-dur_1h-size_1small__novm-sr.json.tmp"
+    blocked.mkdir(parents=True)
+    inj2 = SHARED / "lwf" / "inj2.lwf"
+    args = ["sweep", "--trace", str(SWF150), "--ars", str(inj2), str(INJ), "--profiles",
+            "novm-sr", "--out", str(out), "--jobs", "2", "--quiet"]
     message = (f"wsched: error: 1 of 3 runs failed (the others are kept), e.g. "
-               f"150requests__inj1__novm-sr: {clash}: lease ids also used by {SWF150}: 13\n")
+               f"150requests__work_05-dur_1h-size_1small__novm-sr: [Errno 21] "
+               f"Is a directory: '{blocked}'\n")
     assert cli.main(args) == 2
     assert capsys.readouterr().err.endswith(message)
-    runs = tmp_path / "s" / "runs"
+    runs = out / "runs"
     assert sorted(p.name for p in runs.iterdir()) == [
-        "150requests__none__novm-sr.json", "150requests__work_05-dur_1h-size_1small__novm-sr.json"]
+        "150requests__inj2__novm-sr.json", "150requests__none__novm-sr.json", blocked.name]
     assert cli.main(args) == 2
     assert capsys.readouterr().err.endswith(message.replace("1 of 3", "1 of 1"))
 
