@@ -24,7 +24,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import experiments, generator, metrics, plots, service_cli
-from .config import Config, ConfigError, load_config, load_profile, profile_names
+from .config import Config, ConfigError, load_config, load_profile, profile_names, profile_or_file
 from .lwf import TraceError, trace_stem, trace_suffix
 from .replay import ReplayResult, replay, write_json
 from .swf import prepare, read_swf, write_swf
@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         "best-effort lease; either may be compressed with gzip, bzip2 or xz, e.g. "
         "log.swf.gz), optionally with advance reservations injected, and write "
         "every lease's schedule as JSON. The configuration starts from the built-in "
-        "defaults, or from --profile, and --config overrides it key by key. The site "
+        "defaults, or from --profile (or the profile the --config file names with "
+        "profile = \"NAME\"), and --config overrides it key by key. The site "
         "comes from the trace's <site>, or else from the [site] table of the "
         "configuration; its [swf] table says how SWF jobs are read.")
     rp.add_argument("trace", type=Path, metavar="TRACE", help="the lease trace (.lwf or .swf, "
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="built-in profile to start from (one of: "
                     f"{', '.join(profile_names())}; default: built-in defaults)")
     rp.add_argument("--config", type=Path, metavar="FILE.toml",
-                    help="TOML file whose settings override the profile's")
+                    help="TOML file whose settings override the profile's (it may name "
+                    "the profile it starts from: profile = \"NAME\")")
     rp.add_argument("--json", type=Path, required=True, metavar="OUT.json", dest="json_out",
                     help="where to write the schedule")
     rp.add_argument("--metrics", type=Path, metavar="OUT.json",
@@ -143,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--ars", type=Path, nargs="*", default=[], metavar="FILE",
                     help="AR injection files (each one run per trace and profile)")
     sw.add_argument("--profiles", required=True, metavar="P1,P2,...",
-                    help="comma-separated profile names")
+                    help="comma-separated built-in profile names or TOML configuration "
+                    "files (FILE.toml: see replay --config; its runs and results are "
+                    "named by the file's name without .toml)")
     sw.add_argument("--out", type=Path, required=True, metavar="DIR",
                     help="directory for the runs and results.csv")
     sw.add_argument("--jobs", type=int, default=None, metavar="N",
@@ -216,10 +220,10 @@ def _logging_options(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(profile: str | None, config_file: Path | None) -> Config:
-    config = load_profile(profile) if profile is not None else Config()
+    base = load_profile(profile) if profile is not None else None
     if config_file is not None:
-        config = load_config(config_file, base=config)
-    return config
+        return load_config(config_file, base=base)
+    return base or Config()
 
 
 def _writable(*paths: Path | None) -> None:
@@ -287,8 +291,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     if not profiles:
         raise ValueError(f"--profiles names no profile (got {args.profiles!r})")
+    profiles = [str(Path(p).resolve()) if p.endswith(".toml") else p for p in profiles]
     for p in profiles:
-        load_profile(p)
+        profile_or_file(p)  # fail before anything starts
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1 (got {args.jobs})")
     for path in [*args.traces, *args.ars]:

@@ -252,20 +252,49 @@ def load_profile(name: str) -> Config:
     path = root / f"{name}.toml"
     if not path.is_file():
         raise ConfigError(f"unknown profile {name!r} (known: {', '.join(profile_names())})")
-    return _load_text(path.read_text(), f"profile {name}", Config())
+    source = f"profile {name}"
+    return apply_toml(Config(), _parse(path.read_text(), source), source)
 
 
 def load_config(path: Path, base: Config | None = None) -> Config:
+    """A TOML configuration file's settings over ``base``, or over the built-in profile
+    it names with a top-level ``profile = "NAME"`` (as a site file does), else over the
+    defaults. Naming a profile there and passing ``base`` too is an error (which one?),
+    unless ``base`` is that profile."""
     try:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
-    return _load_text(text, str(path), base or Config())
+    data = _parse(text, str(path))
+    if "profile" in data:
+        name = data.pop("profile")
+        if not isinstance(name, str):
+            raise ConfigError(f"{path}: profile must be a string (a built-in profile's name)")
+        try:
+            named = load_profile(name)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: profile: {e}") from None
+        if base is not None and base != named:
+            raise ConfigError(f"{path}: it starts from profile {name!r}, but another profile "
+                              "was given too: name one")
+        base = named
+    return apply_toml(base or Config(), data, str(path))
 
 
-def _load_text(text: str, source: str, base: Config) -> Config:
+def profile_or_file(ref: str) -> Config:
+    """``ref``: a built-in profile's name, or the path of a TOML configuration file
+    (``load_config``; by its ``.toml`` suffix)."""
+    return load_config(Path(ref)) if ref.endswith(".toml") else load_profile(ref)
+
+
+def profile_label(ref: str) -> str:
+    """How results name the configuration ``ref`` (``profile_or_file``): a profile's
+    name, a file's name without ``.toml``."""
+    return Path(ref).stem if ref.endswith(".toml") else ref
+
+
+def _parse(text: str, source: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML: {e}") from e
-    return apply_toml(base, data, source)

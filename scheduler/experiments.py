@@ -29,7 +29,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_profile
+from .config import Config, profile_label, profile_or_file
 from .generator import NODE_RANGES, assign_images
 from .injections import read_ar_injections
 from .leases import LeaseRequest, Resources, Site
@@ -178,19 +178,19 @@ def _number(x: float) -> float | int:
 class RunSpec:
     trace: Path
     ars: Path | None
-    profile: str
+    profile: str  # a built-in profile's name or a TOML file's path (profile_or_file)
 
     @property
     def name(self) -> str:
         ars = trace_stem(self.ars) if self.ars else NO_ARS
-        return f"{trace_stem(self.trace)}__{ars}__{self.profile}"
+        return f"{trace_stem(self.trace)}__{ars}__{profile_label(self.profile)}"
 
     def baseline(self) -> RunSpec:
         return RunSpec(self.trace, None, self.profile)
 
 
 def run_experiment(spec: RunSpec) -> tuple[ReplayResult, Metrics]:
-    config = load_profile(spec.profile)
+    config = profile_or_file(spec.profile)
     workload = load_workload(spec.trace, spec.ars, config, warn=False)  # (check_inputs did)
     result = replay(workload.site, config, workload.requests)
     return result, compute(result)
@@ -199,7 +199,7 @@ def run_experiment(spec: RunSpec) -> tuple[ReplayResult, Metrics]:
 def _row(spec: RunSpec, metrics: Metrics) -> dict[str, Any]:
     row: dict[str, Any] = {"run": spec.name, "trace": spec.trace.name,
                            "ars": spec.ars.name if spec.ars else NO_ARS,
-                           "profile": spec.profile, **injection_parameters(spec.ars)}
+                           "profile": profile_label(spec.profile), **injection_parameters(spec.ars)}
     summary = metrics.summary.to_dict()
     for key in ("baseline_completion", "completion_ratio"):  # filled in by the sweep
         summary.pop(key)
@@ -240,8 +240,9 @@ def sweep_specs(traces: Sequence[Path], ars: Sequence[Path | None],
                 spec = RunSpec(trace, a, profile)
                 other = specs.setdefault(spec.name, spec)
                 if other != spec:  # (the same file given twice is one run)
-                    first, second = (other.trace, spec.trace) if other.trace != spec.trace \
-                        else (other.ars, spec.ars)
+                    first, second = next(pair for pair in (
+                        (other.trace, spec.trace), (other.ars, spec.ars),
+                        (other.profile, spec.profile)) if pair[0] != pair[1])
                     raise ValueError(f"{first} and {second} would write the same run "
                                      f"{spec.name}: a sweep names its runs by the files' "
                                      "names, without their folders")
@@ -259,7 +260,7 @@ def sweep(specs: Iterable[RunSpec], out: Path, *, jobs: int | None = None,
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     for p in profiles_in(specs):
-        load_profile(p)  # fail before starting anything
+        profile_or_file(p)  # fail before starting anything
     todo = [s for s in specs if not finished(s, runs)]
     if stale := [s.name for s in todo if (runs / f"{s.name}.json").exists()]:
         log.info("runs out of date: run again", extra={"runs": stale})
@@ -302,7 +303,7 @@ def inputs_digest(spec: RunSpec) -> str:
     """What a run's result depends on: wsched's version, the profile's configuration and
     the contents of its trace and injection files. A sweep re-runs a finished run whose
     digest differs (a file or profile changed since), rather than keep a stale result."""
-    parts = [_version(), repr(load_profile(spec.profile)), _file_digest(spec.trace),
+    parts = [_version(), repr(profile_or_file(spec.profile)), _file_digest(spec.trace),
              _file_digest(spec.ars) if spec.ars is not None else NO_ARS]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -369,7 +370,7 @@ def check_inputs(specs: Sequence[RunSpec]) -> None:
     traces: dict[tuple[Path, Site | None], tuple[Site, int, frozenset[int]]] = {}
     read: set[tuple[Path, Site, int]] = set()
     for spec in specs:
-        config = load_profile(spec.profile)
+        config = profile_or_file(spec.profile)
         key = (spec.trace, config.default_site())
         if key not in traces:
             site, _, _, ids = read_trace(spec.trace, config)

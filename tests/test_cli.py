@@ -127,6 +127,31 @@ def test_config_overrides_profile(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert "suspend" in [e["kind"] for e in leases(over)[1]["events"]]
 
 
+def test_config_names_its_profile(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A configuration file may say which profile it starts from (profile = "NAME", as
+    a site file does): the same as --profile NAME with it; naming another profile with
+    --profile as well is an error."""
+    named, given = tmp_path / "named.json", tmp_path / "given.json"
+    over = "[enactment]\noverhead = 0\n"
+    toml = write(tmp_path / "c.toml", f'profile = "novm-nosr"\n{over}')
+    assert run(capsys, "replay", PREEMPTION, "--config", toml, "--json", named)[0] == 0
+    plain = write(tmp_path / "p.toml", over)
+    assert run(capsys, "replay", PREEMPTION, "--profile", "novm-nosr", "--config",
+               plain, "--json", given)[0] == 0
+    assert leases(named) == leases(given)
+    # the profile's: lease 1 is killed and starts over (the defaults would suspend it)
+    assert [e["kind"] for e in leases(named)[1]["events"]] == ["boot", "run", "shutdown"] * 2
+    assert run(capsys, "replay", PREEMPTION, "--config", plain, "--json", given)[0] == 0
+    assert "suspend" in [e["kind"] for e in leases(given)[1]["events"]]
+    # the same profile twice is no conflict
+    assert run(capsys, "replay", PREEMPTION, "--profile", "novm-nosr", "--config",
+               toml, "--json", tmp_path / "o.json")[0] == 0
+    code, out, err = run(capsys, "replay", PREEMPTION, "--profile", "vm-mult", "--config",
+                         toml, "--json", tmp_path / "o.json")
+    assert_error(code, out, err, str(toml), "starts from profile 'novm-nosr', but "
+                 "another profile was given too: name one")
+
+
 def test_site_from_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out_json = tmp_path / "out.json"
     code, out, err = run(capsys, "replay", NO_SITE, "--json", out_json)
@@ -228,6 +253,9 @@ BAD_CONFIGS = {
     "bad-value": ('[images]\ntransfer-mode = "broadcast"\n', "transfer-mode"),
     "swf-field": ("[swf]\nnodes-field = 19\n", "[swf] nodes-field must be 1 to 18 (got 19)"),
     "swf-procs": ("[swf]\nprocs-per-node = 0\n", "[swf] procs-per-node must be at least 1 (got 0)"),
+    "profile-type": ("profile = 3\n", "profile must be a string (a built-in profile's name)"),
+    "profile-name": ('profile = "nope"\n', "unknown profile 'nope'"),
+    "top-level": ("overhead = 3\n", "[overhead] must be a table"),
 }
 
 

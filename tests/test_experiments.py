@@ -24,6 +24,7 @@ from scheduler.config import ImageMix, apply_toml, load_profile
 from scheduler.invariants import assert_valid
 from scheduler.leases import DiskImage, LeaseKind, LeaseRequest, Resources, Site
 from scheduler.lwf import TraceError, read_lwf
+from scheduler.metrics import compute
 from scheduler.replay import replay
 from scheduler.swf import SkipReason, read_swf
 
@@ -436,6 +437,49 @@ def test_sweep_runs_again_what_is_out_of_date(tmp_path: Path) -> None:
     assert cli.main(args) == 0
     after = stamps()
     assert {n for n in after if after[n] != before[n]} == {baseline.name}
+
+
+def test_sweep_of_configuration_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A sweep's profile may be a TOML file (a path relative to where the sweep starts):
+    its runs and table rows are named by the file's name, they replay its configuration,
+    and changing the file runs them again (only them). A file named as a built-in
+    profile would write that profile's runs: an error."""
+    monkeypatch.chdir(tmp_path)
+    conf = tmp_path / "fcfs.toml"
+    conf.write_text('profile = "novm-sr"\n[scheduling]\nbackfilling = "off"\n')
+    args = ["sweep", "--trace", str(SWF150), "--ars", str(INJ), "--profiles",
+            "novm-sr,fcfs.toml", "--out", "s", "--jobs", "2", "--quiet"]
+    assert cli.main(args) == 0
+    rows = read_results(tmp_path / "s" / "results.csv")
+    injected = "150requests__work_05-dur_1h-size_1small__fcfs"
+    assert sorted(rows) == ["150requests__none__fcfs", "150requests__none__novm-sr",
+                            injected, "150requests__work_05-dur_1h-size_1small__novm-sr"]
+    assert rows[injected]["profile"] == "fcfs"
+    config = apply_toml(load_profile("novm-sr"), {"scheduling": {"backfilling": "off"}}, "")
+    workload = experiments.load_workload(SWF150, INJ, config)
+    summary = compute(replay(workload.site, config, workload.requests)).summary
+    for key, value in (("besteffort_completion", summary.besteffort_completion),
+                       ("besteffort_wait_mean_all", summary.besteffort_wait_mean_all)):
+        assert float(rows[injected][key]) == pytest.approx(value)
+    assert rows[injected]["besteffort_wait_mean_all"] != \
+        rows["150requests__work_05-dur_1h-size_1small__novm-sr"]["besteffort_wait_mean_all"]
+
+    runs = tmp_path / "s" / "runs"
+    before = {p.name: p.stat().st_mtime_ns for p in runs.iterdir()}
+    conf.write_text(conf.read_text().replace("off", "conservative"))
+    assert cli.main(args) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in runs.iterdir()}
+    assert {n for n in after if after[n] != before[n]} == {
+        "150requests__none__fcfs.json", f"{injected}.json"}
+
+    (tmp_path / "novm-sr.toml").write_text(conf.read_text())
+    capsys.readouterr()
+    assert cli.main([*args[:6], "novm-sr,novm-sr.toml", *args[7:]]) == 2
+    assert capsys.readouterr().err == (
+        f"wsched: error: novm-sr and {tmp_path / 'novm-sr.toml'} would write the same run "
+        "150requests__none__novm-sr: a sweep names its runs by the files' names, without "
+        "their folders\n")
 
 
 def test_sweep_bad_profile_runs_nothing(tmp_path: Path,
