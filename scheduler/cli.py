@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="draw a Gantt chart of the schedule")
     rp.add_argument("--utilization-plot", type=Path, metavar="OUT.png|svg",
                     help="draw utilization over time")
+    rp.add_argument("--plot-window", metavar="FROM:TO",
+                    help="draw only this stretch of time in --gantt and --utilization-plot "
+                    "(times since the trace's start, in seconds or with a unit s, m, h or "
+                    "d: e.g. 2d:3d, 36h:40h)")
     rp.add_argument("--quiet", action="store_true",
                     help="print no summary and no progress bar")
     _logging_options(rp)
@@ -237,6 +241,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     out: Path = args.json_out
     _writable(out, args.metrics, args.leases_csv, args.swf_out, args.gantt,
               args.utilization_plot)
+    window = None
+    if args.plot_window is not None:
+        if args.gantt is None and args.utilization_plot is None:
+            raise ValueError("--plot-window needs --gantt or --utilization-plot")
+        window = plots.parse_window(args.plot_window)
     for plot in (args.gantt, args.utilization_plot):
         if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
             raise ValueError(f"{plot}: a plot is written as .png, .svg or .pdf")
@@ -270,9 +279,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         write_swf(args.swf_out, jobs, {o.request.id: o.start for o in result.outcomes},
                   notes=(f"replayed by wsched with profile {args.profile or 'default'}",))
     if args.gantt is not None:
-        plots.gantt(result, args.gantt)
+        plots.gantt(result, args.gantt, window=window)
     if args.utilization_plot is not None:
-        plots.utilization_plot(result, args.utilization_plot)
+        plots.utilization_plot(result, args.utilization_plot, window=window)
     if not args.quiet:
         print_summary(trace_stem(args.trace), result, out)
         s = figures.summary

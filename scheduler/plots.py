@@ -14,6 +14,9 @@ and writes PNG, SVG or PDF by the file suffix. Drawn elements carry SVG ids
   with a row per delta, ``panel-nu-<nu>`` in one row), ``line-<profile>-delta-<delta>-nu-<nu>``
   per line, ``legend``;
 - everywhere: ``title``, ``xlabel-…``/``ylabel-…`` for the texts.
+
+Time axes are in days, hours, minutes or seconds by the span drawn (``time_unit``); the
+Gantt chart and the utilization plot may draw one stretch of a replay (``window``).
 """
 
 from __future__ import annotations
@@ -94,12 +97,44 @@ def _labels(ax: Axes, xlabel: str, ylabel: str, suffix: str = "") -> None:
     ax.set_ylabel(ylabel).set_gid(f"ylabel{suffix}")
 
 
+#: Units of the time axes, largest first: a plot uses the largest of which its span
+#: holds at least two (a 30-day replay in days, a one-hour scenario in minutes).
+TIME_UNITS: tuple[tuple[int, str], ...] = ((86400, "days"), (3600, "h"), (60, "min"),
+                                           (1, "s"))
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(s|m|min|h|d)?")
+
+
+def time_unit(span: float) -> tuple[int, str]:
+    """The unit (seconds, name) of a time axis spanning ``span`` seconds."""
+    return next(((sec, name) for sec, name in TIME_UNITS if span >= 2 * sec), TIME_UNITS[-1])
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """``FROM:TO``, two times since the trace's start, each in seconds or with a unit
+    (``s``, ``m``/``min``, ``h``, ``d``): ``2d:3d``, ``36h:40h``, ``0:5400``."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise ValueError(f"time window {text!r}: expected FROM:TO, e.g. 2d:3d")
+    bounds = []
+    for part in parts:
+        m = _DURATION.fullmatch(part.strip())
+        if m is None:
+            raise ValueError(f"time window {text!r}: {part!r} is not a time (seconds, or "
+                             "a number with s, m, h or d)")
+        scale = {"d": 86400, "h": 3600, "m": 60, "min": 60}.get(m[2] or "s", 1)
+        bounds.append(round(float(m[1]) * scale))
+    start, end = bounds
+    if end <= start:
+        raise ValueError(f"time window {text!r}: its end must come after its start")
+    return start, end
+
+
 # ------------------------------------------------------------------------------- Gantt
 
 
 def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | None = None,
                  size: tuple[float, float] | None = None, dpi: int = 100,
-                 max_patches: int = 5000) -> Figure:
+                 max_patches: int = 5000, window: tuple[int, int] | None = None) -> Figure:
     """Nodes (P1 at the top) x time; each event is a bar on each of its nodes.
 
     Colour = lease kind. Runs are solid; overheads are a lighter shade of the same colour,
@@ -109,18 +144,26 @@ def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | N
     the label fits. ``size`` is in inches (default: 10 wide, 0.3 per node high).
     Beyond ``max_patches`` bars, bars of one style are drawn as one collection (SVG id
     ``events-<lease kind>-<event kind>``, plus ``…-thin`` for the unhatched bars under
-    2 pixels wide), without per-bar ids: large traces stay fast.
+    2 pixels wide), without per-bar ids: large traces stay fast. ``window`` (start,
+    end), in seconds: draw only that stretch of time (a month-long replay shows its
+    overheads only close up). Time is in the unit of :func:`time_unit`.
     """
     n = len(site.nodes)
     if size is None:
         size = (10.0, min(40.0, 1.6 + 0.3 * max(n, 1)))
     fig = Figure(figsize=size, dpi=dpi, layout="constrained")
     ax = fig.add_subplot()
-    starts = [e.start for o in outcomes for e in o.events]
-    ends = [e.end for o in outcomes for e in o.events]
-    t0 = min([*starts, *(o.request.submit for o in outcomes)], default=0)
-    t1 = max(ends, default=t0 + 1)
-    span = max(t1 - t0, 1)
+    if window is None:
+        starts = [e.start for o in outcomes for e in o.events]
+        ends = [e.end for o in outcomes for e in o.events]
+        t0 = min([*starts, *(o.request.submit for o in outcomes)], default=0)
+        t1 = max(ends, default=t0 + 1)
+        span = max(t1 - t0, 1)
+        lo, hi = t0 - span * 0.01, t1 + span * 0.01
+    else:
+        lo, hi = t0, t1 = window
+        span = t1 - t0
+    unit, unit_name = time_unit(span)
     # Room for a label: the bar's width on screen against the label's. The axes take
     # roughly 80 % of the figure's width (legend on the right).
     px_per_s = size[0] * 0.8 * dpi / span
@@ -133,19 +176,22 @@ def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | N
     for o in outcomes:
         seen: dict[EventKind, int] = defaultdict(int)
         for e in o.events:
-            i = seen[e.kind]
+            i = seen[e.kind]  # (counted outside the window too: ids do not depend on it)
             seen[e.kind] += 1
+            if window is not None and (e.end < t0 or e.start > t1):
+                continue
             y_off, height = (0.12, 0.28) if e.kind in _NETWORK else (-0.4, 0.8)
             label = str(o.request.id)
+            shown = (max(e.start, t0), min(e.end, t1)) if window else (e.start, e.end)
             fits = (e.kind is EventKind.RUN
-                    and (e.end - e.start) * px_per_s >= (len(label) + 1) * char_px)
+                    and (shown[1] - shown[0]) * px_per_s >= (len(label) + 1) * char_px)
             for node in e.nodes:
                 name = site.nodes[node].name
                 bars[(o.request.kind, e.kind)].append(
                     (f"event-{o.request.id}-{e.kind}-{i}-{name}", e.start, node + y_off,
                      e.end - e.start, height))
                 if fits:
-                    text = ax.text((e.start + e.end) / 2, node, label, ha="center",
+                    text = ax.text(sum(shown) / 2 / unit, node, label, ha="center",
                                    va="center", fontsize=fontsize, color="white", zorder=4,
                                    clip_on=True)
                     text.set_gid(f"label-{o.request.id}-{i}-{name}")
@@ -161,7 +207,7 @@ def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | N
             "zorder": 3.0 if ekind in _NETWORK else 2.0}
         if separate:
             for gid, x, y, w, h in group:
-                bar = Rectangle((x, y), w, h, **style)
+                bar = Rectangle((x / unit, y), w / unit, h, **style)
                 bar.set_gid(gid)
                 ax.add_artist(bar)  # not add_patch: limits are set below, once
         else:
@@ -172,18 +218,19 @@ def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | N
             for part, hatch, suffix in ((wide, style["hatch"], ""), (thin, None, "-thin")):
                 if not part:
                     continue
-                coll = PolyCollection([[(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
+                coll = PolyCollection([[(x / unit, y), ((x + w) / unit, y),
+                                        ((x + w) / unit, y + h), (x / unit, y + h)]
                                        for _, x, y, w, h in part], **{**style, "hatch": hatch})
                 coll.set_gid(f"events-{kind}-{ekind}{suffix}")
                 ax.add_collection(coll, autolim=False)
 
-    ax.set_xlim(t0 - span * 0.01, t1 + span * 0.01)
+    ax.set_xlim(lo / unit, hi / unit)
     ax.set_ylim(n - 0.5, -0.5)  # P1 at the top
     ax.set_yticks(range(n), [node.name for node in site.nodes])
     if n > 40:  # tick labels would overlap: keep about 40
         step = -(-n // 40)
         ax.set_yticks(range(0, n, step), [site.nodes[i].name for i in range(0, n, step)])
-    _labels(ax, "time (s)", "node")
+    _labels(ax, f"time ({unit_name})", "node")
     ax.set_title(title if title is not None else "Schedule").set_gid("title")
     ax.grid(axis="x", linewidth=0.3, alpha=0.5)
 
@@ -197,11 +244,11 @@ def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | N
 
 def gantt(result: ReplayResult, path: Path | str, *, title: str | None = None,
           size: tuple[float, float] | None = None, dpi: int = 100,
-          max_patches: int = 5000) -> None:
+          max_patches: int = 5000, window: tuple[int, int] | None = None) -> None:
     """Write the Gantt chart of a replay (see :func:`gantt_figure`) to ``path``."""
     _check_suffix(Path(path))
     _save(gantt_figure(result.outcomes, result.site, title=title, size=size, dpi=dpi,
-                       max_patches=max_patches), path)
+                       max_patches=max_patches, window=window), path)
 
 
 # ------------------------------------------------------------------------- utilization
@@ -209,21 +256,27 @@ def gantt(result: ReplayResult, path: Path | str, *, title: str | None = None,
 
 def utilization_figure(outcomes: Sequence[LeaseOutcome], site: Site, *,
                        title: str | None = None, size: tuple[float, float] = (8.0, 3.0),
-                       dpi: int = 100) -> Figure:
+                       dpi: int = 100, window: tuple[int, int] | None = None) -> Figure:
     """Busy nodes (running user time) over time, as a step line, with the site's node
-    count dashed; the default title gives the utilization of the summary."""
+    count dashed; the default title gives the utilization of the summary (of the whole
+    replay, ``window`` or not). ``window``: as :func:`gantt_figure`'s."""
     series = utilization_series(outcomes)
     fig = Figure(figsize=size, dpi=dpi, layout="constrained")
     ax = fig.add_subplot()
     n = len(site.nodes)
+    span = (window[1] - window[0] if window is not None
+            else series.times[-1] - series.times[0] if series.times else 1)
+    unit, unit_name = time_unit(span)
     if series.times:
-        (line,) = ax.step(series.times, series.busy, where="post", color=KIND_COLORS[
-            LeaseKind.BESTEFFORT], linewidth=1.0)
+        (line,) = ax.step([t / unit for t in series.times], series.busy, where="post",
+                          color=KIND_COLORS[LeaseKind.BESTEFFORT], linewidth=1.0)
         line.set_gid("utilization")
     capacity = ax.axhline(n, color="black", linestyle="--", linewidth=0.8)
     capacity.set_gid("capacity")
+    if window is not None:
+        ax.set_xlim(window[0] / unit, window[1] / unit)
     ax.set_ylim(0, max(n, max(series.busy, default=0)) * 1.05 + 0.5)
-    _labels(ax, "time (s)", "busy nodes (user time)")
+    _labels(ax, f"time ({unit_name})", "busy nodes (user time)")
     if title is None:
         title = f"Utilization {summarize(outcomes, site).utilization:.1%}"
     ax.set_title(title).set_gid("title")
@@ -231,11 +284,12 @@ def utilization_figure(outcomes: Sequence[LeaseOutcome], site: Site, *,
 
 
 def utilization_plot(result: ReplayResult, path: Path | str, *, title: str | None = None,
-                     size: tuple[float, float] = (8.0, 3.0), dpi: int = 100) -> None:
+                     size: tuple[float, float] = (8.0, 3.0), dpi: int = 100,
+                     window: tuple[int, int] | None = None) -> None:
     """Write the utilization-over-time plot of a replay to ``path``."""
     _check_suffix(Path(path))
-    _save(utilization_figure(result.outcomes, result.site, title=title, size=size, dpi=dpi),
-          path)
+    _save(utilization_figure(result.outcomes, result.site, title=title, size=size, dpi=dpi,
+                             window=window), path)
 
 
 # -------------------------------------------------------------------- completion ratio

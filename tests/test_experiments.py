@@ -8,6 +8,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -283,6 +284,30 @@ def test_replay_swf_with_ars_writes_every_output(tmp_path: Path,
     assert int(rows[some]["wait"]) == leases[some]["start"] - leases[some]["submit"]
     assert (tmp_path / "g.svg").read_text().startswith("<?xml")
     assert (tmp_path / "u.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_replay_plot_window(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--plot-window draws one stretch of a replay: the Gantt chart has the bars of the
+    events overlapping it, no other; a bad window or one with nothing to draw is an
+    error before the replay."""
+    out, svg = tmp_path / "s.json", tmp_path / "g.svg"
+    args = ["replay", str(SWF150), "--profile", "novm-sr", "--json", str(out), "--quiet"]
+    assert cli.main([*args, "--gantt", str(svg), "--plot-window", "10h:12h"]) == 0
+    drawn = {el.split("-")[1] for el in re.findall(r'id="(event-[^"]+)"', svg.read_text())}
+    overlapping = {str(lease["id"]) for lease in json.loads(out.read_text())["leases"]
+                   if any(e["end"] >= 36000 and e["start"] <= 43200 for e in lease["events"])}
+    assert drawn == overlapping and 0 < len(drawn) < 150
+    assert "time (h)" in svg.read_text()
+    for extra, error in (
+            (["--gantt", str(svg), "--plot-window", "12h"],
+             "wsched: error: time window '12h': expected FROM:TO, e.g. 2d:3d\n"),
+            (["--plot-window", "1h:2h"],
+             "wsched: error: --plot-window needs --gantt or --utilization-plot\n")):
+        out.unlink(missing_ok=True)
+        capsys.readouterr()
+        assert cli.main([*args, *extra]) == 2
+        assert capsys.readouterr().err == error
+        assert not out.exists()
 
 
 def test_replay_compressed_log_and_injections(tmp_path: Path,

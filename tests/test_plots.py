@@ -4,6 +4,7 @@ texts (matplotlib writes each text as a comment before its glyphs); PNG size and
 from __future__ import annotations
 
 import csv
+import re
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,10 @@ from scheduler.plots import (
     completion_ratio_figure,
     completion_ratio_figure_of,
     gantt,
+    gantt_figure,
+    parse_window,
+    time_unit,
+    utilization_figure,
     utilization_plot,
 )
 from scheduler.replay import ReplayResult, replay
@@ -95,7 +100,7 @@ def test_gantt_migrate_bars(tmp_path: Path) -> None:
     labels = prefixed(ids, "label-")
     assert len(labels) == 8
     assert text_of(ids["label-3-1-P1"]) == "3"
-    assert text_of(ids["xlabel"]) == "time (s)"
+    assert text_of(ids["xlabel"]) == "time (min)"  # 5,734 s
     assert text_of(ids["ylabel"]) == "node"
     assert text_of(ids["title"]) == "Schedule"
     texts = all_texts(path)
@@ -158,6 +163,62 @@ def test_gantt_hand_built(tmp_path: Path) -> None:
     assert text_of(ids["title"]) == "hand-built"
 
 
+def by_gid(fig: Any) -> dict[str, Any]:
+    return {a.get_gid(): a for a in fig.findobj() if a.get_gid()}
+
+
+def test_gantt_window() -> None:
+    """A window draws the events that overlap it (ids as without it), the axis spans it
+    exactly, in the unit its span calls for, and a run's label sits in the middle of
+    what is shown of it."""
+    fig = gantt_figure(HAND.outcomes, SITE, window=(100, 500))
+    arts = by_gid(fig)
+    assert sorted(g for g in arts if g.startswith("event-")) == [
+        "event-1-run-0-P1", "event-1-run-0-P2", "event-3-run-0-P3"]
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (100 / 60, 500 / 60)
+    assert ax.get_xlabel() == "time (min)"
+    bar = arts["event-1-run-0-P1"]
+    assert (bar.get_x(), bar.get_width()) == (10 / 60, 990 / 60)  # clipped by the axes
+    assert arts["label-1-0-P1"].get_position() == (300 / 60, 0)
+    assert arts["label-3-0-P3"].get_position() == (300 / 60, 2)
+    # whole: the span of every event and submit, padded by 1 %, in minutes
+    ax = gantt_figure(HAND.outcomes, SITE).axes[0]
+    assert ax.get_xlim() == pytest.approx((-10.1 / 60, 1020.1 / 60))
+
+
+def test_utilization_window() -> None:
+    result = migrate_result()
+    ax = utilization_figure(result.outcomes, result.site, window=(0, 3600)).axes[0]
+    assert ax.get_xlim() == (0, 60) and ax.get_xlabel() == "time (min)"
+    line = by_gid(ax.figure)["utilization"]
+    assert np.asarray(line.get_xdata()).tolist() == pytest.approx(
+        [t / 60 for t in (0, 90, 172, 1764, 1800, 3690, 3726, 5400, 5734)])
+
+
+@pytest.mark.parametrize(("span", "unit"), [
+    (1, (1, "s")), (119, (1, "s")), (120, (60, "min")), (7199, (60, "min")),
+    (7200, (3600, "h")), (172799, (3600, "h")), (172800, (86400, "days"))])
+def test_time_unit(span: int, unit: tuple[int, str]) -> None:
+    assert time_unit(span) == unit
+
+
+def test_parse_window() -> None:
+    assert parse_window("2d:3d") == (172800, 259200)
+    assert parse_window("36h:40h") == (129600, 144000)
+    assert parse_window("0:5400") == (0, 5400)
+    assert parse_window("90m:2.5h") == (5400, 9000)
+    assert parse_window(" 1min : 90s ") == (60, 90)
+    for bad, why in (("2d", "expected FROM:TO, e.g. 2d:3d"),
+                     ("1:2:3", "expected FROM:TO"),
+                     ("2x:3d", "'2x' is not a time (seconds, or a number with s, m, h or d)"),
+                     ("-1:5", "'-1' is not a time"),
+                     ("3d:2d", "its end must come after its start"),
+                     ("5:5", "its end must come after its start")):
+        with pytest.raises(ValueError, match=re.escape(why)):
+            parse_window(bad)
+
+
 def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -192,7 +253,7 @@ def test_utilization_plot(tmp_path: Path) -> None:
     assert d is not None
     assert (d.get("d") or "").count("L") + 1 == 17
     assert text_of(ids["title"]) == "Utilization 94.2%"  # 21600 / (4 * 5734)
-    assert text_of(ids["xlabel"]) == "time (s)"
+    assert text_of(ids["xlabel"]) == "time (min)"
     assert text_of(ids["ylabel"]) == "busy nodes (user time)"
 
 
