@@ -25,7 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import experiments, generator, metrics, plots, service_cli
 from .config import Config, ConfigError, load_config, load_profile, profile_names, profile_or_file
-from .lwf import TraceError, trace_stem, trace_suffix
+from .lwf import TraceError, read_lwf, trace_stem, trace_suffix
 from .replay import ReplayResult, replay, write_json
 from .swf import prepare, read_swf, write_swf
 
@@ -178,16 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
         "site's capacity over the trace (the accounting of the shared injection files), "
         "durations delta +- 30 min, node counts in the nu range, each requested "
         "--notice hours before it starts. The same seed gives the same file.")
-    ga.add_argument("trace", type=Path, metavar="TRACE.swf",
-                    help="the best-effort trace the ARs are for")
+    ga.add_argument("trace", type=Path, metavar="TRACE",
+                    help="the best-effort trace the ARs are for (.swf or .lwf, optionally "
+                    "compressed)")
     ga.add_argument("--rho", type=float, required=True, help="AR share, e.g. 0.1 for 10%%")
     ga.add_argument("--delta", type=float, required=True, metavar="HOURS",
                     help="mean AR duration in hours")
-    ga.add_argument("--nu", required=True, choices=sorted(generator.NODE_RANGES),
-                    help="nodes per AR: small 1-24, medium 25-48, large 49-72")
+    ga.add_argument("--nu", required=True, metavar="{small,medium,large,LOW-HIGH}",
+                    help="nodes per AR: small 1-24, medium 25-48, large 49-72, or a range "
+                    "such as 10-20")
     ga.add_argument("--notice", type=float, default=24, metavar="HOURS",
                     help="advance notice (default 24)")
-    ga.add_argument("--nodes", type=int, default=144, help="site nodes (default 144)")
+    ga.add_argument("--nodes", type=int, help="site nodes (default: an LWF trace's site; "
+                    "for SWF 144, the study's)")
     ga.add_argument("--seed", type=int, default=1)
     ga.add_argument("--out", type=Path, required=True, metavar="OUT.lwf")
     _logging_options(ga)
@@ -357,14 +360,29 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_generate_ars(args: argparse.Namespace) -> int:
     _writable(args.out)
-    trace = read_swf(args.trace)
-    span = generator.trace_span(trace.requests)
-    params = generator.ARParameters(rho=args.rho, delta_hours=args.delta,
-                                    nodes=generator.NODE_RANGES[args.nu],
+    nodes = generator.node_range(args.nu)
+    if trace_suffix(args.trace) == ".swf":
+        swf = read_swf(args.trace)
+        requests, first_id, site_nodes = swf.requests, swf.max_id + 1, generator.STUDY_NODES
+    else:  # (its site matters only for its node count)
+        lwf = read_lwf(args.trace, need_site=False)
+        if lwf.site is None and args.nodes is None:
+            raise ValueError(f"{args.trace}: the trace describes no site: give --nodes, "
+                             "the node count whose capacity rho is a share of")
+        requests, site_nodes = lwf.requests, len(lwf.site.nodes) if lwf.site else 0
+        first_id = max((r.id for r in requests), default=0) + 1
+    site_nodes = args.nodes if args.nodes is not None else site_nodes
+    if site_nodes < 1:
+        raise ValueError(f"--nodes must be at least 1 (got {site_nodes})")
+    if nodes[1] > site_nodes:
+        raise ValueError(f"--nu {args.nu}: ARs of up to {nodes[1]} nodes on a site of "
+                         f"{site_nodes} would be rejected")
+    span = generator.trace_span(requests)
+    params = generator.ARParameters(rho=args.rho, delta_hours=args.delta, nodes=nodes,
                                     notice_hours=args.notice)
     generator.write_ar_workload(
-        args.out, params, span=span, seed=args.seed, first_id=trace.max_id + 1,
-        basis_node_seconds=generator.capacity_node_seconds(args.nodes, span))
+        args.out, params, span=span, seed=args.seed, first_id=first_id,
+        basis_node_seconds=generator.capacity_node_seconds(site_nodes, span))
     return 0
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,9 +48,24 @@ logger = logging.getLogger(__name__)
 
 DAY = 86_400
 HOUR = 3_600
+#: The study's site: Blue Horizon as 144 single-CPU nodes.
+STUDY_NODES = 144
 #: The study's lease sizes (nodes per AR lease, inclusive ranges).
 NODE_RANGES: Mapping[str, tuple[int, int]] = {"small": (1, 24), "medium": (25, 48),
                                               "large": (49, 72)}
+_RANGE = re.compile(r"(\d+)-(\d+)")
+
+
+def node_range(text: str) -> tuple[int, int]:
+    """A size's node range: a name of :data:`NODE_RANGES` or ``LOW-HIGH`` (``10-20``)."""
+    if text in NODE_RANGES:
+        return NODE_RANGES[text]
+    if (m := _RANGE.fullmatch(text.strip())) is None or not 1 <= int(m[1]) <= int(m[2]):
+        raise ValueError(f"nodes per AR {text!r}: expected {', '.join(NODE_RANGES)} or a "
+                         "range LOW-HIGH with 1 <= LOW <= HIGH, e.g. 10-20")
+    return int(m[1]), int(m[2])
+
+
 #: The image of the shared injection files (predeployed in the study's base runs).
 DEFAULT_IMAGE = DiskImage("NONE.img", 600)
 #: Per-VM resources of the shared injection files: one CPU, 1024 MB.

@@ -131,9 +131,12 @@ def read_trace_text(path: str | Path) -> str:
         raise TraceError(str(path), f"not UTF-8 text: {e.reason}") from e
 
 
-def read_lwf(path: str | Path, default_site: Site | None = None) -> Workload:
-    """Parse an LWF trace; ``default_site`` is used when the file has no ``<site>``."""
-    return _Reader(str(path)).read(default_site)
+def read_lwf(path: str | Path, default_site: Site | None = None, *,
+             need_site: bool = True) -> Workload:
+    """Parse an LWF trace; ``default_site`` is used when the file has no ``<site>``.
+    Without either, it is an error, unless ``need_site`` is false: then the workload has
+    no site, and its leases are not checked against one."""
+    return _Reader(str(path)).read(default_site, need_site)
 
 
 class _Reader:
@@ -144,7 +147,7 @@ class _Reader:
     def error(self, message: str, el: etree._Element | None = None) -> TraceError:
         return TraceError(self.path, message, line=_line(el), lease=self.lease)
 
-    def read(self, default_site: Site | None) -> Workload:
+    def read(self, default_site: Site | None, need_site: bool = True) -> Workload:
         data = read_trace_bytes(self.path)
         parser = etree.XMLParser(resolve_entities=False, no_network=True)
         try:
@@ -171,13 +174,14 @@ class _Reader:
             parsed.append((request, lease_el))
         self.lease = None
 
-        if site is None:
+        if site is None and need_site:
             raise self.error("the trace describes no site; give one with a [site] table "
                              "(nodes, cpu, memory, ...) in a --config TOML file")
-        capacities = site.capacity_matrix()
-        for request, lease_el in parsed:
-            self.lease = request.id
-            self.check_fits(request, capacities, lease_el)
+        if site is not None:
+            capacities = site.capacity_matrix()
+            for request, lease_el in parsed:
+                self.lease = request.id
+                self.check_fits(request, capacities, lease_el)
         return Workload(name=root.get("name") or trace_stem(self.path),
                         description=description, site=site,
                         requests=tuple(sorted((r for r, _ in parsed), key=lambda r: r.submit)))

@@ -627,6 +627,44 @@ def test_generate_ars_is_deterministic(tmp_path: Path) -> None:
     assert all(r.start is not None and r.start - r.submit <= 24 * 3600 for r in ars)
 
 
+def test_generate_ars_for_lwf_traces_and_node_ranges(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An LWF trace gives the span, the ids to start above and the site's node count,
+    the basis of rho (migrate.lwf: 4 nodes, one day); --nodes gives it for a trace
+    without a site. --nu takes a range; one beyond the site is an error."""
+    out = tmp_path / "g.lwf"
+    migrate = SHARED / "lwf" / "migrate.lwf"
+    assert cli.main(["generate-ars", str(migrate), "--rho", "0.1", "--delta", "1", "--nu",
+                     "1-2", "--out", str(out)]) == 0
+    ars = read_lwf(out, default_site=Site.uniform(4, NODE)).requests
+    assert "rho 0.1 of 345600 node-seconds over a span of 86400 s;" in out.read_text()
+    assert [r.id for r in ars] == list(range(4, 4 + len(ars)))  # migrate.lwf: ids 1-3
+    assert all(1 <= r.vms <= 2 for r in ars)
+    assert experiments.injection_parameters(out) == {"rho": 10, "delta": 1, "nu": "1-2"}
+    assert sum(r.vms * r.duration for r in ars) == pytest.approx(34560, rel=0.01)
+
+    no_site = SHARED / "lwf" / "withprematureend.lwf"
+    args = ["generate-ars", str(no_site), "--rho", "0.1", "--delta", "1", "--nu", "2-3",
+            "--out", str(out)]
+    out.unlink()
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err == (
+        f"wsched: error: {no_site}: the trace describes no site: give --nodes, the node "
+        "count whose capacity rho is a share of\n")
+    assert not out.exists()
+    assert cli.main([*args, "--nodes", "4"]) == 0
+    assert min(r.id for r in read_lwf(out, default_site=Site.uniform(4, NODE)).requests) == 140
+
+    for nu, error in (("3-5", "--nu 3-5: ARs of up to 5 nodes on a site of 4 would be "
+                              "rejected"),
+                      ("medium", "--nu medium: ARs of up to 48 nodes on a site of 4 would "
+                                 "be rejected"),
+                      ("0-2", "nodes per AR '0-2': expected small, medium, large or a range "
+                              "LOW-HIGH with 1 <= LOW <= HIGH, e.g. 10-20")):
+        assert cli.main([*args[:7], nu, *args[8:], "--nodes", "4"]) == 2
+        assert capsys.readouterr().err == f"wsched: error: {error}\n"
+
+
 # ------------------------------------------------------- preparing archive logs
 
 @pytest.mark.parametrize(("args", "shared"), [

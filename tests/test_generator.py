@@ -20,6 +20,7 @@ from scheduler.generator import (
     assign_images,
     capacity_node_seconds,
     generate_ars,
+    node_range,
     trace_node_seconds,
     trace_span,
     write_ar_workload,
@@ -316,3 +317,11 @@ def test_assign_images_errors(kwargs: dict[str, object], message: str) -> None:
 def test_image_ids_widen_past_99() -> None:
     out = assign_images(requests_for_images(50), images=150, size_mb=1, seed=1)
     assert all(re.fullmatch(r"img\d{3}", r.image.id) for r in out)
+
+
+def test_node_range() -> None:
+    assert node_range("small") == (1, 24) and node_range("large") == (49, 72)
+    assert node_range("10-20") == (10, 20) and node_range(" 7-7 ") == (7, 7)
+    for bad in ("huge", "20-10", "0-5", "10-", "1-2-3"):
+        with pytest.raises(ValueError, match=r"expected small, medium, large or a range"):
+            node_range(bad)
