@@ -160,16 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
     _logging_options(sw)
 
     pl = sub.add_parser(
-        "plot", help="the completion-time ratio figure of a sweep",
-        description="Draw the completion-time ratio of the best-effort leases against "
-        "rho from a sweep's results.csv: a column of panels per node range (nu) and, as "
-        "in the paper, a row per profile with a line per delta.")
+        "plot", help="a sweep's figure: a metric against rho (the completion-time ratio)",
+        description="Draw a column of a sweep's results.csv against rho (by default the "
+        "completion-time ratio of the best-effort leases, as in the paper): a column of "
+        "panels per node range (nu) and, as in the paper, a row per profile with a line "
+        "per delta.")
     pl.add_argument("results", type=Path, metavar="RESULTS.csv")
     pl.add_argument("--out", type=Path, required=True, metavar="OUT.png|svg")
     pl.add_argument("--layout", choices=plots.LAYOUTS, default="profiles",
                     help="the rows of panels: one per profile, a line per delta "
                     "(default); one per delta, a line per profile; or a single row, a "
                     "line per profile and delta")
+    pl.add_argument("--metric", default="completion_ratio", metavar="COLUMN",
+                    help="the column drawn (default completion_ratio; e.g. "
+                    "besteffort_wait_mean_skip5pct, drawn in hours, or "
+                    "besteffort_bsld_mean_skip5pct)")
     _logging_options(pl)
 
     ga = sub.add_parser(
@@ -334,27 +339,27 @@ def cmd_plot(args: argparse.Namespace) -> int:
     import csv
 
     _writable(args.out)
-    rows: list[plots.CompletionRow] = []
+    rows: list[plots.SweepRow] = []
     with args.results.open(newline="") as f:
         reader = csv.DictReader(f)
-        needed = ("profile", "rho", "delta", "nu", "completion_ratio")
+        needed = ("profile", "rho", "delta", "nu", args.metric)
         if missing := [c for c in needed if c not in (reader.fieldnames or ())]:
             raise ValueError(f"{args.results}: no column {', '.join(missing)} (a sweep's "
                              "results.csv has them)")
         for line, r in enumerate(reader, start=2):  # (line 1: the header)
-            if r.get("ars") == experiments.NO_ARS or not r["completion_ratio"] or not r["nu"]:
+            if r.get("ars") == experiments.NO_ARS or not r[args.metric] or not r["nu"]:
                 continue  # a baseline, a run without a ratio (its baseline failed) or nu
             try:
-                rows.append(plots.CompletionRow.of(r))
+                rows.append(plots.SweepRow.of(r, args.metric))
             except ValueError as e:
                 raise ValueError(f"{args.results}, line {line}: {e} (rho, delta and "
-                                 "completion_ratio must be numbers)") from e
+                                 f"{args.metric} must be numbers)") from e
     if not rows:
         raise ValueError(f"{args.results}: no runs with AR injections, their rho, delta and "
-                         "nu, and a completion ratio (rho, delta and nu come from injection "
-                         "files named as work_10-dur_2h-size_2medium.lwf, or written by "
-                         "wsched generate-ars)")
-    plots.completion_ratio_figure(rows, args.out, layout=args.layout)
+                         f"nu, and a value of {args.metric} (rho, delta and nu come from "
+                         "injection files named as work_10-dur_2h-size_2medium.lwf, or "
+                         "written by wsched generate-ars)")
+    plots.sweep_figure(rows, args.out, metric=args.metric, layout=args.layout)
     return 0
 
 

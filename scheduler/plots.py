@@ -1,5 +1,6 @@
 """Figures of schedules and experiments: Gantt chart, utilization over time, and the
-completion-time ratio figure of a trace-replay sweep.
+figures of a trace-replay sweep (a metric against rho, as the paper's completion-time
+ratio).
 
 Every function builds its own ``matplotlib.figure.Figure`` (no pyplot, no global state)
 and writes PNG, SVG or PDF by the file suffix. Drawn elements carry SVG ids
@@ -10,7 +11,7 @@ and writes PNG, SVG or PDF by the file suffix. Drawn elements carry SVG ids
   when a chart has too many bars for one patch each); ``label-<lease>-<i>-<node>`` for a run
   bar's lease id;
 - utilization: ``utilization`` (the step line), ``capacity`` (the site's nodes);
-- completion ratio: ``panel-nu-<nu>-profile-<profile>`` per axes (``panel-nu-<nu>-delta-<delta>``
+- sweep figures: ``panel-nu-<nu>-profile-<profile>`` per axes (``panel-nu-<nu>-delta-<delta>``
   with a row per delta, ``panel-nu-<nu>`` in one row), ``line-<profile>-delta-<delta>-nu-<nu>``
   per line, ``legend``;
 - everywhere: ``title``, ``xlabel-…``/``ylabel-…`` for the texts.
@@ -292,36 +293,68 @@ def utilization_plot(result: ReplayResult, path: Path | str, *, title: str | Non
                              window=window), path)
 
 
-# -------------------------------------------------------------------- completion ratio
+# ------------------------------------------------------------- sweep figures (vs rho)
 
 #: Panel order of the AR sizes nu of the reference injections.
 NU_ORDER = ("small", "medium", "large")
 
 
 @dataclass(frozen=True)
-class CompletionRow:
+class Metric:
+    """How a figure shows a column of a sweep's table: its axis label, the factor its
+    values are multiplied by, the reference line drawn (None: none) and the title."""
+
+    label: str
+    title: str
+    scale: float = 1.0
+    reference: float | None = None
+
+
+#: The columns the figures know (any other numeric column is drawn as it is).
+METRICS: Mapping[str, Metric] = {
+    "completion_ratio": Metric("completion time ratio",
+                               "Best-effort completion time with ARs", reference=1.0),
+    "besteffort_wait_mean_skip5pct": Metric("mean wait (h), first 5 % skipped",
+                                            "Best-effort wait with ARs", scale=1 / 3600),
+    "besteffort_wait_mean_all": Metric("mean wait (h)", "Best-effort wait with ARs",
+                                       scale=1 / 3600),
+    "besteffort_bsld_mean_skip5pct": Metric("mean bounded slowdown, first 5 % skipped",
+                                            "Best-effort bounded slowdown with ARs"),
+    "besteffort_bsld_mean_all": Metric("mean bounded slowdown",
+                                       "Best-effort bounded slowdown with ARs"),
+    "utilization": Metric("utilization", "Utilization with ARs"),
+}
+
+
+def metric_of(column: str) -> Metric:
+    return METRICS.get(column) or Metric(column, f"{column} with ARs")
+
+
+@dataclass(frozen=True)
+class SweepRow:
     """One replay of a sweep: ``profile`` (configuration name), ``rho`` (ARs' aggregate
     duration, % of the trace's CPU-hours), ``delta`` (mean AR duration, hours), ``nu``
     (AR size: small, medium, large, a leading number as in ``1small`` dropped; or a
-    node range such as ``10-20``) and ``completion_ratio`` (best-effort completion time
-    / the baseline's)."""
+    node range such as ``10-20``) and ``value``, that of the metric drawn (e.g. the
+    completion ratio: best-effort completion time / the baseline's)."""
 
     profile: str
     rho: float
     delta: float
     nu: str
-    completion_ratio: float
+    value: float
 
     @classmethod
-    def of(cls, row: CompletionRow | Mapping[str, Any]) -> CompletionRow:
-        """From a row or a mapping with those keys (values may be strings, as a
-        ``csv.DictReader`` gives them)."""
-        if isinstance(row, CompletionRow):
+    def of(cls, row: SweepRow | Mapping[str, Any], metric: str = "completion_ratio"
+           ) -> SweepRow:
+        """From a row or a mapping with those keys and ``metric`` (values may be
+        strings, as a ``csv.DictReader`` gives them)."""
+        if isinstance(row, SweepRow):
             return row
         return cls(profile=str(row["profile"]), rho=float(row["rho"]),
                    delta=float(row["delta"]),
                    nu=re.sub(r"^\d+(?=[a-z])", "", str(row["nu"]).strip().lower()),
-                   completion_ratio=float(row["completion_ratio"]))
+                   value=float(row[metric]))
 
 
 def _nu_key(nu: str) -> tuple[int, str]:
@@ -330,17 +363,18 @@ def _nu_key(nu: str) -> tuple[int, str]:
 
 _LINESTYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-#: Layouts of the completion-ratio figure (see :func:`completion_ratio_figure_of`).
+#: Layouts of the sweep figures (see :func:`sweep_figure_of`).
 LAYOUTS = ("profiles", "deltas", "combined")
 _LEGEND_ENTRY_IN = 0.16  # height of a legend entry at fontsize 7, with its spacing
 _PANEL_IN = (3.2, 2.6)  # width and height of a panel
 
 
-def completion_ratio_figure_of(rows: Iterable[CompletionRow | Mapping[str, Any]], *,
-                               layout: str = "profiles", title: str | None = None,
-                               size: tuple[float, float] | None = None,
-                               dpi: int = 100) -> Figure:
-    """Completion-time ratio (y) against rho (x), a column of panels per nu (small,
+def sweep_figure_of(rows: Iterable[SweepRow | Mapping[str, Any]], *,
+                    metric: str = "completion_ratio", layout: str = "profiles",
+                    title: str | None = None, size: tuple[float, float] | None = None,
+                    dpi: int = 100) -> Figure:
+    """A column of the sweep's table (``metric``; default: the completion-time ratio, as
+    in the paper's figures) (y) against rho (x), a column of panels per nu (small,
     medium, large). ``layout`` says what the rows and lines are:
 
     - ``profiles`` (the paper's figures): a row per profile, a line per delta; the y axis
@@ -354,11 +388,12 @@ def completion_ratio_figure_of(rows: Iterable[CompletionRow | Mapping[str, Any]]
     its ``--profiles``). Rows repeating the same (profile, delta, nu, rho), e.g. several
     seeds, are averaged.
     A dotted line marks ratio 1 (the baseline). The figure is tall enough for its
-    legend.
+    legend. Labels, scale and title come from :data:`METRICS` (waits in hours).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r} (use one of {', '.join(LAYOUTS)})")
-    data = [CompletionRow.of(r) for r in rows]
+    shown = metric_of(metric)
+    data = [SweepRow.of(r, metric) for r in rows]
     if not data:
         raise ValueError("no rows to plot")
     nus = sorted({r.nu for r in data}, key=_nu_key)
@@ -369,7 +404,7 @@ def completion_ratio_figure_of(rows: Iterable[CompletionRow | Mapping[str, Any]]
     points: dict[tuple[str, float, str], dict[float, list[float]]] = defaultdict(
         lambda: defaultdict(list))
     for r in data:
-        points[(r.profile, r.delta, r.nu)][r.rho].append(r.completion_ratio)
+        points[(r.profile, r.delta, r.nu)][r.rho].append(r.value * shown.scale)
 
     # Each row of panels: the profiles and deltas its lines are drawn for.
     panel_rows: list[tuple[list[str], list[float]]]
@@ -401,7 +436,8 @@ def completion_ratio_figure_of(rows: Iterable[CompletionRow | Mapping[str, Any]]
                 heading += rf", $\delta$ = {row_deltas[0]:g} h"
             ax.set_gid(f"panel{suffix}")
             ax.set_title(heading, fontsize=9).set_gid(f"title{suffix}")
-            ax.axhline(1.0, color="grey", linestyle=":", linewidth=0.8)
+            if shown.reference is not None:
+                ax.axhline(shown.reference, color="grey", linestyle=":", linewidth=0.8)
             for profile in row_profiles:
                 for d in row_deltas:
                     by_rho = points.get((profile, d, nu))
@@ -419,7 +455,7 @@ def completion_ratio_figure_of(rows: Iterable[CompletionRow | Mapping[str, Any]]
                     line.set_gid(f"line-{profile}-delta-{d:g}-nu-{nu}")
             ax.grid(linewidth=0.3, alpha=0.5)
             xlabel = r"$\rho$ (% of CPU-hours in ARs)" if row_i == len(panel_rows) - 1 else ""
-            ylabel = "completion time ratio" if col_i == 0 else ""
+            ylabel = shown.label if col_i == 0 else ""
             _labels(ax, xlabel, ylabel, suffix)
     # One legend for all panels: every label that appears anywhere.
     handles: dict[str, Any] = {}
@@ -429,22 +465,21 @@ def completion_ratio_figure_of(rows: Iterable[CompletionRow | Mapping[str, Any]]
                 handles.setdefault(lab, h)
     fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=7,
                frameon=False).set_gid("legend")
-    fig.suptitle(title if title is not None else "Best-effort completion time with ARs",
+    fig.suptitle(title if title is not None else shown.title,
                  fontsize=10).set_gid("title")
     return fig
 
 
-def completion_ratio_figure(rows: Iterable[CompletionRow | Mapping[str, Any]],
-                            path: Path | str, *, layout: str = "profiles",
-                            title: str | None = None, size: tuple[float, float] | None = None,
-                            dpi: int = 100) -> None:
-    """Write the completion-ratio figure (see :func:`completion_ratio_figure_of`)."""
+def sweep_figure(rows: Iterable[SweepRow | Mapping[str, Any]], path: Path | str, *,
+                 metric: str = "completion_ratio", layout: str = "profiles",
+                 title: str | None = None, size: tuple[float, float] | None = None,
+                 dpi: int = 100) -> None:
+    """Write a sweep's figure (see :func:`sweep_figure_of`)."""
     _check_suffix(Path(path))
-    _save(completion_ratio_figure_of(rows, layout=layout, title=title, size=size, dpi=dpi),
-          path)
+    _save(sweep_figure_of(rows, metric=metric, layout=layout, title=title, size=size,
+                          dpi=dpi), path)
 
 
-__all__ = ["HATCHES", "KIND_COLORS", "LAYOUTS", "NU_ORDER", "CompletionRow",
-           "completion_ratio_figure",
-           "completion_ratio_figure_of", "gantt", "gantt_figure", "utilization_figure",
-           "utilization_plot"]
+__all__ = ["HATCHES", "KIND_COLORS", "LAYOUTS", "METRICS", "NU_ORDER", "Metric", "SweepRow",
+           "gantt", "gantt_figure", "metric_of", "parse_window", "sweep_figure",
+           "sweep_figure_of", "time_unit", "utilization_figure", "utilization_plot"]

@@ -354,25 +354,37 @@ def test_entry_point_profiles() -> None:
         "vm-reuse-uniform"]
 
 
-@pytest.mark.parametrize(("table", "message"), [
+@pytest.mark.parametrize(("table", "message", "args"), [
     ("profile,rho\np,5\n", "t.csv: no column delta, nu, completion_ratio (a sweep's "
-     "results.csv has them)"),
+     "results.csv has them)", []),
     ("profile,ars,rho,delta,nu,completion_ratio\np,none,0,,,1.0\np,a.lwf,5,1,small,1.01\n"
      "p,b.lwf,five,1,small,1.02\n",
      "t.csv, line 4: could not convert string to float: 'five' (rho, delta and "
-     "completion_ratio must be numbers)"),
+     "completion_ratio must be numbers)", []),
     ("profile,ars,rho,delta,nu,completion_ratio\np,none,0,,,1.0\np,a.lwf,5,1,small,\n",
-     "t.csv: no runs with AR injections, their rho, delta and nu, and a completion ratio "
-     "(rho, delta and nu come from injection files named as work_10-dur_2h-size_2medium.lwf, "
-     "or written by wsched generate-ars)"),
+     "t.csv: no runs with AR injections, their rho, delta and nu, and a value of "
+     "completion_ratio (rho, delta and nu come from injection files named as "
+     "work_10-dur_2h-size_2medium.lwf, or written by wsched generate-ars)", []),
+    ("profile,ars,rho,delta,nu,completion_ratio\np,a.lwf,5,1,small,1.01\n",
+     "t.csv: no column besteffort_wait_mean_all (a sweep's results.csv has them)",
+     ["--metric", "besteffort_wait_mean_all"]),
 ])
-def test_plot_bad_table(table: str, message: str, capsys: pytest.CaptureFixture[str],
-                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plot_bad_table(table: str, message: str, args: list[str],
+                        capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     Path("t.csv").write_text(table)
-    code, out, err = run(capsys, "plot", "t.csv", "--out", "f.png")
+    code, out, err = run(capsys, "plot", "t.csv", "--out", "f.png", *args)
     assert (code, out, err) == (2, "", f"wsched: error: {message}\n")
     assert not Path("f.png").exists()
+
+
+def test_plot_metric(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    figure = tmp_path / "f.svg"
+    code, _, _ = run(capsys, "plot", ROOT / "docs" / "sweep-30days.csv", "--out", figure,
+                     "--metric", "besteffort_bsld_mean_skip5pct")
+    assert code == 0
+    assert "mean bounded slowdown, first 5 % skipped" in figure.read_text()
 
 
 def test_ctrl_c_is_one_line(tmp_path: Path) -> None:

@@ -30,12 +30,12 @@ from scheduler.leases import (
 )
 from scheduler.lwf import read_lwf
 from scheduler.plots import (
-    CompletionRow,
-    completion_ratio_figure,
-    completion_ratio_figure_of,
+    SweepRow,
     gantt,
     gantt_figure,
     parse_window,
+    sweep_figure,
+    sweep_figure_of,
     time_unit,
     utilization_figure,
     utilization_plot,
@@ -276,7 +276,7 @@ def test_completion_ratio_rows_per_profile(tmp_path: Path) -> None:
     """The default, the paper's figures: a row per profile, a column per nu, a line per
     delta."""
     path = tmp_path / "c.svg"
-    completion_ratio_figure(sweep_rows(tmp_path), path)
+    sweep_figure(sweep_rows(tmp_path), path)
     ids = svg_ids(path)
     assert prefixed(ids, "panel-") == [f"panel-nu-{nu}-profile-{p}"
                                        for nu in ("large", "medium", "small")
@@ -292,7 +292,7 @@ def test_completion_ratio_rows_per_profile(tmp_path: Path) -> None:
     assert r"$\delta$ = 2 h" in texts  # legend entries: the deltas only
     assert r"transfer, $\delta$ = 2 h" not in texts
 
-    fig = completion_ratio_figure_of(sweep_rows(tmp_path))
+    fig = sweep_figure_of(sweep_rows(tmp_path))
     assert [ax.get_title() for ax in fig.axes[:3]] == [
         rf"notransfer, $\nu$ = {nu}" for nu in ("small", "medium", "large")]
     # Each row has its own y range: the transfer row's ratios are its own.
@@ -310,13 +310,13 @@ def test_completion_ratio_rows_per_profile(tmp_path: Path) -> None:
     assert one == colours["line-transfer-delta-1-nu-large"]
     assert one != colours["line-notransfer-delta-2-nu-small"]
     # rows in the order the table first names the profiles
-    flipped = completion_ratio_figure_of(sweep_rows(tmp_path)[::-1])
+    flipped = sweep_figure_of(sweep_rows(tmp_path)[::-1])
     assert flipped.axes[0].get_title() == r"transfer, $\nu$ = small"
 
 
 def test_completion_ratio_one_row(tmp_path: Path) -> None:
     path = tmp_path / "c.svg"
-    completion_ratio_figure(sweep_rows(tmp_path), path, layout="combined")
+    sweep_figure(sweep_rows(tmp_path), path, layout="combined")
     ids = svg_ids(path)
     assert prefixed(ids, "panel-") == ["panel-nu-large", "panel-nu-medium", "panel-nu-small"]
     # one line per (profile, delta) in each panel: 2 * 2 * 3 panels
@@ -329,7 +329,7 @@ def test_completion_ratio_one_row(tmp_path: Path) -> None:
     assert "ylabel-nu-medium" not in ids  # shared y axis: left panel only (empty: not drawn)
     assert r"transfer, $\delta$ = 2 h" in all_texts(path)  # legend entry
 
-    fig = completion_ratio_figure_of(sweep_rows(tmp_path), layout="combined")
+    fig = sweep_figure_of(sweep_rows(tmp_path), layout="combined")
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == [r"$\nu$ = small", r"$\nu$ = medium", r"$\nu$ = large"]  # left to right
     (line,) = [ln for ln in fig.axes[0].get_lines()
@@ -341,7 +341,7 @@ def test_completion_ratio_one_row(tmp_path: Path) -> None:
 
 def test_completion_ratio_delta_panels(tmp_path: Path) -> None:
     path = tmp_path / "c.svg"
-    completion_ratio_figure(sweep_rows(tmp_path), path, layout="deltas", title="sweep")
+    sweep_figure(sweep_rows(tmp_path), path, layout="deltas", title="sweep")
     ids = svg_ids(path)
     panels = prefixed(ids, "panel-")
     assert len(panels) == 6  # 2 deltas x 3 nu
@@ -354,31 +354,31 @@ def test_completion_ratio_delta_panels(tmp_path: Path) -> None:
 
 
 def test_completion_ratio_averages_repeats() -> None:
-    rows: list[CompletionRow | Mapping[str, Any]] = [
-        CompletionRow("p", 5, 1, "small", 1.2), CompletionRow("p", 5, 1, "small", 1.4),
+    rows: list[SweepRow | Mapping[str, Any]] = [
+        SweepRow("p", 5, 1, "small", 1.2), SweepRow("p", 5, 1, "small", 1.4),
         {"profile": "p", "rho": "10", "delta": "1", "nu": "1small",
          "completion_ratio": "1.5"}]
-    assert CompletionRow.of({"profile": "p", "rho": "5", "delta": "1", "nu": "10-20",
+    assert SweepRow.of({"profile": "p", "rho": "5", "delta": "1", "nu": "10-20",
                              "completion_ratio": "1"}).nu == "10-20"  # a range stays whole
-    fig = completion_ratio_figure_of(rows)
+    fig = sweep_figure_of(rows)
     assert len(fig.axes) == 1
     (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_gid() == "line-p-delta-1-nu-small"]
     # (1.2 + 1.4) / 2 at rho 5; 1.5 at rho 10
     assert np.asarray(line.get_ydata()).tolist() == pytest.approx([1.3, 1.5])
     with pytest.raises(ValueError, match="no rows"):
-        completion_ratio_figure_of([])
+        sweep_figure_of([])
     with pytest.raises(ValueError, match="unknown layout 'grid'"):
-        completion_ratio_figure_of(rows, layout="grid")
+        sweep_figure_of(rows, layout="grid")
 
 
 @pytest.mark.parametrize("layout", ["profiles", "deltas", "combined"])
 def test_completion_ratio_legend_fits(layout: str) -> None:
     """The paper's whole grid (6 profiles, 4 deltas, 3 nu): every legend entry is inside
     the figure, whatever the layout (24 entries in one row of panels)."""
-    rows = [CompletionRow(f"profile-{p}", rho, delta, nu, 1 + rho / 1000)
+    rows = [SweepRow(f"profile-{p}", rho, delta, nu, 1 + rho / 1000)
             for p in range(6) for delta in (1, 2, 3, 4) for nu in ("small", "medium", "large")
             for rho in (5, 10, 15, 20, 25, 30)]
-    fig = completion_ratio_figure_of(rows, layout=layout)
+    fig = sweep_figure_of(rows, layout=layout)
     FigureCanvasAgg(fig)
     fig.draw_without_rendering()  # lays the figure out (constrained layout) as a save would
     (legend,) = fig.legends
@@ -398,9 +398,35 @@ def test_docs_sweep_figure(tmp_path: Path) -> None:
         rows = list(csv.DictReader(f))
     assert len(rows) == 72 * 6 + 6
     assert {float(r["completion_ratio"]) for r in rows if r["ars"] == "none"} == {1.0}
-    fig = completion_ratio_figure_of([r for r in rows if r["ars"] != "none"])
+    fig = sweep_figure_of([r for r in rows if r["ars"] != "none"])
     assert [ax.get_title() for ax in fig.axes[::3]] == [
         rf"{p}, $\nu$ = small" for p in ("novm-nosr", "novm-sr", "vm-predeploy", "vm-mult",
                                          "vm-reuse-uniform", "vm-reuse-skewed")]
     lines = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_gid()]
     assert len(lines) == 72 and all(np.asarray(ln.get_xdata()).size == 6 for ln in lines)
+
+
+def test_sweep_figure_of_another_metric(tmp_path: Path) -> None:
+    """Any column of the table against rho: waits in hours under their own label and
+    title, with no ratio-1 line; a column the figures do not know, as it is."""
+    table = Path(__file__).resolve().parents[1] / "docs" / "sweep-30days.csv"
+    with table.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["ars"] != "none"]
+    column = "besteffort_wait_mean_skip5pct"
+    fig = sweep_figure_of(rows, metric=column)
+    ax = fig.axes[0]  # novm-nosr, small
+    assert ax.get_ylabel() == "mean wait (h), first 5 % skipped"
+    assert fig.get_suptitle() == "Best-effort wait with ARs"
+    assert [ln.get_gid() for ln in ax.get_lines()] == [
+        f"line-novm-nosr-delta-{d}-nu-small" for d in (1, 2, 3, 4)]  # no reference line
+    line = ax.get_lines()[0]
+    expected = {float(r["rho"]): float(r[column]) / 3600 for r in rows
+                if (r["profile"], r["delta"], r["nu"]) == ("novm-nosr", "1", "small")}
+    assert np.asarray(line.get_xdata()).tolist() == sorted(expected)
+    assert np.asarray(line.get_ydata()).tolist() == [expected[x] for x in sorted(expected)]
+
+    fig = sweep_figure_of(rows, metric="transfers")
+    assert fig.axes[0].get_ylabel() == "transfers"
+    assert fig.get_suptitle() == "transfers with ARs"
+    assert len(fig.axes[0].get_lines()) == 4  # the deltas' lines only
+    assert len(sweep_figure_of(rows).axes[0].get_lines()) == 5  # and the ratio-1 line
