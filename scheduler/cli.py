@@ -286,6 +286,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         jobs = experiments.read_swf_trace(args.trace, config).all_jobs
         write_swf(args.swf_out, jobs, {o.request.id: o.start for o in result.outcomes},
                   notes=(f"replayed by wsched with profile {args.profile or 'default'}",))
+    if window is not None:
+        events = [e for o in result.outcomes for e in o.events]
+        if not any(e.end >= window[0] and e.start <= window[1] for e in events):
+            log.warning("the plot window holds nothing of the schedule", extra={
+                "window": args.plot_window,
+                "schedule_s": f"{min(e.start for e in events)}-{max(e.end for e in events)}"
+                if events else "empty"})
     if args.gantt is not None:
         plots.gantt(result, args.gantt, window=window)
     if args.utilization_plot is not None:

@@ -298,6 +298,15 @@ def test_replay_plot_window(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                    if any(e["end"] >= 36000 and e["start"] <= 43200 for e in lease["events"])}
     assert drawn == overlapping and 0 < len(drawn) < 150
     assert "time (h)" in svg.read_text()
+    # a window past the schedule draws an empty chart, with a warning
+    capsys.readouterr()
+    assert cli.main([*args, "--gantt", str(svg), "--plot-window", "100d:101d"]) == 0
+    assert "id=\"event-" not in svg.read_text()
+    end = max(e["end"] for lease in json.loads(out.read_text())["leases"]
+              for e in lease["events"])
+    assert capsys.readouterr().err == (
+        "WARNING scheduler.cli: the plot window holds nothing of the schedule "
+        f"window=100d:101d schedule_s=0-{end}\n")
     for extra, error in (
             (["--gantt", str(svg), "--plot-window", "12h"],
              "wsched: error: time window '12h': expected FROM:TO, e.g. 2d:3d\n"),
