@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the rows of panels: one per profile, a line per delta "
                     "(default); one per delta, a line per profile; or a single row, a "
                     "line per profile and delta")
+    pl.add_argument("--trace", metavar="NAME",
+                    help="the trace whose runs to draw (its file name, with or without "
+                    "suffixes), when the table holds several")
     pl.add_argument("--metric", default="completion_ratio", metavar="COLUMN",
                     help="the column drawn (default completion_ratio; e.g. "
                     "besteffort_wait_mean_skip5pct, drawn in hours, or "
@@ -343,31 +346,52 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    import csv
-
     _writable(args.out)
-    rows: list[plots.SweepRow] = []
-    with args.results.open(newline="") as f:
-        reader = csv.DictReader(f)
-        needed = ("profile", "rho", "delta", "nu", args.metric)
-        if missing := [c for c in needed if c not in (reader.fieldnames or ())]:
-            raise ValueError(f"{args.results}: no column {', '.join(missing)} (a sweep's "
-                             "results.csv has them)")
-        for line, r in enumerate(reader, start=2):  # (line 1: the header)
-            if r.get("ars") == experiments.NO_ARS or not r[args.metric] or not r["nu"]:
-                continue  # a baseline, a run without a ratio (its baseline failed) or nu
-            try:
-                rows.append(plots.SweepRow.of(r, args.metric))
-            except ValueError as e:
-                raise ValueError(f"{args.results}, line {line}: {e} (rho, delta and "
-                                 f"{args.metric} must be numbers)") from e
-    if not rows:
-        raise ValueError(f"{args.results}: no runs with AR injections, their rho, delta and "
-                         f"nu, and a value of {args.metric} (rho, delta and nu come from "
-                         "injection files named as work_10-dur_2h-size_2medium.lwf, or "
-                         "written by wsched generate-ars)")
+    rows = sweep_rows(args.results, args.metric, args.trace)
     plots.sweep_figure(rows, args.out, metric=args.metric, layout=args.layout)
     return 0
+
+
+def sweep_rows(results: Path, metric: str = "completion_ratio", trace: str | None = None
+               ) -> list[plots.SweepRow]:
+    """The runs with AR injections of a sweep's table, as the figure draws them: one
+    trace's (``trace``: its file name, with or without suffixes; needed when the table
+    holds several, since a figure averages the runs of each point)."""
+    import csv
+
+    traces: dict[str, list[plots.SweepRow]] = {}  # the rows of each trace
+    with results.open(newline="") as f:
+        reader = csv.DictReader(f)
+        needed = ("profile", "rho", "delta", "nu", metric)
+        if missing := [c for c in needed if c not in (reader.fieldnames or ())]:
+            raise ValueError(f"{results}: no column {', '.join(missing)} (a sweep's "
+                             "results.csv has them)")
+        for line, r in enumerate(reader, start=2):  # (line 1: the header)
+            if r.get("ars") == experiments.NO_ARS or not r[metric] or not r["nu"]:
+                continue  # a baseline, a run without a ratio (its baseline failed) or nu
+            try:
+                traces.setdefault(r.get("trace") or "", []).append(
+                    plots.SweepRow.of(r, metric))
+            except ValueError as e:
+                raise ValueError(f"{results}, line {line}: {e} (rho, delta and "
+                                 f"{metric} must be numbers)") from e
+    if trace is not None:
+        chosen = [t for t in traces if trace in (t, trace_stem(Path(t)))]
+        if not chosen:
+            raise ValueError(f"{results}: no runs of trace {trace!r} to draw "
+                             f"(it has: {', '.join(sorted(traces)) or 'none'})")
+        traces = {t: traces[t] for t in chosen}
+    if len(traces) > 1:
+        raise ValueError(f"{results}: runs of {len(traces)} traces "
+                         f"({', '.join(sorted(traces))}): draw one with --trace NAME (a "
+                         "figure averages the runs of each point, which would mix them)")
+    rows = [row for of_trace in traces.values() for row in of_trace]
+    if not rows:
+        raise ValueError(f"{results}: no runs with AR injections, their rho, delta and "
+                         f"nu, and a value of {metric} (rho, delta and nu come from "
+                         "injection files named as work_10-dur_2h-size_2medium.lwf, or "
+                         "written by wsched generate-ars)")
+    return rows
 
 
 def cmd_generate_ars(args: argparse.Namespace) -> int:

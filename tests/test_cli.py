@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from scheduler import cli
+from scheduler import cli, plots
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "traces" / "lwf"
@@ -354,6 +354,10 @@ def test_entry_point_profiles() -> None:
         "vm-reuse-uniform"]
 
 
+TWO_TRACES = ("trace,profile,ars,rho,delta,nu,completion_ratio\n"
+              "a.swf,p,x.lwf,5,1,small,1.5\nb.swf.gz,p,x.lwf,5,1,small,1.1\n")
+
+
 @pytest.mark.parametrize(("table", "message", "args"), [
     ("profile,rho\np,5\n", "t.csv: no column delta, nu, completion_ratio (a sweep's "
      "results.csv has them)", []),
@@ -368,6 +372,10 @@ def test_entry_point_profiles() -> None:
     ("profile,ars,rho,delta,nu,completion_ratio\np,a.lwf,5,1,small,1.01\n",
      "t.csv: no column besteffort_wait_mean_all (a sweep's results.csv has them)",
      ["--metric", "besteffort_wait_mean_all"]),
+    (TWO_TRACES, "t.csv: runs of 2 traces (a.swf, b.swf.gz): draw one with --trace NAME (a "
+     "figure averages the runs of each point, which would mix them)", []),
+    (TWO_TRACES, "t.csv: no runs of trace 'c' to draw (it has: a.swf, b.swf.gz)",
+     ["--trace", "c"]),
 ])
 def test_plot_bad_table(table: str, message: str, args: list[str],
                         capsys: pytest.CaptureFixture[str], tmp_path: Path,
@@ -377,6 +385,18 @@ def test_plot_bad_table(table: str, message: str, args: list[str],
     code, out, err = run(capsys, "plot", "t.csv", "--out", "f.png", *args)
     assert (code, out, err) == (2, "", f"wsched: error: {message}\n")
     assert not Path("f.png").exists()
+
+
+def test_plot_one_trace(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A table of several traces draws one of them, named with or without suffixes."""
+    table = tmp_path / "t.csv"
+    table.write_text(TWO_TRACES)
+    for name, ratio in (("a", 1.5), ("a.swf", 1.5), ("b.swf.gz", 1.1), ("b", 1.1)):
+        assert cli.sweep_rows(table, trace=name) == [
+            plots.SweepRow("p", 5, 1, "small", ratio)]
+    assert run(capsys, "plot", table, "--out", tmp_path / "f.svg", "--trace", "a") == (
+        0, "", "")
+    assert (tmp_path / "f.svg").read_text().startswith("<?xml")
 
 
 def test_plot_metric(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
