@@ -357,8 +357,13 @@ class SweepRow:
                    value=float(row[metric]))
 
 
-def _nu_key(nu: str) -> tuple[int, str]:
-    return (NU_ORDER.index(nu) if nu in NU_ORDER else len(NU_ORDER), nu)
+def _nu_key(nu: str) -> tuple[int, tuple[int, ...], str]:
+    """Panel order: the study's sizes, then node ranges by their numbers (2-3 before
+    10-20), then anything else."""
+    if nu in NU_ORDER:
+        return NU_ORDER.index(nu), (), nu
+    numbers = tuple(int(n) for n in re.findall(r"\d+", nu))
+    return len(NU_ORDER), numbers, nu
 
 
 _LINESTYLES = ("-", "--", ":", "-.")

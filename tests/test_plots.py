@@ -430,3 +430,11 @@ def test_sweep_figure_of_another_metric(tmp_path: Path) -> None:
     assert fig.get_suptitle() == "transfers with ARs"
     assert len(fig.axes[0].get_lines()) == 4  # the deltas' lines only
     assert len(sweep_figure_of(rows).axes[0].get_lines()) == 5  # and the ratio-1 line
+
+
+def test_panels_in_size_order() -> None:
+    """The study's sizes first, in their order, then ranges by their numbers."""
+    rows = [SweepRow("p", 5, 1, nu, 1.1) for nu in ("10-20", "large", "2-3", "small", "2-10")]
+    fig = sweep_figure_of(rows)
+    assert [ax.get_title() for ax in fig.axes] == [
+        rf"p, $\nu$ = {nu}" for nu in ("small", "large", "2-3", "2-10", "10-20")]
