@@ -122,7 +122,7 @@ def read_ars(path: Path, first_id: int, site: Site, taken: frozenset[int] = froz
     ``first_id``, ``first_id + 1``, … An LWF file's leases keep their ids unless the
     trace uses one of them (``taken``): Haizea's injection files number their leases
     from 1, as its traces do. Then they are numbered like the plain-text format's, in
-    file order, and a warning says so (``warn``; else an info record: a sweep warns
+    order of arrival, and a warning says so (``warn``; else an info record: a sweep warns
     once, as it checks its inputs, not once per run)."""
     if not read_trace_bytes(path).lstrip().startswith(b"<"):  # (its reader reads it again)
         return read_ar_injections(path, first_id=first_id)
@@ -131,7 +131,7 @@ def read_ars(path: Path, first_id: int, site: Site, taken: frozenset[int] = froz
         renumbered = tuple(replace(r, id=first_id + i) for i, r in enumerate(requests))
         log.log(logging.WARNING if warn else logging.INFO,
                 "the trace uses lease ids of the injection file: its leases are renumbered "
-                f"{first_id}-{renumbered[-1].id} in file order",
+                f"{first_id}-{renumbered[-1].id} in order of arrival",
                 extra={"path": str(path), "clashing": len(clash)})
         return renumbered
     return requests

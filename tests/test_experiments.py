@@ -350,8 +350,8 @@ def test_compressed_lwf_injections_are_told_from_the_text_format(tmp_path: Path)
 def test_lwf_injection_ids_the_trace_uses_are_renumbered(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Haizea's pairing: withprematureend.lwf (ids 1-139) with inj1.lwf (ids 1-13). The
-    ARs take ids 140-152 in file order, times and shapes unchanged, with one warning; an
-    injection whose ids the trace leaves free keeps them."""
+    ARs take ids 140-152 in order of arrival, times and shapes unchanged, with one
+    warning; an injection whose ids the trace leaves free keeps them."""
     trace, inj = SHARED / "lwf" / "withprematureend.lwf", SHARED / "lwf" / "inj1.lwf"
     config = replace(load_profile("test-notransfer"), site_nodes=4, site_node=NODE)
     site = config.default_site()
@@ -365,7 +365,7 @@ def test_lwf_injection_ids_the_trace_uses_are_renumbered(
     assert [replace(r, id=f.id) for r, f in zip(ars, file_ars, strict=True)] == list(file_ars)
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("WARNING", "the trace uses lease ids of the injection file: its leases are "
-                    "renumbered 140-152 in file order")]
+                    "renumbered 140-152 in order of arrival")]
     # a sweep's runs log it as information only (check_inputs warned once)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="scheduler.experiments"):
