@@ -163,7 +163,7 @@ def gantt_figure(outcomes: Sequence[LeaseOutcome], site: Site, *, title: str | N
         lo, hi = t0 - span * 0.01, t1 + span * 0.01
     else:
         lo, hi = t0, t1 = window
-        span = t1 - t0
+        span = max(t1 - t0, 1)
     unit, unit_name = time_unit(span)
     # Room for a label: the bar's width on screen against the label's. The axes take
     # roughly 80 % of the figure's width (legend on the right).
