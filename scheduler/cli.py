@@ -24,7 +24,16 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import experiments, generator, metrics, plots, service_cli
-from .config import Config, ConfigError, load_config, load_profile, profile_names, profile_or_file
+from .config import (
+    Config,
+    ConfigError,
+    load_config,
+    load_profile,
+    profile_description,
+    profile_names,
+    profile_or_file,
+    profile_text,
+)
 from .lwf import TraceError, read_lwf, trace_stem, trace_suffix
 from .replay import ReplayResult, replay, write_json
 from .swf import prepare, read_swf, write_swf
@@ -221,7 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--out", type=Path, required=True, metavar="OUT.swf")
     _logging_options(ps)
 
-    pp = sub.add_parser("profiles", help="list the built-in configuration profiles")
+    pp = sub.add_parser(
+        "profiles", help="list the built-in configuration profiles",
+        description="List the built-in profiles, each with what it models, or print one "
+        "of them whole (a start for a configuration file of your own: see replay "
+        "--config).")
+    pp.add_argument("--show", metavar="NAME", help="print this profile's TOML")
+    pp.add_argument("--names", action="store_true", help="the names alone, one per line")
     _logging_options(pp)
     parser.set_defaults(service_handlers=service_cli.add_commands(sub))
     return parser
@@ -471,8 +486,13 @@ def print_summary(name: str, result: ReplayResult, out: Path) -> None:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    for name in profile_names():
-        print(name)
+    if args.show is not None:
+        print(profile_text(args.show), end="")
+        return 0
+    names = profile_names()
+    width = max(map(len, names))
+    for name in names:
+        print(name if args.names else f"{name:<{width}}  {profile_description(name)}")
     return 0
 
 

@@ -247,13 +247,27 @@ def profile_names() -> list[str]:
                   if p.name.endswith(".toml"))
 
 
-def load_profile(name: str) -> Config:
-    root = resources.files("scheduler") / "profiles"
-    path = root / f"{name}.toml"
+def profile_text(name: str) -> str:
+    """A built-in profile's TOML, comments included."""
+    path = resources.files("scheduler") / "profiles" / f"{name}.toml"
     if not path.is_file():
         raise ConfigError(f"unknown profile {name!r} (known: {', '.join(profile_names())})")
+    return path.read_text()
+
+
+def profile_description(name: str) -> str:
+    """What a built-in profile models: the comment its file opens with, as one line."""
+    lines = []
+    for line in profile_text(name).splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(lines)
+
+
+def load_profile(name: str) -> Config:
     source = f"profile {name}"
-    return apply_toml(Config(), _parse(path.read_text(), source), source)
+    return apply_toml(Config(), _parse(profile_text(name), source), source)
 
 
 def load_config(path: Path, base: Config | None = None) -> Config:

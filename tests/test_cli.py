@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from scheduler import cli, plots
+from scheduler.config import load_config, load_profile, profile_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "traces" / "lwf"
@@ -170,10 +171,23 @@ def test_site_from_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     assert {n for lease in got.values() for n in lease["nodes"]} == {"P1", "P2", "P3", "P4"}
 
 
-def test_profiles(capsys: pytest.CaptureFixture[str]) -> None:
+def test_profiles(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Each profile with what it models (its file's opening comment); --show prints one
+    whole, a configuration file that gives that profile."""
     code, out, err = run(capsys, "profiles")
     assert (code, err) == (0, "")
-    assert {"test-notransfer", "test-transfer", "test-transfer-reuse"} <= set(out.splitlines())
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == profile_names()
+    assert "test-transfer-reuse  As test-transfer, plus a 20,480 MB image cache on every " \
+        "node." in lines
+    assert "vm-reuse-skewed      HPDC 2008 \"VMs, image reuse, skewed\": as vm-reuse-uniform, " \
+        "but 7 images are each chosen 10% of the time and the other 30 each 1%." in lines
+    code, out, err = run(capsys, "profiles", "--show", "vm-reuse-skewed")
+    assert (code, err) == (0, "")
+    shown = write(tmp_path / "shown.toml", out)
+    assert load_config(shown) == load_profile("vm-reuse-skewed")
+    code, out, err = run(capsys, "profiles", "--show", "nope")
+    assert_error(code, out, err, "unknown profile 'nope'")
 
 
 def test_log_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -346,7 +360,8 @@ def test_entry_point_profiles() -> None:
     wsched = Path(sys.executable).with_name("wsched")
     if not wsched.exists():
         pytest.skip("the wsched console script is not installed next to the interpreter")
-    proc = subprocess.run([wsched, "profiles"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([wsched, "profiles", "--names"], capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0
     assert proc.stdout.splitlines() == [
         "batch-conservative", "batch-easy", "novm-nosr", "novm-sr", "test-notransfer",
