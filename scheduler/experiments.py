@@ -140,6 +140,8 @@ def read_ars(path: Path, first_id: int, site: Site, taken: frozenset[int] = froz
 def load_workload(trace: Path, ars: Path | None, config: Config, *, warn: bool = True
                   ) -> Workload:
     site, requests, skipped, ids = read_trace(trace, config)
+    if not requests and warn:  # (a sweep's check_inputs warned)
+        _nothing_to_replay(trace, skipped)
     merged = list(requests)
     if ars is not None:
         merged += read_ars(ars, max(ids, default=0) + 1, site, ids, warn=warn)
@@ -150,6 +152,11 @@ def load_workload(trace: Path, ars: Path | None, config: Config, *, warn: bool =
                                     weights=config.image_weights(),
                                     seed=config.workload_image_seed))
     return Workload(site, tuple(merged), skipped)
+
+
+def _nothing_to_replay(trace: Path, skipped: tuple[tuple[str, int], ...]) -> None:
+    log.warning("the trace has no lease to replay: every job is skipped",
+                extra={"trace": str(trace), **dict(skipped)})
 
 
 def injection_parameters(ars: Path | None) -> dict[str, Any]:
@@ -373,7 +380,9 @@ def check_inputs(specs: Sequence[RunSpec]) -> None:
         config = profile_or_file(spec.profile)
         key = (spec.trace, config.default_site())
         if key not in traces:
-            site, _, _, ids = read_trace(spec.trace, config)
+            site, requests, skipped, ids = read_trace(spec.trace, config)
+            if not requests:
+                _nothing_to_replay(spec.trace, skipped)
             traces[key] = site, max(ids, default=0) + 1, ids
         site, first_id, taken = traces[key]
         if spec.ars is not None and (spec.ars, site, first_id) not in read:

@@ -203,6 +203,9 @@ def read_swf(path: str | Path, *, nodes_field: int = REQUESTED_PROCS,
             id=job_id, kind=LeaseKind.BESTEFFORT, vms=math.ceil(procs / procs_per_node),
             resources=node, image=image, duration=duration, submit=submit,
             real_duration=min(real, duration), preemptible=preemptible))
+    if not seen:  # (surely not what was meant: a log cut to nothing, the wrong file)
+        raise TraceError(name, "no jobs: an SWF file lists one job per line, 18 fields "
+                         "(lines starting with ';' are comments)")
     return SwfTrace(name, tuple(header), tuple(jobs), tuple(requests), tuple(skipped))
 
 

@@ -225,6 +225,28 @@ def test_swf_jobs_hold_whole_nodes(tmp_path: Path) -> None:
         [(1, 0, 100), (2, 0, 50)]
 
 
+def test_a_trace_with_nothing_to_replay_is_told(tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Every job skipped: the replay of nothing says so, once per sweep."""
+    trace = tmp_path / "t.swf"
+    trace.write_text("1 0 -1 -1 8 -1 -1 1 300 -1 5 6 -1 -1 3 -1 -1 -1\n"
+                     "2 9 -1 50 8 -1 -1 0 300 -1 1 6 -1 -1 3 -1 -1 -1\n")
+    message = ("WARNING", "the trace has no lease to replay: every job is skipped")
+    with caplog.at_level(logging.INFO, logger="scheduler.experiments"):
+        workload = experiments.load_workload(trace, None, load_profile("novm-sr"))
+        assert workload.requests == ()
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [message]
+        counts = vars(caplog.records[0])
+        assert (counts["cancelled"], counts["no-nodes"]) == (1, 1)
+        caplog.clear()
+        experiments.load_workload(trace, None, load_profile("novm-sr"), warn=False)
+        assert caplog.records == []
+        experiments.sweep(experiments.sweep_specs([trace], [], ["novm-sr", "vm-mult"]),
+                          tmp_path / "s", jobs=1)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.levelname == "WARNING"] == [message]
+
+
 def test_injection_parameters(tmp_path: Path) -> None:
     assert experiments.injection_parameters(INJ) == {"rho": 5, "delta": 1, "nu": "small"}
     assert experiments.injection_parameters(None) == {"rho": 0, "delta": None, "nu": None}

@@ -6,6 +6,7 @@ import bz2
 import gzip
 import lzma
 import math
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -298,7 +299,7 @@ jobs_strategy = st.lists(
               st.integers(-1, 200),                 # nodes
               st.integers(-1, 100_000),             # requested time
               st.sampled_from([0, 1, 5])),          # status
-    max_size=30)
+    min_size=1, max_size=30)
 
 
 @settings(max_examples=60, deadline=None)
@@ -320,6 +321,10 @@ def test_round_trip_property(rows: list[tuple[int, int, int, int, int]],
                   for r in trace.requests}
         out = Path(tmp) / "out.swf"
         write_swf(out, trace.jobs, starts)
+        if not trace.jobs:  # every job skipped: nothing written back
+            with pytest.raises(TraceError, match="no jobs"):
+                read_swf(out)
+            return
         again = read_swf(out)
         assert again.requests == trace.requests
         for job in again.jobs:
@@ -331,3 +336,14 @@ def test_vms_rounding_matches_ceil(tmp_path: Path) -> None:
     path = write(tmp_path, *(swf_line(n, 0, 1, n, 1) for n in range(1, 20)))
     trace = read_swf(path, procs_per_node=8)
     assert [r.vms for r in trace.requests] == [math.ceil(n / 8) for n in range(1, 20)]
+
+
+@pytest.mark.parametrize("text", ["", "; a header alone\n;\n", "\n\n"])
+def test_no_jobs_is_an_error(tmp_path: Path, text: str) -> None:
+    """A log with no job (cut to nothing, or the wrong file) would replay nothing."""
+    path = tmp_path / "t.swf"
+    path.write_text(text)
+    with pytest.raises(TraceError, match=re.escape(
+            f"{path}: no jobs: an SWF file lists one job per line, 18 fields (lines "
+            "starting with ';' are comments)")):
+        read_swf(path)
