@@ -307,12 +307,31 @@ INPUTS_KEY = "inputs_sha256"
 
 
 def inputs_digest(spec: RunSpec) -> str:
-    """What a run's result depends on: wsched's version, the profile's configuration and
-    the contents of its trace and injection files. A sweep re-runs a finished run whose
-    digest differs (a file or profile changed since), rather than keep a stale result."""
-    parts = [_version(), repr(profile_or_file(spec.profile)), _file_digest(spec.trace),
+    """What a run's result depends on: wsched's version and code (``code_digest``), the
+    profile's configuration and the contents of its trace and injection files. A sweep
+    re-runs a finished run whose digest differs (a file, the profile or the code changed
+    since), rather than keep a stale result."""
+    parts = [_version(), code_digest(), repr(profile_or_file(spec.profile)),
+             _file_digest(spec.trace),
              _file_digest(spec.ars) if spec.ars is not None else NO_ARS]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+#: Modules of the package a run's result does not depend on (the service, the figures,
+#: the command line): every other one is in ``code_digest``, new ones included.
+_NOT_REPLAYED = frozenset({"__init__", "cli", "client", "enactment", "engine", "invariants",
+                           "libvirt_driver", "plots", "service", "service_cli", "store"})
+
+
+@functools.cache
+def code_digest() -> str:
+    """The source of the modules a replay runs: a run made by other code (an edited
+    checkout, whatever its version says) is out of date."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.stem not in _NOT_REPLAYED:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _version() -> str:

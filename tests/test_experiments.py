@@ -538,6 +538,39 @@ def test_sweep_of_configuration_files(tmp_path: Path, monkeypatch: pytest.Monkey
         "their folders\n")
 
 
+def test_runs_depend_on_the_code_they_replay(tmp_path: Path) -> None:
+    """``code_digest`` covers the modules a replay imports, no other: editing one of
+    them (a copy of the package here) changes it, editing the figures' does not."""
+    package = Path(experiments.__file__).parent
+    replayed = subprocess.run(
+        [sys.executable, "-c", "import sys, scheduler.experiments; print(' '.join(sorted("
+         "m.split('.')[1] for m in sys.modules if m.startswith('scheduler.'))))"],
+        capture_output=True, text=True, check=True, cwd=package.parent).stdout.split()
+    assert sorted(p.stem for p in package.glob("*.py")
+                  if p.stem not in experiments._NOT_REPLAYED) == replayed
+
+    copy = tmp_path / "scheduler"
+    copy.mkdir()
+    for path in package.glob("*.py"):
+        (copy / path.name).write_bytes(path.read_bytes())
+
+    def digest() -> str:
+        return subprocess.run(
+            [sys.executable, "-c", "from scheduler import experiments; "
+             "print(experiments.code_digest())"], capture_output=True, text=True,
+            check=True, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+            cwd=tmp_path).stdout.strip()
+
+    first = digest()
+    assert first == experiments.code_digest()
+    with (copy / "plots.py").open("a") as f:
+        f.write("# an edit to the figures\n")
+    assert digest() == first
+    with (copy / "core.py").open("a") as f:
+        f.write("# an edit to the core\n")
+    assert digest() != first
+
+
 def test_sweep_bad_profile_runs_nothing(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["sweep", "--trace", str(SWF150), "--profiles", "batch-easy,nope",
