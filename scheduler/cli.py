@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--jobs", type=int, default=None, metavar="N",
                     help="parallel processes (default: all cores)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="run nothing: read every input file, then list each run as done, "
+                    "to run or out of date (its record is of other inputs or code)")
     _logging_options(sw)
 
     pl = sub.add_parser(
@@ -342,6 +345,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise OSError(f"{path}: no such file")
     specs = experiments.sweep_specs(args.traces, args.ars, profiles)
+    if args.dry_run:
+        return _sweep_plan(specs, args.out / "runs")
     show = not args.quiet and sys.stderr.isatty()
     with tqdm(total=len(specs), desc="sweep", unit="run", file=sys.stderr,
               disable=not show) as bar, (logging_redirect_tqdm() if show else nullcontext()):
@@ -357,6 +362,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
     if not args.quiet:
         print(f"{len(specs)} runs; results in {table}")
+    return 0
+
+
+def _sweep_plan(specs: list[experiments.RunSpec], runs: Path) -> int:
+    experiments.check_inputs(specs)
+    counts: dict[str, int] = {"done": 0, "to run": 0, "out of date": 0}
+    for spec in specs:
+        status = ("done" if experiments.finished(spec, runs)
+                  else "out of date" if (runs / f"{spec.name}.json").exists() else "to run")
+        counts[status] += 1
+        print(f"{status:<11}  {spec.name}")
+    print(f"{len(specs)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
     return 0
 
 

@@ -571,6 +571,33 @@ def test_runs_depend_on_the_code_they_replay(tmp_path: Path) -> None:
     assert digest() != first
 
 
+def test_sweep_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--dry-run runs and writes nothing, and says which runs are done, to run, or out
+    of date; a bad input file stops it as it would the sweep."""
+    inj = tmp_path / INJ.name
+    inj.write_bytes(INJ.read_bytes())
+    out = tmp_path / "s"
+    args = ["sweep", "--trace", str(SWF150), "--ars", str(inj), "--profiles", "novm-sr",
+            "--out", str(out), "--quiet"]
+    assert cli.main([*args, "--dry-run"]) == 0
+    assert capsys.readouterr().out == (
+        "to run       150requests__none__novm-sr\n"
+        "to run       150requests__work_05-dur_1h-size_1small__novm-sr\n"
+        "2 runs: 0 done, 2 to run, 0 out of date\n")
+    assert not out.exists()
+    assert cli.main(args) == 0
+    inj.write_text(inj.read_text() + "\n# an edit\n")
+    capsys.readouterr()
+    assert cli.main([*args, "--dry-run"]) == 0
+    assert capsys.readouterr().out == (
+        "done         150requests__none__novm-sr\n"
+        "out of date  150requests__work_05-dur_1h-size_1small__novm-sr\n"
+        "2 runs: 1 done, 0 to run, 1 out of date\n")
+    inj.write_text("0 1 2\n")
+    assert cli.main([*args, "--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith(f"wsched: error: {inj}:1: ")
+
+
 def test_sweep_bad_profile_runs_nothing(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["sweep", "--trace", str(SWF150), "--profiles", "batch-easy,nope",
