@@ -122,10 +122,11 @@ def read_ars(path: Path, first_id: int, site: Site, taken: frozenset[int] = froz
     ``first_id``, ``first_id + 1``, … An LWF file's leases keep their ids unless the
     trace uses one of them (``taken``): Haizea's injection files number their leases
     from 1, as its traces do. Then they are numbered like the plain-text format's, in
-    order of arrival, and a warning says so (``warn``; else an info record: a sweep warns
-    once, as it checks its inputs, not once per run)."""
+    order of arrival, and a warning says so. What is warned of (this, or the plain
+    format's starts moved to 0) is logged as information if not ``warn``: a sweep warns
+    once, as it checks its inputs, not once per run."""
     if not read_trace_bytes(path).lstrip().startswith(b"<"):  # (its reader reads it again)
-        return read_ar_injections(path, first_id=first_id)
+        return read_ar_injections(path, first_id=first_id, warn=warn)
     requests = read_lwf(path, default_site=site).requests
     if clash := taken & {r.id for r in requests}:
         renumbered = tuple(replace(r, id=first_id + i) for i, r in enumerate(requests))

@@ -27,8 +27,8 @@ COLUMNS = ("submit time", "start time", "requested duration", "real duration",
 _INTEGER = re.compile(r"-?\d+")
 
 
-def read_ar_injections(path: str | Path, *, first_id: int,
-                       shift_early_starts: bool = True) -> tuple[LeaseRequest, ...]:
+def read_ar_injections(path: str | Path, *, first_id: int, shift_early_starts: bool = True,
+                       warn: bool = True) -> tuple[LeaseRequest, ...]:
     """The ARs of an injection file, in file order, with ids ``first_id``, ``first_id + 1``, …
 
     Pick ``first_id`` above the best-effort trace's job ids so ids never clash (e.g.
@@ -38,7 +38,9 @@ def read_ar_injections(path: str | Path, *, first_id: int,
     the generator behind the shared files lets the first starts of its densest workloads
     drift a little before the trace begins (4 leases, in ``work_25-dur_1h-size_1small``
     and ``work_30-dur_1h-size_1small``), and such a lease, submitted at 0, would
-    otherwise start before it was requested. Otherwise it is an error.
+    otherwise start before it was requested. Otherwise it is an error. The move is
+    logged as a warning, or as information if not ``warn`` (a sweep's runs: the sweep
+    warned once, as it checked its inputs).
     """
     name = str(path)
     text = read_trace_text(path)
@@ -88,6 +90,7 @@ def read_ar_injections(path: str | Path, *, first_id: int,
             raise TraceError(name, str(e).removeprefix(f"lease {lease_id}: "), line=number,
                              lease=lease_id) from e
     if shifted:
-        logger.warning("AR starts before time 0 moved to 0",
-                       extra={"path": name, "lines": tuple(shifted)})
+        logger.log(logging.WARNING if warn else logging.INFO,
+                   "AR starts before time 0 moved to 0",
+                   extra={"path": name, "lines": tuple(shifted)})
     return tuple(requests)

@@ -67,7 +67,13 @@ def test_early_starts_in_shared_files(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="scheduler.injections"):
         leases = read_ar_injections(path, first_id=1)
     assert (leases[1].start, leases[1].duration, leases[2].start) == (0, 3190, 0)
-    assert [rec.__dict__["lines"] for rec in caplog.records] == [(2, 3)]
+    assert [(rec.levelname, rec.__dict__["lines"]) for rec in caplog.records] == [
+        ("WARNING", (2, 3))]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="scheduler.injections"):  # (a sweep's run)
+        assert read_ar_injections(path, first_id=1, warn=False) == leases
+    assert [(rec.levelname, rec.__dict__["lines"]) for rec in caplog.records] == [
+        ("INFO", (2, 3))]
     with pytest.raises(TraceError) as info:
         read_ar_injections(path, first_id=1, shift_early_starts=False)
     assert str(info.value) == f"{path}:2: lease 2: start time -1769 s is before the trace begins"
