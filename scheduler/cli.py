@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+import tomllib
 from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import UTC, datetime
@@ -161,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated built-in profile names or TOML configuration "
                     "files (FILE.toml: see replay --config; its runs and results are "
                     "named by the file's name without .toml)")
+    sw.add_argument("--vary", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
+                    help="run each profile with each of these values of a setting "
+                    "(repeatable: every combination), e.g. scheduling.backfilling="
+                    "aggressive,conservative; runs are named PROFILE+KEY=VALUE")
     sw.add_argument("--out", type=Path, required=True, metavar="DIR",
                     help="directory for the runs and results.csv")
     sw.add_argument("--jobs", type=int, default=None, metavar="N",
@@ -339,12 +344,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     profiles = [str(Path(p).resolve()) if p.endswith(".toml") else p for p in profiles]
     for p in profiles:
         profile_or_file(p)  # fail before anything starts
+    vary = [_variation(v) for v in args.vary]
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1 (got {args.jobs})")
     for path in [*args.traces, *args.ars]:
         if not path.is_file():
             raise OSError(f"{path}: no such file")
-    specs = experiments.sweep_specs(args.traces, args.ars, profiles)
+    specs = experiments.sweep_specs(args.traces, args.ars, profiles, vary)
+    for spec in experiments.configurations(specs):
+        spec.config()  # (a bad value of --vary: fail before anything starts)
     if args.dry_run:
         return _sweep_plan(specs, args.out / "runs")
     show = not args.quiet and sys.stderr.isatty()
@@ -363,6 +371,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"{len(specs)} runs; results in {table}")
     return 0
+
+
+def _variation(text: str) -> tuple[str, str, list[Any]]:
+    """``SECTION.KEY=V1,V2,...``; each value as in a TOML file, unquoted strings too."""
+    setting, sep, values = text.partition("=")
+    section, dot, key = setting.strip().partition(".")
+    if not (sep and dot and section and key and values.strip()):
+        raise ValueError(f"--vary {text!r}: expected SECTION.KEY=V1,V2,... (e.g. "
+                         "scheduling.backfilling=aggressive,conservative)")
+    parsed = []
+    for value in values.split(","):
+        try:
+            parsed.append(tomllib.loads(f"v = {value.strip()}")["v"])
+        except tomllib.TOMLDecodeError:
+            parsed.append(value.strip())  # a bare word: a string
+    return section, key, parsed
 
 
 def _sweep_plan(specs: list[experiments.RunSpec], runs: Path) -> int:

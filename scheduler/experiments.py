@@ -16,6 +16,7 @@ import contextlib
 import csv
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from .config import Config, profile_label, profile_or_file
+from .config import Config, apply_toml, profile_label, profile_or_file
 from .generator import NODE_RANGES, assign_images
 from .injections import read_ar_injections
 from .leases import LeaseRequest, Resources, Site
@@ -182,23 +183,47 @@ def _number(x: float) -> float | int:
 
 # ------------------------------------------------------------------------ one run
 
+#: One setting a sweep varies: (TOML section, key, value), e.g.
+#: ("scheduling", "backfilling", "conservative").
+Setting = tuple[str, str, Any]
+
+
 @dataclass(frozen=True)
 class RunSpec:
     trace: Path
     ars: Path | None
     profile: str  # a built-in profile's name or a TOML file's path (profile_or_file)
+    settings: tuple[Setting, ...] = ()  # over the profile's (a sweep's --vary)
+
+    @property
+    def label(self) -> str:
+        """The configuration's name in run names and tables: the profile's, then each
+        setting as ``+key=value`` (``vm-mult+backfilling=conservative``)."""
+        keys = [key for _, key, _ in self.settings]
+        return profile_label(self.profile) + "".join(
+            f"+{key if keys.count(key) == 1 else f'{section}.{key}'}={value}"
+            for section, key, value in self.settings)
 
     @property
     def name(self) -> str:
         ars = trace_stem(self.ars) if self.ars else NO_ARS
-        return f"{trace_stem(self.trace)}__{ars}__{profile_label(self.profile)}"
+        return f"{trace_stem(self.trace)}__{ars}__{self.label}"
+
+    def config(self) -> Config:
+        config = profile_or_file(self.profile)
+        if not self.settings:
+            return config
+        table: dict[str, dict[str, Any]] = {}
+        for section, key, value in self.settings:
+            table.setdefault(section, {})[key] = value
+        return apply_toml(config, table, "--vary")
 
     def baseline(self) -> RunSpec:
-        return RunSpec(self.trace, None, self.profile)
+        return RunSpec(self.trace, None, self.profile, self.settings)
 
 
 def run_experiment(spec: RunSpec) -> tuple[ReplayResult, Metrics]:
-    config = profile_or_file(spec.profile)
+    config = spec.config()
     workload = load_workload(spec.trace, spec.ars, config, warn=False)  # (check_inputs did)
     result = replay(workload.site, config, workload.requests)
     return result, compute(result)
@@ -207,7 +232,7 @@ def run_experiment(spec: RunSpec) -> tuple[ReplayResult, Metrics]:
 def _row(spec: RunSpec, metrics: Metrics) -> dict[str, Any]:
     row: dict[str, Any] = {"run": spec.name, "trace": spec.trace.name,
                            "ars": spec.ars.name if spec.ars else NO_ARS,
-                           "profile": profile_label(spec.profile), **injection_parameters(spec.ars)}
+                           "profile": spec.label, **injection_parameters(spec.ars)}
     summary = metrics.summary.to_dict()
     for key in ("baseline_completion", "completion_ratio"):  # filled in by the sweep
         summary.pop(key)
@@ -239,18 +264,25 @@ def _run_one(spec: RunSpec, out: Path) -> Path:
 # -------------------------------------------------------------------------- sweep
 
 def sweep_specs(traces: Sequence[Path], ars: Sequence[Path | None],
-                profiles: Sequence[str]) -> list[RunSpec]:
-    """The grid, plus every (trace, profile) baseline without injections."""
+                profiles: Sequence[str],
+                vary: Sequence[tuple[str, str, Sequence[Any]]] = ()) -> list[RunSpec]:
+    """The grid, plus every (trace, profile) baseline without injections. ``vary``:
+    settings (section, key, values) whose every combination is a configuration of each
+    profile (Haizea's multi-configuration files), e.g. ``[("scheduling", "backfilling",
+    ["aggressive", "conservative"])]``."""
+    combinations = list(itertools.product(*(
+        [(section, key, value) for value in values] for section, key, values in vary)))
     specs: dict[str, RunSpec] = {}
     for trace in traces:
-        for profile in profiles:
+        for profile, settings in itertools.product(profiles, combinations):
             for a in (None, *ars):
-                spec = RunSpec(trace, a, profile)
+                spec = RunSpec(trace, a, profile, settings)
                 other = specs.setdefault(spec.name, spec)
                 if other != spec:  # (the same file given twice is one run)
                     first, second = next(pair for pair in (
                         (other.trace, spec.trace), (other.ars, spec.ars),
-                        (other.profile, spec.profile)) if pair[0] != pair[1])
+                        (other.profile, spec.profile), (other.settings, spec.settings))
+                        if pair[0] != pair[1])
                     raise ValueError(f"{first} and {second} would write the same run "
                                      f"{spec.name}: a sweep names its runs by the files' "
                                      "names, without their folders")
@@ -267,8 +299,8 @@ def sweep(specs: Iterable[RunSpec], out: Path, *, jobs: int | None = None,
     specs = list(specs)
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    for p in profiles_in(specs):
-        profile_or_file(p)  # fail before starting anything
+    for config in configurations(specs):
+        config.config()  # fail before starting anything
     todo = [s for s in specs if not finished(s, runs)]
     if stale := [s.name for s in todo if (runs / f"{s.name}.json").exists()]:
         log.info("runs out of date: run again", extra={"runs": stale})
@@ -312,7 +344,7 @@ def inputs_digest(spec: RunSpec) -> str:
     profile's configuration and the contents of its trace and injection files. A sweep
     re-runs a finished run whose digest differs (a file, the profile or the code changed
     since), rather than keep a stale result."""
-    parts = [_version(), code_digest(), repr(profile_or_file(spec.profile)),
+    parts = [_version(), code_digest(), repr(spec.config()),
              _file_digest(spec.trace),
              _file_digest(spec.ars) if spec.ars is not None else NO_ARS]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
@@ -397,7 +429,7 @@ def check_inputs(specs: Sequence[RunSpec]) -> None:
     traces: dict[tuple[Path, Site | None], tuple[Site, int, frozenset[int]]] = {}
     read: set[tuple[Path, Site, int]] = set()
     for spec in specs:
-        config = profile_or_file(spec.profile)
+        config = spec.config()
         key = (spec.trace, config.default_site())
         if key not in traces:
             site, requests, skipped, ids = read_trace(spec.trace, config)
@@ -410,8 +442,9 @@ def check_inputs(specs: Sequence[RunSpec]) -> None:
             read.add((spec.ars, site, first_id))
 
 
-def profiles_in(specs: Iterable[RunSpec]) -> list[str]:
-    return sorted({s.profile for s in specs})
+def configurations(specs: Iterable[RunSpec]) -> list[RunSpec]:
+    """One spec of each configuration (profile and settings) in ``specs``."""
+    return list({(s.profile, s.settings): s for s in specs}.values())
 
 
 def write_results(specs: Sequence[RunSpec], runs: Path, path: Path) -> Path:

@@ -598,6 +598,62 @@ def test_sweep_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert capsys.readouterr().err.startswith(f"wsched: error: {inj}:1: ")
 
 
+def test_sweep_varies_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--vary runs each profile under every combination of the values given, each run
+    named and tabled by its settings, its baseline of the same settings; each run is
+    its configuration's replay. Bad --vary values stop the sweep before it starts."""
+    out = tmp_path / "s"
+    args = ["sweep", "--trace", str(SWF150), "--ars", str(INJ), "--profiles", "novm-sr",
+            "--out", str(out), "--jobs", "2", "--quiet", "--vary",
+            "scheduling.backfilling=aggressive,off", "--vary", "site.nodes=100,144"]
+    assert cli.main(args) == 0
+    rows = read_results(out / "results.csv")
+    labels = [f"novm-sr+backfilling={b}+nodes={n}" for b in ("aggressive", "off")
+              for n in (100, 144)]
+    assert list(rows) == [f"150requests__{a}__{label}" for label in labels
+                          for a in ("none", "work_05-dur_1h-size_1small")]
+    for label in labels:
+        row = rows[f"150requests__work_05-dur_1h-size_1small__{label}"]
+        base = rows[f"150requests__none__{label}"]
+        assert row["profile"] == label
+        assert float(row["completion_ratio"]) == pytest.approx(
+            int(row["besteffort_completion"]) / int(base["besteffort_completion"]))
+    config = apply_toml(load_profile("novm-sr"),
+                        {"scheduling": {"backfilling": "off"}, "site": {"nodes": 100}}, "")
+    workload = experiments.load_workload(SWF150, INJ, config)
+    summary = compute(replay(workload.site, config, workload.requests)).summary
+    row = rows[f"150requests__work_05-dur_1h-size_1small__{labels[2]}"]
+    assert int(row["besteffort_completion"]) == summary.besteffort_completion
+    assert float(row["besteffort_wait_mean_all"]) == pytest.approx(
+        summary.besteffort_wait_mean_all)
+    assert len({r["besteffort_wait_mean_all"] for r in rows.values()}) > 2  # they differ
+
+    for vary, error in (
+            ("scheduling.backfilling=fast", "--vary: [scheduling] backfilling: bad value "
+             "'fast' for backfilling: 'fast' is not a valid Backfilling (one of: off, "
+             "aggressive, conservative, intermediate)"),
+            ("backfilling=off", "--vary 'backfilling=off': expected SECTION.KEY=V1,V2,... "
+             "(e.g. scheduling.backfilling=aggressive,conservative)"),
+            ("scheduling.nope=1", "--vary: unknown key 'nope' in [scheduling] (known: "
+             "admission, preemption, host-selection, backfilling, backfilling-reservations)")):
+        capsys.readouterr()
+        assert cli.main([*args[:8], str(tmp_path / "t"), "--vary", vary]) == 2
+        assert capsys.readouterr().err == f"wsched: error: {error}\n"
+        assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize(("text", "parsed"), [
+    ("scheduling.backfilling=aggressive, off", ("scheduling", "backfilling",
+                                                ["aggressive", "off"])),
+    ("site.nodes=100,144", ("site", "nodes", [100, 144])),
+    ("enactment.runtime-slowdown=0,2.5", ("enactment", "runtime-slowdown", [0, 2.5])),
+    ("suspension.enabled=true,false", ("suspension", "enabled", [True, False])),
+    ('workload.image-mix="skewed"', ("workload", "image-mix", ["skewed"])),
+])
+def test_vary_values(text: str, parsed: tuple[str, str, list[Any]]) -> None:
+    assert cli._variation(text) == parsed
+
+
 def test_sweep_bad_profile_runs_nothing(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["sweep", "--trace", str(SWF150), "--profiles", "batch-easy,nope",
