@@ -232,7 +232,9 @@ def run_experiment(spec: RunSpec) -> tuple[ReplayResult, Metrics]:
 def _row(spec: RunSpec, metrics: Metrics) -> dict[str, Any]:
     row: dict[str, Any] = {"run": spec.name, "trace": spec.trace.name,
                            "ars": spec.ars.name if spec.ars else NO_ARS,
-                           "profile": spec.label, **injection_parameters(spec.ars)}
+                           "profile": spec.label,
+                           **{f"{section}.{key}": value for section, key, value in spec.settings},
+                           **injection_parameters(spec.ars)}
     summary = metrics.summary.to_dict()
     for key in ("baseline_completion", "completion_ratio"):  # filled in by the sweep
         summary.pop(key)

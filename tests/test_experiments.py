@@ -616,6 +616,8 @@ def test_sweep_varies_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str
         row = rows[f"150requests__work_05-dur_1h-size_1small__{label}"]
         base = rows[f"150requests__none__{label}"]
         assert row["profile"] == label
+        assert f"novm-sr+backfilling={row['scheduling.backfilling']}+nodes=" \
+            f"{row['site.nodes']}" == label  # a column per setting
         assert float(row["completion_ratio"]) == pytest.approx(
             int(row["besteffort_completion"]) / int(base["besteffort_completion"]))
     config = apply_toml(load_profile("novm-sr"),
