@@ -310,8 +310,8 @@ def test_replay_swf_with_ars_writes_every_output(tmp_path: Path,
 
 def test_replay_plot_window(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--plot-window draws one stretch of a replay: the Gantt chart has the bars of the
-    events overlapping it, no other; a bad window or one with nothing to draw is an
-    error before the replay."""
+    events overlapping it, no other. A window past the schedule draws nothing, with a
+    warning; a bad window, or one with no plot to draw, is an error before the replay."""
     out, svg = tmp_path / "s.json", tmp_path / "g.svg"
     args = ["replay", str(SWF150), "--profile", "novm-sr", "--json", str(out), "--quiet"]
     assert cli.main([*args, "--gantt", str(svg), "--plot-window", "10h:12h"]) == 0
