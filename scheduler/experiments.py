@@ -439,6 +439,10 @@ def check_inputs(specs: Sequence[RunSpec]) -> None:
                 _nothing_to_replay(spec.trace, skipped)
             traces[key] = site, max(ids, default=0) + 1, ids
         site, first_id, taken = traces[key]
+        varied = [f"{section}.{k}" for section, k, _ in spec.settings if section == "site"]
+        if varied and site != config.default_site():  # (an LWF trace's own <site>)
+            raise SweepError(f"{spec.trace}: the trace describes its own site, so --vary "
+                             f"{varied[0]} would change nothing")
         if spec.ars is not None and (spec.ars, site, first_id) not in read:
             read_ars(spec.ars, first_id, site, taken)
             read.add((spec.ars, site, first_id))

@@ -642,6 +642,14 @@ def test_sweep_varies_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert cli.main([*args[:8], str(tmp_path / "t"), "--vary", vary]) == 2
         assert capsys.readouterr().err == f"wsched: error: {error}\n"
         assert not (tmp_path / "t").exists()
+    # a trace with its own site ignores the configuration's: varying it is a mistake
+    migrate = SHARED / "lwf" / "migrate.lwf"
+    assert cli.main(["sweep", "--trace", str(migrate), "--profiles", "test-transfer",
+                     "--vary", "site.nodes=4,8", "--out", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err == (
+        f"wsched: error: {migrate}: the trace describes its own site, so --vary site.nodes "
+        "would change nothing\n")
+    assert list((tmp_path / "m" / "runs").iterdir()) == []
 
 
 @pytest.mark.parametrize(("text", "parsed"), [
