@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the column drawn (default completion_ratio; e.g. "
                     "besteffort_wait_mean_skip5pct, drawn in hours, or "
                     "besteffort_bsld_mean_skip5pct)")
+    pl.add_argument("--average", metavar="SECTION.KEY",
+                    help="a setting the sweep varied (--vary) to average over rather than "
+                    "draw apart, e.g. workload.image-seed")
     _logging_options(pl)
 
     ga = sub.add_parser(
@@ -403,28 +406,34 @@ def _sweep_plan(specs: list[experiments.RunSpec], runs: Path) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     _writable(args.out)
-    rows = sweep_rows(args.results, args.metric, args.trace)
+    rows = sweep_rows(args.results, args.metric, args.trace, args.average)
     plots.sweep_figure(rows, args.out, metric=args.metric, layout=args.layout)
     return 0
 
 
-def sweep_rows(results: Path, metric: str = "completion_ratio", trace: str | None = None
-               ) -> list[plots.SweepRow]:
+def sweep_rows(results: Path, metric: str = "completion_ratio", trace: str | None = None,
+               average: str | None = None) -> list[plots.SweepRow]:
     """The runs with AR injections of a sweep's table, as the figure draws them: one
     trace's (``trace``: its file name, with or without suffixes; needed when the table
-    holds several, since a figure averages the runs of each point)."""
+    holds several, since a figure averages the runs of each point). ``average``: a
+    setting the sweep varied (its column, ``SECTION.KEY``) taken out of the runs'
+    profile names, so that the figure averages over its values."""
     import csv
 
     traces: dict[str, list[plots.SweepRow]] = {}  # the rows of each trace
     with results.open(newline="") as f:
         reader = csv.DictReader(f)
-        needed = ("profile", "rho", "delta", "nu", metric)
+        needed = ("profile", "rho", "delta", "nu", metric, *([average] if average else []))
         if missing := [c for c in needed if c not in (reader.fieldnames or ())]:
             raise ValueError(f"{results}: no column {', '.join(missing)} (a sweep's "
-                             "results.csv has them)")
+                             "results.csv has them; a varied setting's, with --vary)")
         for line, r in enumerate(reader, start=2):  # (line 1: the header)
             if r.get("ars") == experiments.NO_ARS or not r[metric] or not r["nu"]:
                 continue  # a baseline, a run without a ratio (its baseline failed) or nu
+            if average:  # its "+key=value" (or "+section.key=value") out of the name
+                named = {f"{average.partition('.')[2]}={r[average]}", f"{average}={r[average]}"}
+                r["profile"] = "+".join(part for part in r["profile"].split("+")
+                                        if part not in named)
             try:
                 traces.setdefault(r.get("trace") or "", []).append(
                     plots.SweepRow.of(r, metric))

@@ -414,6 +414,27 @@ def test_plot_one_trace(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
     assert (tmp_path / "f.svg").read_text().startswith("<?xml")
 
 
+def test_plot_averages_over_a_varied_setting(capsys: pytest.CaptureFixture[str],
+                                             tmp_path: Path) -> None:
+    """--average SECTION.KEY takes a --vary setting out of the profiles' names: the
+    figure averages its values (image seeds 1 and 10 here, not mistaken for each other)."""
+    table = write(tmp_path / "t.csv", (
+        "profile,workload.image-seed,ars,rho,delta,nu,completion_ratio\n"
+        "p+image-seed=1+nodes=4,1,x.lwf,5,1,small,1.2\n"
+        "p+image-seed=10+nodes=4,10,x.lwf,5,1,small,1.4\n"))
+    assert cli.sweep_rows(table, average="workload.image-seed") == [
+        plots.SweepRow("p+nodes=4", 5, 1, "small", 1.2),
+        plots.SweepRow("p+nodes=4", 5, 1, "small", 1.4)]
+    assert [r.profile for r in cli.sweep_rows(table)] == ["p+image-seed=1+nodes=4",
+                                                          "p+image-seed=10+nodes=4"]
+    fig = plots.sweep_figure_of(cli.sweep_rows(table, average="workload.image-seed"))
+    (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_gid()]
+    assert line.get_ydata().tolist() == [pytest.approx(1.3)]  # type: ignore[union-attr]
+    code, out, err = run(capsys, "plot", table, "--out", tmp_path / "f.png",
+                         "--average", "workload.image-mix")
+    assert_error(code, out, err, "no column workload.image-mix")
+
+
 def test_plot_metric(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     figure = tmp_path / "f.svg"
     code, _, _ = run(capsys, "plot", ROOT / "docs" / "sweep-30days.csv", "--out", figure,
