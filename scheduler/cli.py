@@ -407,7 +407,9 @@ def _sweep_plan(specs: list[experiments.RunSpec], runs: Path) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     _writable(args.out)
     rows = sweep_rows(args.results, args.metric, args.trace, args.average)
-    plots.sweep_figure(rows, args.out, metric=args.metric, layout=args.layout)
+    title = None if args.average is None \
+        else f"{plots.metric_of(args.metric).title}, averaged over {args.average}"
+    plots.sweep_figure(rows, args.out, metric=args.metric, layout=args.layout, title=title)
     return 0
 
 

@@ -430,6 +430,11 @@ def test_plot_averages_over_a_varied_setting(capsys: pytest.CaptureFixture[str],
     fig = plots.sweep_figure_of(cli.sweep_rows(table, average="workload.image-seed"))
     (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_gid()]
     assert line.get_ydata().tolist() == [pytest.approx(1.3)]  # type: ignore[union-attr]
+    figure = tmp_path / "f.svg"
+    assert run(capsys, "plot", table, "--out", figure, "--average", "workload.image-seed") \
+        == (0, "", "")
+    assert "Best-effort completion time with ARs, averaged over workload.image-seed" in \
+        figure.read_text()
     code, out, err = run(capsys, "plot", table, "--out", tmp_path / "f.png",
                          "--average", "workload.image-mix")
     assert_error(code, out, err, "no column workload.image-mix")
