@@ -425,10 +425,14 @@ def sweep_rows(results: Path, metric: str = "completion_ratio", trace: str | Non
     traces: dict[str, list[plots.SweepRow]] = {}  # the rows of each trace
     with results.open(newline="") as f:
         reader = csv.DictReader(f)
-        needed = ("profile", "rho", "delta", "nu", metric, *([average] if average else []))
-        if missing := [c for c in needed if c not in (reader.fieldnames or ())]:
+        columns = reader.fieldnames or ()
+        needed = ("profile", "rho", "delta", "nu", metric)
+        if missing := [c for c in needed if c not in columns]:
             raise ValueError(f"{results}: no column {', '.join(missing)} (a sweep's "
-                             "results.csv has them; a varied setting's, with --vary)")
+                             "results.csv has them)")
+        if average and average not in columns:
+            raise ValueError(f"{results}: no column {average} to average over (a sweep "
+                             "has one for each setting it varies with --vary)")
         for line, r in enumerate(reader, start=2):  # (line 1: the header)
             if r.get("ars") == experiments.NO_ARS or not r[metric] or not r["nu"]:
                 continue  # a baseline, a run without a ratio (its baseline failed) or nu

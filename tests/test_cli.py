@@ -437,7 +437,8 @@ def test_plot_averages_over_a_varied_setting(capsys: pytest.CaptureFixture[str],
         figure.read_text()
     code, out, err = run(capsys, "plot", table, "--out", tmp_path / "f.png",
                          "--average", "workload.image-mix")
-    assert_error(code, out, err, "no column workload.image-mix")
+    assert_error(code, out, err, "no column workload.image-mix to average over (a sweep has "
+                 "one for each setting it varies with --vary)")
 
 
 def test_plot_metric(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
