@@ -467,10 +467,11 @@ def write_results(specs: Sequence[RunSpec], runs: Path, path: Path) -> Path:
         row["completion_ratio"] = (completion / base_completion
                                    if completion is not None and base_completion else None)
         table.append(row)
-    columns = list(table[0]) if table else []
+    # (every column of every row: specs may vary different settings, each its column)
+    columns = list(dict.fromkeys(column for row in table for column in row))
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in table)
     tmp.replace(path)

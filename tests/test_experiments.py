@@ -629,6 +629,12 @@ def test_sweep_varies_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert float(row["besteffort_wait_mean_all"]) == pytest.approx(
         summary.besteffort_wait_mean_all)
     assert len({r["besteffort_wait_mean_all"] for r in rows.values()}) > 2  # they differ
+    # specs of different settings in one table: a column for each, empty where not set
+    mixed = [experiments.RunSpec(SWF150, None, "novm-sr", (("site", "nodes", 100),)),
+             experiments.RunSpec(SWF150, None, "novm-sr")]
+    experiments.sweep(mixed, tmp_path / "mixed", jobs=1)
+    table = read_results(tmp_path / "mixed" / "results.csv")
+    assert [r["site.nodes"] for r in table.values()] == ["100", ""]
 
     for vary, error in (
             ("scheduling.backfilling=fast", "--vary: [scheduling] backfilling: bad value "
