@@ -149,11 +149,19 @@ def load_workload(trace: Path, ars: Path | None, config: Config, *, warn: bool =
         merged += read_ars(ars, max(ids, default=0) + 1, site, ids, warn=warn)
     merged.sort(key=lambda r: (r.submit, r.id))
     if config.workload_images:
+        if warn and trace_suffix(trace) != ".swf":  # (a sweep's check_inputs warned)
+            _images_replaced(trace)
         merged = list(assign_images(merged, images=config.workload_images,
                                     size_mb=config.workload_image_size,
                                     weights=config.image_weights(),
                                     seed=config.workload_image_seed))
     return Workload(site, tuple(merged), skipped)
+
+
+def _images_replaced(trace: Path) -> None:
+    # (An SWF trace names no image: there the mix is what gives its leases one.)
+    log.warning("the configuration's [workload] image mix replaces the disk images the "
+                "trace gives its leases", extra={"trace": str(trace)})
 
 
 def _nothing_to_replay(trace: Path, skipped: tuple[tuple[str, int], ...]) -> None:
@@ -430,8 +438,13 @@ def check_inputs(specs: Sequence[RunSpec]) -> None:
     reads it would fail). About 0.7 s for the 72 injection files of the paper's sweep."""
     traces: dict[tuple[Path, Site | None], tuple[Site, int, frozenset[int]]] = {}
     read: set[tuple[Path, Site, int]] = set()
+    replaced: set[Path] = set()  # LWF traces whose images a configuration replaces
     for spec in specs:
         config = spec.config()
+        if config.workload_images and trace_suffix(spec.trace) != ".swf" \
+                and spec.trace not in replaced:
+            _images_replaced(spec.trace)
+            replaced.add(spec.trace)
         key = (spec.trace, config.default_site())
         if key not in traces:
             site, requests, skipped, ids = read_trace(spec.trace, config)

@@ -308,6 +308,28 @@ def test_replay_swf_with_ars_writes_every_output(tmp_path: Path,
     assert (tmp_path / "u.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_image_mix_over_an_lwf_trace_is_told(caplog: pytest.LogCaptureFixture) -> None:
+    """A profile's image mix gives SWF jobs their images silently, but replaces those an
+    LWF trace names: that is warned of (in a sweep, once, as it checks its inputs)."""
+    migrate = SHARED / "lwf" / "migrate.lwf"
+    message = ("WARNING", "the configuration's [workload] image mix replaces the disk images "
+               "the trace gives its leases")
+    with caplog.at_level(logging.INFO, logger="scheduler.experiments"):
+        workload = experiments.load_workload(migrate, None, load_profile("vm-mult"))
+        assert {r.image.size_mb for r in workload.requests} == {4096}  # the mix's
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [message]
+        caplog.clear()
+        experiments.load_workload(migrate, None, load_profile("vm-mult"), warn=False)
+        experiments.load_workload(migrate, None, load_profile("test-transfer"))
+        experiments.load_workload(SWF150, None, load_profile("vm-mult"))
+        assert caplog.records == []
+        experiments.check_inputs(
+            experiments.sweep_specs([migrate], [], ["vm-mult", "vm-reuse-skewed",
+                                                    "test-transfer"])
+            + experiments.sweep_specs([SWF150], [], ["vm-mult"]))
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [message]
+
+
 def test_replay_plot_window(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--plot-window draws one stretch of a replay: the Gantt chart has the bars of the
     events overlapping it, no other. A window past the schedule draws nothing, with a
