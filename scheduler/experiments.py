@@ -309,8 +309,8 @@ def sweep(specs: Iterable[RunSpec], out: Path, *, jobs: int | None = None,
     specs = list(specs)
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    for config in configurations(specs):
-        config.config()  # fail before starting anything
+    for spec in configurations(specs):
+        spec.config()  # fail before starting anything
     todo = [s for s in specs if not finished(s, runs)]
     if stale := [s.name for s in todo if (runs / f"{s.name}.json").exists()]:
         log.info("runs out of date: run again", extra={"runs": stale})
