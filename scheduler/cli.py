@@ -28,6 +28,7 @@ from . import experiments, generator, metrics, plots, service_cli
 from .config import (
     Config,
     ConfigError,
+    apply_toml,
     load_config,
     load_profile,
     profile_description,
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--config", type=Path, metavar="FILE.toml",
                     help="TOML file whose settings override the profile's (it may name "
                     "the profile it starts from: profile = \"NAME\")")
+    rp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    dest="settings", help="one setting over the profile and --config "
+                    "(repeatable), e.g. scheduling.backfilling=conservative")
     rp.add_argument("--json", type=Path, required=True, metavar="OUT.json", dest="json_out",
                     help="where to write the schedule")
     rp.add_argument("--metrics", type=Path, metavar="OUT.json",
@@ -275,6 +279,13 @@ def _writable(*paths: Path | None) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     config = resolve_config(args.profile, args.config)
+    settings: dict[str, dict[str, Any]] = {}
+    for text in args.settings:
+        section, key, values = _variation(text, option="--set")
+        if len(values) != 1:
+            raise ValueError(f"--set {text!r}: one value (a sweep's --vary takes several)")
+        settings.setdefault(section, {})[key] = values[0]
+    config = apply_toml(config, settings, "--set")
     out: Path = args.json_out
     _writable(out, args.metrics, args.leases_csv, args.swf_out, args.gantt,
               args.utilization_plot)
@@ -376,13 +387,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _variation(text: str) -> tuple[str, str, list[Any]]:
+def _variation(text: str, option: str = "--vary") -> tuple[str, str, list[Any]]:
     """``SECTION.KEY=V1,V2,...``; each value as in a TOML file, unquoted strings too."""
     setting, sep, values = text.partition("=")
     section, dot, key = setting.strip().partition(".")
     if not (sep and dot and section and key and values.strip()):
-        raise ValueError(f"--vary {text!r}: expected SECTION.KEY=V1,V2,... (e.g. "
-                         "scheduling.backfilling=aggressive,conservative)")
+        example = "aggressive,conservative" if option == "--vary" else "conservative"
+        raise ValueError(f"{option} {text!r}: expected SECTION.KEY="
+                         f"{'V1,V2,...' if option == '--vary' else 'VALUE'} (e.g. "
+                         f"scheduling.backfilling={example})")
     parsed = []
     for value in values.split(","):
         try:

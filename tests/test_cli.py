@@ -153,6 +153,30 @@ def test_config_names_its_profile(capsys: pytest.CaptureFixture[str], tmp_path: 
                  "another profile was given too: name one")
 
 
+def test_set_overrides_one_setting(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--set SECTION.KEY=VALUE is a one-line --config (over it, when both are given)."""
+    by_set, by_file = tmp_path / "set.json", tmp_path / "file.json"
+    assert run(capsys, "replay", PREEMPTION, "--profile", "test-notransfer", "--set",
+               "enactment.overhead=0", "--json", by_set)[0] == 0
+    toml = write(tmp_path / "c.toml", "[enactment]\noverhead = 0\n")
+    assert run(capsys, "replay", PREEMPTION, "--profile", "test-notransfer", "--config", toml,
+               "--json", by_file)[0] == 0
+    assert leases(by_set) == leases(by_file)
+    assert next(e for e in leases(by_set)[1]["events"] if e["kind"] == "run")["start"] == 0
+    assert run(capsys, "replay", PREEMPTION, "--profile", "test-notransfer", "--config", toml,
+               "--set", "enactment.overhead=2", "--json", by_set)[0] == 0
+    assert next(e for e in leases(by_set)[1]["events"] if e["kind"] == "run")["start"] == 2
+    for setting, message in (
+            ("scheduling.backfilling=off,conservative", "--set 'scheduling.backfilling=off,"
+             "conservative': one value (a sweep's --vary takes several)"),
+            ("backfilling=off", "--set 'backfilling=off': expected SECTION.KEY=VALUE (e.g. "
+             "scheduling.backfilling=conservative)"),
+            ("enactment.overhead=-1", "--set: [enactment] overhead: bad value -1")):
+        code, out, err = run(capsys, "replay", PREEMPTION, "--set", setting, "--json",
+                             tmp_path / "o.json")
+        assert_error(code, out, err, message)
+
+
 def test_site_from_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out_json = tmp_path / "out.json"
     code, out, err = run(capsys, "replay", NO_SITE, "--json", out_json)
