@@ -392,9 +392,9 @@ def _variation(text: str, option: str = "--vary") -> tuple[str, str, list[Any]]:
     setting, sep, values = text.partition("=")
     section, dot, key = setting.strip().partition(".")
     if not (sep and dot and section and key and values.strip()):
-        example = "aggressive,conservative" if option == "--vary" else "conservative"
-        raise ValueError(f"{option} {text!r}: expected SECTION.KEY="
-                         f"{'V1,V2,...' if option == '--vary' else 'VALUE'} (e.g. "
+        form, example = (("V1,V2,...", "aggressive,conservative") if option == "--vary"
+                         else ("VALUE", "conservative"))
+        raise ValueError(f"{option} {text!r}: expected SECTION.KEY={form} (e.g. "
                          f"scheduling.backfilling={example})")
     parsed = []
     for value in values.split(","):
