@@ -359,6 +359,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for p in profiles:
         profile_or_file(p)  # fail before anything starts
     vary = [_variation(v) for v in args.vary]
+    if len({(section, key) for section, key, _ in vary}) < len(vary):
+        raise ValueError("--vary names a setting twice: give all its values in one "
+                         "(SECTION.KEY=V1,V2,...)")
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1 (got {args.jobs})")
     for path in [*args.traces, *args.ars]:

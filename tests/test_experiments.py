@@ -665,9 +665,11 @@ def test_sweep_varies_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str
             ("backfilling=off", "--vary 'backfilling=off': expected SECTION.KEY=V1,V2,... "
              "(e.g. scheduling.backfilling=aggressive,conservative)"),
             ("scheduling.nope=1", "--vary: unknown key 'nope' in [scheduling] (known: "
-             "admission, preemption, host-selection, backfilling, backfilling-reservations)")):
+             "admission, preemption, host-selection, backfilling, backfilling-reservations)"),
+            ("site.nodes=8 --vary site.nodes=4", "--vary names a setting twice: give all "
+             "its values in one (SECTION.KEY=V1,V2,...)")):
         capsys.readouterr()
-        assert cli.main([*args[:8], str(tmp_path / "t"), "--vary", vary]) == 2
+        assert cli.main([*args[:8], str(tmp_path / "t"), "--vary", *vary.split()]) == 2
         assert capsys.readouterr().err == f"wsched: error: {error}\n"
         assert not (tmp_path / "t").exists()
     # a trace with its own site ignores the configuration's: varying it is a mistake
