@@ -28,12 +28,11 @@ from . import experiments, generator, metrics, plots, service_cli
 from .config import (
     Config,
     ConfigError,
-    apply_toml,
+    apply_settings,
     load_config,
     load_profile,
     profile_description,
     profile_names,
-    profile_or_file,
     profile_text,
 )
 from .lwf import TraceError, read_lwf, trace_stem, trace_suffix
@@ -279,13 +278,13 @@ def _writable(*paths: Path | None) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     config = resolve_config(args.profile, args.config)
-    settings: dict[str, dict[str, Any]] = {}
+    settings = []
     for text in args.settings:
         section, key, values = _variation(text, option="--set")
         if len(values) != 1:
             raise ValueError(f"--set {text!r}: one value (a sweep's --vary takes several)")
-        settings.setdefault(section, {})[key] = values[0]
-    config = apply_toml(config, settings, "--set")
+        settings.append((section, key, values[0]))
+    config = apply_settings(config, settings, "--set")
     out: Path = args.json_out
     _writable(out, args.metrics, args.leases_csv, args.swf_out, args.gantt,
               args.utilization_plot)
@@ -356,8 +355,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not profiles:
         raise ValueError(f"--profiles names no profile (got {args.profiles!r})")
     profiles = [str(Path(p).resolve()) if p.endswith(".toml") else p for p in profiles]
-    for p in profiles:
-        profile_or_file(p)  # fail before anything starts
     vary = [_variation(v) for v in args.vary]
     if len({(section, key) for section, key, _ in vary}) < len(vary):
         raise ValueError("--vary names a setting twice: give all its values in one "
@@ -369,7 +366,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise OSError(f"{path}: no such file")
     specs = experiments.sweep_specs(args.traces, args.ars, profiles, vary)
     for spec in experiments.configurations(specs):
-        spec.config()  # (a bad value of --vary: fail before anything starts)
+        spec.config()  # (a bad profile or --vary value: fail before anything starts)
     if args.dry_run:
         return _sweep_plan(specs, args.out / "runs")
     show = not args.quiet and sys.stderr.isatty()

@@ -8,6 +8,7 @@ are errors that name the file and the key.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from importlib import resources
@@ -239,6 +240,16 @@ def apply_toml(base: Config, data: dict[str, Any], source: str) -> Config:
                     raise ConfigError(f"{source}: [{section}] {key} must be {bound} "
                                       f"(got {value})")
     return replace(base, **changes)
+
+
+def apply_settings(base: Config, settings: Iterable[tuple[str, str, Any]],
+                   source: str) -> Config:
+    """``base`` with single settings (TOML section, key, value) applied, as a TOML file
+    holding them would apply them (``apply_toml``)."""
+    table: dict[str, dict[str, Any]] = {}
+    for section, key, value in settings:
+        table.setdefault(section, {})[key] = value
+    return apply_toml(base, table, source)
 
 
 def profile_names() -> list[str]:

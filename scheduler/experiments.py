@@ -30,7 +30,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from .config import Config, apply_toml, profile_label, profile_or_file
+from .config import Config, apply_settings, profile_label, profile_or_file
 from .generator import NODE_RANGES, assign_images
 from .injections import read_ar_injections
 from .leases import LeaseRequest, Resources, Site
@@ -148,9 +148,9 @@ def load_workload(trace: Path, ars: Path | None, config: Config, *, warn: bool =
     if ars is not None:
         merged += read_ars(ars, max(ids, default=0) + 1, site, ids, warn=warn)
     merged.sort(key=lambda r: (r.submit, r.id))
+    if warn and _replaces_images(trace, config):  # (a sweep's check_inputs warned)
+        _images_replaced(trace)
     if config.workload_images:
-        if warn and trace_suffix(trace) != ".swf":  # (a sweep's check_inputs warned)
-            _images_replaced(trace)
         merged = list(assign_images(merged, images=config.workload_images,
                                     size_mb=config.workload_image_size,
                                     weights=config.image_weights(),
@@ -158,8 +158,13 @@ def load_workload(trace: Path, ars: Path | None, config: Config, *, warn: bool =
     return Workload(site, tuple(merged), skipped)
 
 
+def _replaces_images(trace: Path, config: Config) -> bool:
+    """Does the configuration's image mix replace images the trace names? (An SWF trace
+    names none: there the mix is what gives its leases one.)"""
+    return bool(config.workload_images) and trace_suffix(trace) != ".swf"
+
+
 def _images_replaced(trace: Path) -> None:
-    # (An SWF trace names no image: there the mix is what gives its leases one.)
     log.warning("the configuration's [workload] image mix replaces the disk images the "
                 "trace gives its leases", extra={"trace": str(trace)})
 
@@ -218,13 +223,7 @@ class RunSpec:
         return f"{trace_stem(self.trace)}__{ars}__{self.label}"
 
     def config(self) -> Config:
-        config = profile_or_file(self.profile)
-        if not self.settings:
-            return config
-        table: dict[str, dict[str, Any]] = {}
-        for section, key, value in self.settings:
-            table.setdefault(section, {})[key] = value
-        return apply_toml(config, table, "--vary")
+        return apply_settings(profile_or_file(self.profile), self.settings, "--vary")
 
     def baseline(self) -> RunSpec:
         return RunSpec(self.trace, None, self.profile, self.settings)
@@ -441,8 +440,7 @@ def check_inputs(specs: Sequence[RunSpec]) -> None:
     replaced: set[Path] = set()  # LWF traces whose images a configuration replaces
     for spec in specs:
         config = spec.config()
-        if config.workload_images and trace_suffix(spec.trace) != ".swf" \
-                and spec.trace not in replaced:
+        if _replaces_images(spec.trace, config) and spec.trace not in replaced:
             _images_replaced(spec.trace)
             replaced.add(spec.trace)
         key = (spec.trace, config.default_site())

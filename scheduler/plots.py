@@ -392,8 +392,9 @@ def sweep_figure_of(rows: Iterable[SweepRow | Mapping[str, Any]], *,
     Profiles come in the order the rows first name them (a sweep's table: the order of
     its ``--profiles``). Rows repeating the same (profile, delta, nu, rho), e.g. several
     seeds, are averaged.
-    A dotted line marks ratio 1 (the baseline). The figure is tall enough for its
-    legend. Labels, scale and title come from :data:`METRICS` (waits in hours).
+    Labels, scale, title and a reference line (ratio 1, the baseline, for the
+    completion ratio) come from :data:`METRICS` (waits in hours). The figure is tall
+    enough for its legend.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r} (use one of {', '.join(LAYOUTS)})")
