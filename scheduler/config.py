@@ -278,7 +278,7 @@ def profile_description(name: str) -> str:
 
 def load_profile(name: str) -> Config:
     source = f"profile {name}"
-    return apply_toml(Config(), _parse(profile_text(name), source), source)
+    return apply_toml(Config(), parse_toml(profile_text(name), source), source)
 
 
 def load_config(path: Path, base: Config | None = None) -> Config:
@@ -290,20 +290,29 @@ def load_config(path: Path, base: Config | None = None) -> Config:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
-    data = _parse(text, str(path))
-    if "profile" in data:
-        name = data.pop("profile")
-        if not isinstance(name, str):
-            raise ConfigError(f"{path}: profile must be a string (a built-in profile's name)")
-        try:
-            named = load_profile(name)
-        except ConfigError as e:
-            raise ConfigError(f"{path}: profile: {e}") from None
-        if base is not None and base != named:
-            raise ConfigError(f"{path}: it starts from profile {name!r}, but another profile "
-                              "was given too: name one")
-        base = named
-    return apply_toml(base or Config(), data, str(path))
+    data = parse_toml(text, str(path))
+    start = starting_config(data, str(path), base)
+    return apply_toml(start, {k: v for k, v in data.items() if k != "profile"}, str(path))
+
+
+def starting_config(data: dict[str, Any], source: str, base: Config | None = None
+                    ) -> Config:
+    """What a TOML configuration (``data``, parsed) starts from: the built-in profile its
+    top-level ``profile = "NAME"`` names, else ``base``, else the defaults. Naming a
+    profile there and passing another ``base`` is an error (which one?)."""
+    name = data.get("profile")
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"{source}: profile must be a string (a built-in profile's name)")
+    if not name:  # (none, or empty: the defaults, as site files always had it)
+        return base or Config()
+    try:
+        named = load_profile(name)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: profile: {e}") from None
+    if base is not None and base != named:
+        raise ConfigError(f"{source}: it starts from profile {name!r}, but another profile "
+                          "was given too: name one")
+    return named
 
 
 def profile_or_file(ref: str) -> Config:
@@ -318,7 +327,7 @@ def profile_label(ref: str) -> str:
     return Path(ref).stem if ref.endswith(".toml") else ref
 
 
-def _parse(text: str, source: str) -> dict[str, Any]:
+def parse_toml(text: str, source: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

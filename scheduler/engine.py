@@ -41,7 +41,6 @@ import queue
 import secrets
 import threading
 import time
-import tomllib
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import Config, ConfigError, apply_toml, load_profile
+from .config import Config, ConfigError, apply_toml, parse_toml, starting_config
 from .core import Scheduler, SchedulingError
 from .enactment import VM, Driver, EnactmentError
 from .leases import (
@@ -267,16 +266,9 @@ def parse_site(text: str, source: str) -> SiteDefinition:
     to start from, ``[[hosts]]`` (name, cpu, memory, disk, net-in, net-out, and
     libvirt-uri for the libvirt driver) for explicit hosts and ``[[disk-images]]`` (id,
     size-mb, location, format)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{source}: not valid TOML: {e}") from e
-    profile = data.get("profile")
-    if profile is not None and not isinstance(profile, str):
-        raise ConfigError(f"{source}: profile must be a string")
-    config = load_profile(profile) if profile else Config()
-    config = apply_toml(config, {k: v for k, v in data.items() if k not in _SITE_EXTRA_KEYS},
-                        source)
+    data = parse_toml(text, source)
+    config = apply_toml(starting_config(data, source),
+                        {k: v for k, v in data.items() if k not in _SITE_EXTRA_KEYS}, source)
     nodes: list[Node] = []
     uris: dict[str, str] = {}
     for i, h in enumerate(_tables(data.get("hosts", []), "hosts", source)):

@@ -438,3 +438,23 @@ def test_the_services_simulated_driver_keeps_only_its_latest_actions() -> None:
     for i in range(SIMULATED_KEEP + 5):
         everything.prepare_image(f"img-{i}", "h1")
     assert len(everything.actions) == SIMULATED_KEEP + 5
+
+
+def test_site_file_profile_key() -> None:
+    """A site file starts from the profile its ``profile`` names (as a configuration file
+    does: one parser), from the defaults when it names none or an empty one; a bad name
+    is an error naming the file."""
+    from scheduler.config import Config, ConfigError, load_profile
+    from scheduler.engine import parse_site
+
+    nodes = "[site]\nnodes = 2\ncpu = 100\nmemory = 1024\n"
+    named = parse_site(f'profile = "test-transfer"\n{nodes}', "s.toml").config
+    assert named.image_transfer and named.transfer_mode == load_profile(
+        "test-transfer").transfer_mode
+    for text in (nodes, f'profile = ""\n{nodes}'):
+        config = parse_site(text, "s.toml").config
+        assert config.image_transfer == Config().image_transfer
+    with pytest.raises(ConfigError, match=r"^s\.toml: profile: unknown profile 'nope' "):
+        parse_site(f'profile = "nope"\n{nodes}', "s.toml")
+    with pytest.raises(ConfigError, match=r"^s\.toml: profile must be a string"):
+        parse_site(f"profile = 3\n{nodes}", "s.toml")
