@@ -917,7 +917,12 @@ class Engine:
         self._forget_finished()
         if self.checkpoint_every and \
                 self._log_length - self._checkpointed >= self.checkpoint_every:
-            step.checkpoint = self._checkpoint()
+            try:
+                step.checkpoint = self._checkpoint()
+            except Exception:  # a checkpoint only shortens restarts: the log has it all
+                log.exception("checkpoint failed: the command log has every command",
+                              extra={"commands": self._log_length})
+                self._checkpointed = self._log_length
         request.due = self._next_due()
         with self._commits:
             if self._lost is not None:  # built on steps whose commit failed

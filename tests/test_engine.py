@@ -171,23 +171,57 @@ def test_a_failed_commit_is_unavailable_and_the_core_forgets_it(tmp_path: Path) 
         store.close()
 
 
+class _Broken:
+    """The core with one method failing: a bug in the core. (The core's classes may be
+    compiled, and a compiled instance's methods cannot be replaced.)"""
+
+    def __init__(self, core: Scheduler, method: str) -> None:
+        self.core = core
+        self.method = method
+
+    def __getattr__(self, name: str) -> object:
+        if name != self.method:
+            return getattr(self.core, name)
+
+        def fail(*_args: object) -> None:
+            raise RuntimeError(f"bug in the core's {name}")
+        return fail
+
+
 def test_a_failed_step_rebuilds_the_core_and_keeps_committed_leases(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = Store(sqlite_url(str(tmp_path / "s.db")))
     engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
     try:
         engine.create_lease(_besteffort())
-        broken = engine.core
-
-        def explode(*_args: object) -> None:
-            raise RuntimeError("bug in the core")
-
-        monkeypatch.setattr(broken, "submit", explode)
-        with pytest.raises(RuntimeError, match="bug in the core"):
+        monkeypatch.setattr(engine, "core", _Broken(engine.core, "submit"))
+        with pytest.raises(RuntimeError, match="bug in the core's submit"):
             engine.create_lease(_besteffort())
-        assert engine.core is not broken
+        assert isinstance(engine.core, Scheduler)
         assert engine.create_lease(_besteffort()).lease.id == 2
         assert store.lease_ids() == [1, 2]
+    finally:
+        engine.stop()
+        store.close()
+
+
+def test_a_failed_checkpoint_leaves_the_commands_logged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint only shortens a restart: one that cannot be taken is logged and
+    skipped, and the step that would have carried it commits and answers (the engine's
+    thread used to die there, and every later call waited for ever)."""
+    store = Store(sqlite_url(str(tmp_path / "s.db")))
+    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0), checkpoint_every=2)
+    try:
+        monkeypatch.setattr(engine, "core", _Broken(engine.core, "dumps"))
+        with caplog.at_level(logging.ERROR, logger="scheduler.engine"):
+            ids = [engine.create_lease(_besteffort()).lease.id for _ in range(5)]
+        assert ids == [1, 2, 3, 4, 5]
+        assert store.lease_ids() == [1, 2, 3, 4, 5]
+        assert store.checkpoint() is None
+        failed = [r for r in caplog.records if r.getMessage().startswith("checkpoint failed")]
+        assert [r.commands for r in failed] == [2, 4]  # type: ignore[attr-defined]
     finally:
         engine.stop()
         store.close()
