@@ -32,6 +32,7 @@ from functools import cached_property
 from itertools import pairwise
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from . import kernels
 from .config import Config, Exclusion, Migration
@@ -49,6 +50,7 @@ from .leases import (
     Site,
 )
 from .overheads import Overheads
+from .pickling import attributes, set_attributes
 from .policies import HostCandidates, Policies, make_policies
 from .slottable import INF, AvailabilityProfile, Channels
 
@@ -63,6 +65,7 @@ _STATE_DURING = {EventKind.BOOT: LeaseState.PREPARING, EventKind.RUN: LeaseState
 
 
 @dataclass(eq=False)
+@mypyc_attr(allow_interpreted_subclasses=True)  # (pickled: see pickling.py)
 class Segment:
     nodes: tuple[int, ...]
     start: int
@@ -91,6 +94,7 @@ class Segment:
 
 
 @dataclass(eq=False)
+@mypyc_attr(allow_interpreted_subclasses=True)  # (pickled: see pickling.py)
 class Lease:
     request: LeaseRequest
     seq: int
@@ -116,9 +120,12 @@ class Lease:
         return self.request.id
 
     def __getstate__(self) -> dict[str, object]:
-        state = self.__dict__.copy()
+        state = attributes(self)
         state["timeline"] = None  # (a cache: a checkpoint need not hold it)
         return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        set_attributes(self, state)
 
     @property
     def live(self) -> list[Segment]:
@@ -265,6 +272,8 @@ class SchedulingError(ValueError):
     """A call the core cannot honour (unknown lease, duplicate id, ...)."""
 
 
+# (pickled: see pickling.py; and tests subclass it to check its shortcuts)
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Scheduler:
     def __init__(self, site: Site, config: Config, policies: Policies | None = None, *,
                  show_time: Callable[[int], str] | None = None,
@@ -572,7 +581,7 @@ class Scheduler:
         return core
 
     def __getstate__(self) -> dict[str, object]:
-        state = self.__dict__.copy()
+        state = attributes(self)
         del state["_at"]  # the caller's (e.g. a bound method of the service's engine)
         state["_prep_memo"] = {}
         state["_viability_memo"] = {}
@@ -580,7 +589,7 @@ class Scheduler:
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
+        set_attributes(self, state)
         self._at = _seconds
 
     # ============================================================ bookkeeping

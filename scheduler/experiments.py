@@ -360,9 +360,11 @@ def inputs_digest(spec: RunSpec) -> str:
 
 
 #: Modules of the package a run's result does not depend on (the service, the figures,
-#: the command line): every other one is in ``code_digest``, new ones included.
+#: the command line, setup.py's record of what it compiled: compiled or not, a run is the
+#: same): every other one is in ``code_digest``, new ones included.
 _NOT_REPLAYED = frozenset({"__init__", "cli", "client", "enactment", "engine", "invariants",
-                           "libvirt_driver", "plots", "service", "service_cli", "store"})
+                           "libvirt_driver", "plots", "service", "service_cli", "store",
+                           "_compiled_from"})
 
 
 @functools.cache

@@ -13,12 +13,14 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from .leases import SentImage
 from .slottable import Timeline
 
 
 @dataclass(eq=False)
+@mypyc_attr(allow_interpreted_subclasses=True)  # (pickled: see pickling.py)
 class Transfer:
     image: str
     size_mb: int
@@ -32,6 +34,7 @@ class Transfer:
 
 
 @dataclass(eq=False)
+@mypyc_attr(allow_interpreted_subclasses=True)  # (pickled: see pickling.py)
 class Copy:
     image: str
     node: int
@@ -56,6 +59,7 @@ class HandOver:
     slower: Transfer
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (pickled: see pickling.py)
 class ImageStore:
     def __init__(self, nodes: int, cache_mb: int, share: bool, *, record: bool = False
                  ) -> None:

@@ -22,6 +22,9 @@ class Overheads:
     _memo: dict[tuple[object, ...], int] = field(default_factory=dict, init=False,
                                                  repr=False, compare=False)
 
+    def __reduce__(self) -> tuple[type[Overheads], tuple[Config]]:
+        return Overheads, (self.config,)  # (a checkpoint need not hold the memo)
+
     @property
     def boot(self) -> int:
         return self.config.boot_time + self.config.enactment_overhead

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from scheduler import kernels
+from scheduler.pickling import attributes, set_attributes
 
 INF = kernels.INF  # "forever": later than any schedulable instant
 
@@ -40,6 +42,7 @@ class _Shape(NamedTuple):
 
 
 @dataclass(eq=False)
+@mypyc_attr(allow_interpreted_subclasses=True)  # (pickled: see pickling.py)
 class _Entry:
     nodes: np.ndarray
     start: int
@@ -60,6 +63,7 @@ def _entry(nodes: list[int], start: int, end: int, vec: list[int], vec_dtype: st
                   preemptible, owner)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (pickled: see pickling.py)
 class AvailabilityProfile:
     def __init__(self, capacity: np.ndarray) -> None:
         self.capacity = capacity.astype(np.int64)
@@ -110,7 +114,7 @@ class AvailabilityProfile:
         self._deltas: dict[tuple[bytes, bool], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def __getstate__(self) -> dict[str, object]:
-        state = self.__dict__.copy()
+        state = attributes(self)
         state["_memo"] = {}
         state["_shapes"] = {}
         state["_deltas"] = {}
@@ -118,7 +122,7 @@ class AvailabilityProfile:
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
+        set_attributes(self, state)
         self.released_at = self._read_only(self._released_at)
 
     def add_node(self, capacity: np.ndarray) -> None:
@@ -418,6 +422,7 @@ class AvailabilityProfile:
         return free
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (pickled: see pickling.py)
 class Timeline:
     """Busy intervals of one exclusive channel (e.g. the repository link)."""
 
@@ -493,6 +498,7 @@ class Timeline:
         return e - length
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (pickled: see pickling.py)
 class Channels:
     """Suspend/resume exclusion: one channel per node (local) or one for the whole site.
     A booking holds the channels of a set of nodes over an interval; two bookings clash

@@ -22,7 +22,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
-from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -193,16 +192,17 @@ class Run:
     sent: tuple[SentImage, ...]  # every transfer the link carried
 
 
-def drive(sc: Scenario, restore_after: int | None = None) -> Run:
+def drive(sc: Scenario, restore_after: int | None = None,
+          core: type[Scheduler] = Scheduler) -> Run:
     """Replay ``sc``: at each instant, advance the core to it, then submit the requests
     arriving then, then cancel; finally run until nothing more is planned. With
     ``restore_after``, the core goes on from its dump (``Scheduler.dumps``) after that
-    many actions.
+    many actions. ``core``: the scheduler's class (a test's subclass checks it).
 
     A cancellation of a lease that exists and is not terminal must succeed; of an
     unknown or terminal lease it must raise SchedulingError. (A lease already cancelled
     by the driver, still shutting down, is not cancelled again.)"""
-    sched = Scheduler(sc.site, sc.config, record_transfers=True)
+    sched = core(sc.site, sc.config, record_transfers=True)
     actions: list[tuple[int, int, int]] = [(r.submit, 0, i) for i, r in enumerate(sc.requests)]
     actions += [(t, 1, i) for i, (t, _) in enumerate(sc.cancels)]
     actions.sort()  # at one instant: submissions first, then cancellations
@@ -212,7 +212,7 @@ def drive(sc: Scenario, restore_after: int | None = None) -> Run:
     planned: dict[int, LeaseOutcome] = {}
     for n, (t, what, i) in enumerate(actions):
         if n == restore_after:
-            sched = Scheduler.loads(sched.dumps())
+            sched = core.loads(sched.dumps())
         sched.advance_to(t)
         _same_event_lists(sched)
         if what == 0:
@@ -487,12 +487,13 @@ def known_bugs(sc: Scenario, run: Run | None, error: BaseException) -> list[str]
     return sorted(set(names))
 
 
-def judge(sc: Scenario, check: Callable[[Scenario, Run], None] = check_properties) -> Run | None:
+def judge(sc: Scenario, check: Callable[[Scenario, Run], None] = check_properties,
+          core: type[Scheduler] = Scheduler) -> Run | None:
     """Replay ``sc`` and ``check`` the run; tolerate (and count as a Hypothesis event)
     a failure that known bugs explain entirely."""
     run: Run | None = None
     try:
-        run = drive(sc)
+        run = drive(sc, core=core)
         check(sc, run)
     except AssertionError as e:
         names = None if STRICT else known_bugs(sc, run, e)
@@ -590,29 +591,28 @@ def test_a_queued_lease_skipped_as_stuck_could_not_have_started(sc: Scenario) ->
     """A proposal gives up early on a lease whose start ``_still_stuck`` rules out: each
     time it does, the proposal is made anyway (without that check), and must find
     nothing."""
-    still_stuck = Scheduler._still_stuck
     skipped = 0
     checking = False
 
-    def checked(self: Scheduler, lease: Lease, fit_now: np.ndarray) -> bool:
-        nonlocal skipped, checking
-        if checking or not still_stuck(self, lease, fit_now):
-            return False
-        skipped += 1
-        stuck = dict(self._stuck)  # (proposing notes a new bound)
-        req = lease.request
-        partial = self._may_run_partly(req)
-        checking = True
-        try:
-            proposal = self._propose(lease, future=False, partial=partial)
-        finally:
-            checking = False
-        self._stuck = stuck
-        assert proposal is None, f"lease {req.id}, given up on at {self.now}, could start"
-        return True
+    class Checked(Scheduler):
+        def _still_stuck(self, lease: Lease, fit_now: np.ndarray) -> bool:
+            nonlocal skipped, checking
+            if checking or not super()._still_stuck(lease, fit_now):
+                return False
+            skipped += 1
+            stuck = dict(self._stuck)  # (proposing notes a new bound)
+            req = lease.request
+            partial = self._may_run_partly(req)
+            checking = True
+            try:
+                proposal = self._propose(lease, future=False, partial=partial)
+            finally:
+                checking = False
+            self._stuck = stuck
+            assert proposal is None, f"lease {req.id}, given up on at {self.now}, could start"
+            return True
 
-    with patch.object(Scheduler, "_still_stuck", checked):
-        judge(sc)
+    judge(sc, core=Checked)
     event(f"gave up early: {skipped > 0}")
 
 
@@ -623,21 +623,20 @@ def test_a_queued_lease_skipped_by_the_failure_memo_could_not_have_started(
     """A queue pass skips a fresh lease whose try ``_fails_again`` says would end at its
     first questions (stuck, or in the failure memo): each time it does, the try is made
     anyway, without the memo, and must find nothing."""
-    fails_again = Scheduler._fails_again
     skipped = 0
 
-    def checked(self: Scheduler, lease: Lease, failed: dict[bytes, list[Any]]) -> bool:
-        nonlocal skipped
-        if not fails_again(self, lease, failed):
-            return False
-        skipped += 1
-        req = lease.request
-        proposal = self._propose(lease, future=False, partial=self._may_run_partly(req))
-        assert proposal is None, f"lease {req.id}, skipped at {self.now}, could start"
-        return True
+    class Checked(Scheduler):
+        def _fails_again(self, lease: Lease, failed: dict[bytes, list[Any]]) -> bool:
+            nonlocal skipped
+            if not super()._fails_again(lease, failed):
+                return False
+            skipped += 1
+            req = lease.request
+            proposal = self._propose(lease, future=False, partial=self._may_run_partly(req))
+            assert proposal is None, f"lease {req.id}, skipped at {self.now}, could start"
+            return True
 
-    with patch.object(Scheduler, "_fails_again", checked):
-        judge(sc)
+    judge(sc, core=Checked)
     event(f"skipped by the failure memo: {skipped > 0}")
 
 
