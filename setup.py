@@ -1,10 +1,10 @@
 """Build: the scheduling core compiled to C extensions by mypyc.
 
-The modules in ``COMPILED`` are plain, typed Python; mypyc compiles them (as they are:
-no annotations of its own) to C extensions, which replay traces ~1.3x faster (see
-bench/README.md). The source stays the reference: ``WSCHED_COMPILE=0`` at install time
-builds nothing, and ``scheduler/__init__.py`` runs the source whenever a compiled
-module is older than its source (an editable install after an edit), or when
+The modules in ``COMPILED`` are plain, typed Python; mypyc compiles them to C extensions,
+which replay traces ~1.3x faster (README: Compiled core). The source stays the
+reference: ``WSCHED_COMPILE=0`` at install time builds nothing, and
+``scheduler/__init__.py`` runs the source instead whenever a compiled module's source
+differs from the one recorded here (an editable install after an edit), or when
 ``WSCHED_PURE_PYTHON=1`` is set. Everything else (pyproject.toml) is declarative."""
 
 import hashlib
