@@ -85,6 +85,14 @@ class Segment:
         """``nodes`` for the kernels (converting a big lease's tuple is not cheap)."""
         return np.array(self.nodes, dtype=np.int64)
 
+    def __getstate__(self) -> dict[str, object]:
+        state = attributes(self)
+        state.pop("node_array", None)  # (a cache, which a compiled Segment cannot be given)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        set_attributes(self, state)
+
     def events(self) -> list[Event]:
         # Opening and closing events are listed even when they take no time, so every
         # segment reads boot|resume, run, shutdown|suspend.

@@ -30,14 +30,22 @@ _RUN = ("import sys, scheduler, scheduler.core, scheduler.slottable; "
         "from scheduler import cli; sys.exit(cli.main(sys.argv[1:]))")
 
 
-def _python(args: list[str], *, env: dict[str, str] | None = None,
-            path: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _environ(*, pure: bool = False, path: Path | None = None) -> dict[str, str]:
+    """This process's environment, running the core compiled or (``pure``) from source,
+    and importing wsched from ``path`` if given."""
     environ = {k: v for k, v in os.environ.items() if k != "WSCHED_PURE_PYTHON"}
+    if pure:
+        environ["WSCHED_PURE_PYTHON"] = "1"
     if path is not None:
         environ["PYTHONPATH"] = str(path)
+    return environ
+
+
+def _python(args: list[str], *, pure: bool = False,
+            path: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", f"from pathlib import Path; {_RUN}", *args],
-        capture_output=True, text=True, check=True, env={**environ, **(env or {})},
+        capture_output=True, text=True, check=True, env=_environ(pure=pure, path=path),
         cwd=path or PACKAGE.parent)
 
 
@@ -49,8 +57,7 @@ def test_the_compiled_core_schedules_as_its_source(tmp_path: Path, profile: str)
             "--ars", str(TRACES / "ar-injections-30days" / "work_20-dur_2h-size_2medium.lwf"),
             "--quiet"]
     compiled = _python([*args, "--json", str(tmp_path / "compiled.json")])
-    source = _python([*args, "--json", str(tmp_path / "source.json")],
-                     env={"WSCHED_PURE_PYTHON": "1"})
+    source = _python([*args, "--json", str(tmp_path / "source.json")], pure=True)
     assert compiled.stdout.split() == ["True", f"core{SUFFIX}", f"slottable{SUFFIX}"]
     assert source.stdout.split() == ["False", "core.py", "slottable.py"]
     assert (tmp_path / "compiled.json").read_bytes() == (tmp_path / "source.json").read_bytes()
@@ -77,3 +84,49 @@ def test_an_edited_module_runs_from_source_with_the_others(tmp_path: Path) -> No
     (copy / "core.py").write_bytes(original)
     assert _python(args, path=tmp_path).stdout.split()[:3] == [
         "True", f"core{SUFFIX}", f"slottable{SUFFIX}"]
+
+
+# Runs the first 200 of 600 jobs and dumps the core to argv[2] ("dump"), or loads it
+# from there and runs the rest ("load"), printing every lease's events.
+_CHECKPOINT = """
+import sys
+from pathlib import Path
+from scheduler import experiments
+from scheduler.config import load_profile
+from scheduler.core import Scheduler
+config = load_profile("vm-reuse-skewed")
+w = experiments.load_workload(Path(sys.argv[3]), None, config)
+if sys.argv[1] == "dump":
+    core = Scheduler(w.site, config)
+    todo = w.requests[:200]
+else:
+    core = Scheduler.loads(Path(sys.argv[2]).read_bytes())
+    todo = w.requests[200:]
+for r in todo:
+    core.advance_to(r.submit)
+    core.submit(r)
+if sys.argv[1] == "dump":
+    Path(sys.argv[2]).write_bytes(core.dumps())
+else:
+    core.run()
+    for o in core.outcomes():
+        print(o.request.id, o.state, o.events)
+"""
+
+
+def test_a_checkpoint_moves_between_compiled_and_source(tmp_path: Path) -> None:
+    """A core dumped compiled loads from source and goes on as the compiled core would,
+    and the other way round (the service's checkpoint is valid for both: same source)."""
+    trace = str(TRACES / "swf" / "600requests.swf")
+
+    def run(step: str, path: Path, pure: bool) -> str:
+        return subprocess.run([sys.executable, "-c", _CHECKPOINT, step, str(path), trace],
+                              capture_output=True, text=True, check=True,
+                              env=_environ(pure=pure), cwd=PACKAGE.parent).stdout
+
+    run("dump", tmp_path / "compiled.bin", pure=False)
+    run("dump", tmp_path / "source.bin", pure=True)
+    expected = run("load", tmp_path / "compiled.bin", pure=False)
+    assert expected.count("\n") == 501  # (the jobs of the 600 that were not cancelled)
+    assert run("load", tmp_path / "compiled.bin", pure=True) == expected
+    assert run("load", tmp_path / "source.bin", pure=False) == expected
