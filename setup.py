@@ -19,6 +19,11 @@ COMPILED = ["core", "slottable", "images", "overheads", "pickling"]
 
 def extensions() -> list[object]:
     if os.environ.get("WSCHED_COMPILE", "1") == "0":
+        # An editable install's earlier build left its extensions in the source tree,
+        # where they would still be imported: remove them.
+        for built in Path("scheduler").glob("*.so"):
+            built.unlink()
+        Path("scheduler/_compiled_from.py").unlink(missing_ok=True)
         return []
     from mypyc.build import mypycify
 
