@@ -28,7 +28,6 @@ import logging
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from itertools import pairwise
 
 import numpy as np
@@ -79,15 +78,24 @@ class Segment:
     lost: bool = False  # killed by a preemption with suspension off: its work starts over
     # transfers it resumes from after migrating (copies on their way to its new nodes)
     transfers: list[Transfer] = field(default_factory=list)
+    # node_array's cache (set here: compiled by mypyc, a field's default with init=False
+    # is not)
+    _node_array: np.ndarray | None = field(init=False, repr=False)
 
-    @cached_property
+    def __post_init__(self) -> None:
+        self._node_array = None
+
+    @property
     def node_array(self) -> np.ndarray:
-        """``nodes`` for the kernels (converting a big lease's tuple is not cheap)."""
-        return np.array(self.nodes, dtype=np.int64)
+        """``nodes`` for the kernels (converting a big lease's tuple is not cheap). (Not
+        a functools.cached_property: compiled by mypyc, that computes it every time.)"""
+        if self._node_array is None:
+            self._node_array = np.array(self.nodes, dtype=np.int64)
+        return self._node_array
 
     def __getstate__(self) -> dict[str, object]:
         state = attributes(self)
-        state.pop("node_array", None)  # (a cache, which a compiled Segment cannot be given)
+        state["_node_array"] = None  # (a cache: a checkpoint need not hold it)
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:

@@ -130,3 +130,15 @@ def test_a_checkpoint_moves_between_compiled_and_source(tmp_path: Path) -> None:
     assert expected.count("\n") == 501  # (the jobs of the 600 that were not cancelled)
     assert run("load", tmp_path / "compiled.bin", pure=True) == expected
     assert run("load", tmp_path / "source.bin", pure=False) == expected
+
+
+def test_a_segments_node_array_is_worked_out_once() -> None:
+    """``Segment.node_array`` is a cache (a functools.cached_property, compiled, would
+    convert the tuple on every call)."""
+    from scheduler.core import Segment
+    from scheduler.leases import EventKind
+
+    seg = Segment((4, 2, 7), 0, 10, 20, 30, EventKind.BOOT, EventKind.SHUTDOWN, 1)
+    first = seg.node_array
+    assert first.tolist() == [4, 2, 7]
+    assert seg.node_array is first
