@@ -31,16 +31,12 @@ def _compiled() -> dict[str, str]:
     return sources
 
 
-def _why_source(compiled: dict[str, str]) -> str | None:
-    """Why the source must run instead of the compiled modules (None: it need not)."""
-    if os.environ.get("WSCHED_PURE_PYTHON") == "1":
-        return "WSCHED_PURE_PYTHON=1"
-    changed = [f"{name}.py" for name, digest in compiled.items()
-               if hashlib.sha256((_HERE / f"{name}.py").read_bytes()).hexdigest() != digest]
-    if changed:
-        return (f"{', '.join(changed)} changed since wsched was installed: running the "
-                "core's source (slower); install wsched again to compile it")
-    return None
+def _changed(compiled: dict[str, str]) -> list[str]:
+    """The compiled modules whose source differs from what was compiled (an install
+    without the source has nothing else to run)."""
+    sources = {name: _HERE / f"{name}.py" for name in compiled}
+    return [path.name for name, path in sources.items() if path.exists()
+            and hashlib.sha256(path.read_bytes()).hexdigest() != compiled[name]]
 
 
 class _SourceFinder(importlib.abc.MetaPathFinder):
@@ -58,10 +54,12 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
 
 
 _COMPILED = _compiled()
-_REASON = _why_source(_COMPILED) if _COMPILED else None
-if _REASON is not None:
-    if _REASON != "WSCHED_PURE_PYTHON=1":
-        warnings.warn(_REASON, stacklevel=2)
+_PURE = os.environ.get("WSCHED_PURE_PYTHON") == "1"
+_CHANGED = _changed(_COMPILED)
+if _CHANGED and not _PURE:
+    warnings.warn(f"{', '.join(_CHANGED)} changed since wsched was installed: running the "
+                  "core's source (slower); install wsched again to compile it", stacklevel=2)
+if _COMPILED and (_PURE or _CHANGED):
     sys.meta_path.insert(0, _SourceFinder(list(_COMPILED)))
 #: Whether the core runs compiled (False: from source, see above).
-COMPILED = bool(_COMPILED) and _REASON is None
+COMPILED = bool(_COMPILED) and not (_PURE or _CHANGED)
