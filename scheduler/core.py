@@ -78,8 +78,8 @@ class Segment:
     lost: bool = False  # killed by a preemption with suspension off: its work starts over
     # transfers it resumes from after migrating (copies on their way to its new nodes)
     transfers: list[Transfer] = field(default_factory=list)
-    # node_array's cache (set here: compiled by mypyc, a field's default with init=False
-    # is not)
+    # node_array's cache, None until asked (set in __post_init__: compiled by mypyc, a
+    # field's default with init=False is not)
     _node_array: np.ndarray | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -87,8 +87,8 @@ class Segment:
 
     @property
     def node_array(self) -> np.ndarray:
-        """``nodes`` for the kernels (converting a big lease's tuple is not cheap). (Not
-        a functools.cached_property: compiled by mypyc, that computes it every time.)"""
+        """``nodes`` for the kernels, worked out once (converting a big lease's tuple is
+        not cheap; compiled, a functools.cached_property would not cache)."""
         if self._node_array is None:
             self._node_array = np.array(self.nodes, dtype=np.int64)
         return self._node_array
