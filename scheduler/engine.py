@@ -906,24 +906,24 @@ class Engine:
         except EngineError as e:
             request.error = e
         except Exception as e:
-            log.exception("engine step failed: rebuilding the core from the database")
-            self._current = None
-            self._drain()  # the steps before this one are good: keep them
-            self._rebuild()
-            request.fail(e)
+            self._abandon(request, e)
             return
         finally:
             self._current = None
-        self._forget_finished()
-        if self.checkpoint_every and \
-                self._log_length - self._checkpointed >= self.checkpoint_every:
-            try:
-                step.checkpoint = self._checkpoint()
-            except Exception:  # a checkpoint only shortens restarts: the log has it all
-                log.exception("checkpoint failed: the command log has every command",
-                              extra={"commands": self._log_length})
-                self._checkpointed = self._log_length
-        request.due = self._next_due()
+        try:
+            self._forget_finished()
+            if self.checkpoint_every and \
+                    self._log_length - self._checkpointed >= self.checkpoint_every:
+                try:
+                    step.checkpoint = self._checkpoint()
+                except Exception:  # a checkpoint only shortens restarts: the log has it all
+                    log.exception("checkpoint failed: the command log has every command",
+                                  extra={"commands": self._log_length})
+                    self._checkpointed = self._log_length
+            request.due = self._next_due()
+        except Exception as e:
+            self._abandon(request, e)
+            return
         with self._commits:
             if self._lost is not None:  # built on steps whose commit failed
                 request.fail(self._lost)
@@ -931,6 +931,17 @@ class Engine:
             self._pending.append(request)
             if len(self._pending) >= _GROUP_LIMIT:  # else the engine loop wakes it
                 self._commits.notify_all()
+
+    def _abandon(self, request: _Request, error: Exception) -> None:
+        """A step failed (a bug, in the core or here): rebuild the core from the
+        database, which has every step before this one, and fail this one's call. (An
+        exception that left the engine's thread would end it, and every later call
+        would wait for ever.)"""
+        log.exception("engine step failed: rebuilding the core from the database")
+        self._current = None
+        self._drain()  # the steps before this one are good: keep them
+        self._rebuild()
+        request.fail(error)
 
     def _forget_finished(self) -> None:
         """Let the core drop the leases that ended (the database keeps them), once none

@@ -227,6 +227,29 @@ def test_a_failed_checkpoint_leaves_the_commands_logged(
         store.close()
 
 
+def test_a_failure_after_the_cores_step_fails_the_call_and_rebuilds_the_core(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure in the engine's own work after a step (here: forgetting a finished
+    lease) fails that call, and the next rebuilds the core from the database, as a
+    failure in the core's step does; it used to end the engine's thread."""
+    store = Store(sqlite_url(str(tmp_path / "s.db")))
+    clock = ManualClock(T0)
+    engine = Engine(store, demo_site(), SimulatedDriver(), clock)
+    try:
+        engine.create_lease(_besteffort())
+        monkeypatch.setattr(engine, "core", _Broken(engine.core, "forget"))
+        clock.advance(3600)  # lease 1 is over
+        with pytest.raises(RuntimeError, match="bug in the core's forget"):
+            engine.create_lease(_besteffort())
+        assert isinstance(engine.core, Scheduler)
+        # The failed call's lease was never committed: its id is given again.
+        assert engine.create_lease(_besteffort()).lease.id == 2
+        assert store.lease_ids() == [1, 2]
+    finally:
+        engine.stop()
+        store.close()
+
+
 def test_stop_refuses_new_commands_and_ends_the_threads(tmp_path: Path) -> None:
     store = Store(sqlite_url(str(tmp_path / "t.db")))
     engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
