@@ -879,8 +879,16 @@ class Engine:
                         continue
                     if self._stopped:
                         r.fail(Unavailable("the service is stopping"))
-                    else:
+                        continue
+                    try:
                         self._execute(r)
+                    except Exception as e:  # rebuilding failed too (the database is down?)
+                        log.exception("engine step failed and the core could not be "
+                                      "rebuilt: the next step tries again")
+                        lost = Unavailable(f"the core could not be rebuilt: {e}")
+                        with self._commits:
+                            self._lost = lost
+                        r.fail(lost)
             # The commit thread is woken once for the batch, not once per step: each
             # wake-up takes the GIL from the engine (and a commit's fixed cost is paid
             # per group), which cost more than the earlier start of the first commits.

@@ -250,6 +250,39 @@ def test_a_failure_after_the_cores_step_fails_the_call_and_rebuilds_the_core(
         store.close()
 
 
+def test_a_core_that_cannot_be_rebuilt_fails_the_call_and_is_rebuilt_next(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When rebuilding the core after a failed step fails too (the database is down),
+    the call fails as unavailable and the next call rebuilds it; the engine's thread
+    goes on (it used to end, and every later call waited for ever)."""
+    store = Store(sqlite_url(str(tmp_path / "s.db")))
+    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
+    try:
+        engine.create_lease(_besteffort())
+        rebuild = engine._rebuild
+        calls = 0
+
+        def down() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise OSError("database unreachable")
+            rebuild()
+
+        monkeypatch.setattr(engine, "_rebuild", down)
+        monkeypatch.setattr(engine, "core", _Broken(engine.core, "submit"))
+        with pytest.raises(Unavailable, match="the core could not be rebuilt: database "
+                           "unreachable"):
+            engine.create_lease(_besteffort())
+        assert engine.create_lease(_besteffort()).lease.id == 2
+        assert calls == 2
+        assert isinstance(engine.core, Scheduler)
+        assert store.lease_ids() == [1, 2]
+    finally:
+        engine.stop()
+        store.close()
+
+
 def test_stop_refuses_new_commands_and_ends_the_threads(tmp_path: Path) -> None:
     store = Store(sqlite_url(str(tmp_path / "t.db")))
     engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
