@@ -188,14 +188,21 @@ class _Broken:
         return fail
 
 
+@pytest.mark.parametrize("method, later", [("submit", 0), ("forget", 3600)])
 def test_a_failed_step_rebuilds_the_core_and_keeps_committed_leases(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, later: int) -> None:
+    """A failure in the core's step (``submit``), or in the engine's own work after it
+    (``forget``, for a lease over ``later`` seconds on), fails that call, and the core is
+    rebuilt from the database (a failure after the step used to end the engine's
+    thread). The failed call's lease was never committed: its id is given again."""
     store = Store(sqlite_url(str(tmp_path / "s.db")))
-    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
+    clock = ManualClock(T0)
+    engine = Engine(store, demo_site(), SimulatedDriver(), clock)
     try:
         engine.create_lease(_besteffort())
-        monkeypatch.setattr(engine, "core", _Broken(engine.core, "submit"))
-        with pytest.raises(RuntimeError, match="bug in the core's submit"):
+        monkeypatch.setattr(engine, "core", _Broken(engine.core, method))
+        clock.advance(later)
+        with pytest.raises(RuntimeError, match=f"bug in the core's {method}"):
             engine.create_lease(_besteffort())
         assert isinstance(engine.core, Scheduler)
         assert engine.create_lease(_besteffort()).lease.id == 2
@@ -222,29 +229,6 @@ def test_a_failed_checkpoint_leaves_the_commands_logged(
         assert store.checkpoint() is None
         failed = [r for r in caplog.records if r.getMessage().startswith("checkpoint failed")]
         assert [r.commands for r in failed] == [2, 4]  # type: ignore[attr-defined]
-    finally:
-        engine.stop()
-        store.close()
-
-
-def test_a_failure_after_the_cores_step_fails_the_call_and_rebuilds_the_core(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A failure in the engine's own work after a step (here: forgetting a finished
-    lease) fails that call, and the next rebuilds the core from the database, as a
-    failure in the core's step does; it used to end the engine's thread."""
-    store = Store(sqlite_url(str(tmp_path / "s.db")))
-    clock = ManualClock(T0)
-    engine = Engine(store, demo_site(), SimulatedDriver(), clock)
-    try:
-        engine.create_lease(_besteffort())
-        monkeypatch.setattr(engine, "core", _Broken(engine.core, "forget"))
-        clock.advance(3600)  # lease 1 is over
-        with pytest.raises(RuntimeError, match="bug in the core's forget"):
-            engine.create_lease(_besteffort())
-        assert isinstance(engine.core, Scheduler)
-        # The failed call's lease was never committed: its id is given again.
-        assert engine.create_lease(_besteffort()).lease.id == 2
-        assert store.lease_ids() == [1, 2]
     finally:
         engine.stop()
         store.close()
