@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 # Prints where the core's modules come from, then runs the command line's arguments.
 _RUN = ("import sys, scheduler, scheduler.core, scheduler.slottable; "
+        "from pathlib import Path; "
         "print(scheduler.COMPILED, Path(scheduler.core.__file__).name, "
         "Path(scheduler.slottable.__file__).name); "
         "from scheduler import cli; sys.exit(cli.main(sys.argv[1:]))")
@@ -44,7 +45,7 @@ def _environ(*, pure: bool = False, path: Path | None = None) -> dict[str, str]:
 def _python(args: list[str], *, pure: bool = False,
             path: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", f"from pathlib import Path; {_RUN}", *args],
+        [sys.executable, "-c", _RUN, *args],
         capture_output=True, text=True, check=True, env=_environ(pure=pure, path=path),
         cwd=path or PACKAGE.parent)
 
