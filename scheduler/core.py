@@ -260,6 +260,13 @@ def _as_hard(a: _Need, b: _Need) -> bool:
             and (a[1] is b[1] or a[1].covers(b[1])))
 
 
+def _add_failure(failures: _Failures, key: bytes, need: _Need) -> None:
+    # Failures at least as demanding as this one say nothing more: keep the list
+    # minimal, since every later request is checked against all of it.
+    failures[key] = [f for f in failures.get(key, ()) if not _as_hard(f, need)]
+    failures[key].append(need)
+
+
 def _latest_transfers(transfers: list[Transfer], nodes: set[int],
                       by: int = INF) -> dict[int, Transfer]:
     """Per node of ``nodes``, the latest-starting of ``transfers`` there that has ended
@@ -326,6 +333,14 @@ class Scheduler:
         # and the most at any; while the profile stays as it is (see _viable)
         self._viability_memo: dict[tuple[bytes, bytes], tuple[int, list[int]]] = {}
         self._viability_version = -1
+        # Failed starts that counting alone proved (too few nodes with room over the
+        # window, one of them ready at its start), per readiness: they hold in later
+        # passes while no capacity is given back at any instant (``profile.grown``),
+        # since a readiness fixes its instants. A pass that offers what came free as
+        # planned (which the profile showed already) starts from them: most such passes
+        # start nothing, and proved it lease by lease.
+        self._proven: _Failures = {}
+        self._proven_grown = -1
         # may ``_fails_again`` answer? (see there)
         self._fresh_memo = config.image_transfer and config.transfer_mode == "multicast"
         # Readiness of fresh leases per (image, size, unicasts), while nothing it depends
@@ -601,6 +616,7 @@ class Scheduler:
         del state["_at"]  # the caller's (e.g. a bound method of the service's engine)
         state["_prep_memo"] = {}
         state["_viability_memo"] = {}
+        state["_proven"] = {}
         state["_hosts_now_memo"] = {}
         return state
 
@@ -852,7 +868,7 @@ class Scheduler:
                 return  # strict FCFS: nobody passes the head
         self._retry = self._replan = False
         used = sum(1 for lease in self._waiting if lease.future)
-        failed: _Failures = {}
+        failed = dict(self._proven_failures())  # (the lists are replaced, not changed)
         for lease in candidates:
             if not self._fails_again(lease, failed) and \
                     self._try_start(lease, future=False, partial=True, failed=failed):
@@ -904,6 +920,12 @@ class Scheduler:
             if _as_hard(need, f):
                 return True
         return False
+
+    def _proven_failures(self) -> _Failures:
+        if self._proven_grown != self.profile.grown:
+            self._proven.clear()
+            self._proven_grown = self.profile.grown
+        return self._proven
 
     def _unplan_waiting(self, lease: Lease) -> None:
         """Drop a waiting best-effort lease's next segment (it will be re-planned)."""
@@ -1103,6 +1125,7 @@ class Scheduler:
             elif groups:
                 groups = self._viable(ready, ready_bytes, groups, instants, vec, k)
             usable_whole = usable_partial = usable
+            proven = not uniform  # (a uniform readiness is now: no later pass sees it)
             for g in groups:
                 # Starting at g must be what preparation dictates (on one of the chosen
                 # nodes at least); otherwise the lease is waiting for resources, and that
@@ -1119,6 +1142,7 @@ class Scheduler:
                 if prop is not None and (uniform or int(ready[list(prop.nodes)].max()) == g) \
                         and self._channels_ok(lease, prop):
                     return prop
+                proven = False  # (another choice of nodes might have done)
             if partial and groups:
                 susp = ovh.suspend(req)
                 shortest = opening + max(1, susp + ovh.resume(req)) + susp  # see _partial
@@ -1131,11 +1155,11 @@ class Scheduler:
                                          opening, picker, ready)
                     if prop is not None:
                         return prop
+                    proven = False
             if failed is not None:
-                # Failures at least as demanding as this one say nothing more: keep the
-                # list minimal, since every later request is checked against all of it.
-                failed[key] = [f for f in failed.get(key, ()) if not _as_hard(f, need)]
-                failed[key].append(need)
+                _add_failure(failed, key, need)
+                if proven:
+                    _add_failure(self._proven_failures(), key, need)
             if uniform:  # (its only start is now)
                 self._note_stuck(lease, max(usable_whole, usable_partial if partial else 0))
             return None

@@ -97,6 +97,10 @@ class AvailabilityProfile:
         self._next_id = 1
         self._pruned_at = -INF
         self.version = 0  # changes whenever any commitment does
+        # changes whenever capacity at some instant grows (an entry removed or cut short,
+        # a node added; not an entry's planned end, which it already showed): over a
+        # fixed window, what did not fit still does not while it stays the same
+        self.grown = 0
         # Capacity let go (see ``released``): a count of the times it was, and per node
         # the count when it last was. Removals and truncations count at once, planned
         # ends once ``released`` reaches them (``_expiry``).
@@ -144,6 +148,7 @@ class AvailabilityProfile:
         self.released_at = self._read_only(self._released_at)
         self._shapes.clear()
         self.version += 1
+        self.grown += 1
 
     @property
     def node_count(self) -> int:
@@ -269,6 +274,8 @@ class AvailabilityProfile:
         if end <= start:
             return
         self.version += 1
+        if sign < 0:
+            self.grown += 1
         key = (entry.vec.tobytes(), entry.preemptible)
         if (plan := self._deltas.get(key)) is None:
             slabs, deltas = [], []

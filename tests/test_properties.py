@@ -640,6 +640,26 @@ def test_a_queued_lease_skipped_by_the_failure_memo_could_not_have_started(
     event(f"skipped by the failure memo: {skipped > 0}")
 
 
+class _Forgetful(Scheduler):
+    """Proves every failure again in each queue pass (see ``Scheduler._proven``)."""
+
+    def _proven_failures(self) -> dict[bytes, list[Any]]:
+        return {}
+
+
+@settings(PROPERTY_SETTINGS, max_examples=max(10, EXAMPLES // 2))
+@given(scenarios())
+def test_failures_proved_in_earlier_passes_change_no_schedule(sc: Scenario) -> None:
+    """A queue pass starts from the failed starts that earlier passes proved by
+    counting, while no capacity came back at any instant: proving each again in every
+    pass must schedule exactly the same."""
+
+    def same(sc: Scenario, run: Run) -> None:
+        assert drive(sc, core=_Forgetful) == run, "the failures proved before misled a pass"
+
+    judge(sc, same)
+
+
 def _no_ar_admitted(sc: Scenario, run: Run) -> None:
     assert_valid(sc.site, sc.config, run.outcomes, finished=True)
     for o in run.outcomes:
