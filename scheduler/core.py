@@ -346,7 +346,12 @@ class Scheduler:
         # Readiness of fresh leases per (image, size, unicasts), while nothing it depends
         # on changes: a queue pass asks it for every waiting lease, mostly of few images.
         self._prep_memo: dict[tuple[str | bytes, int, int | None], _Prepared] = {}
-        self._prep_token: tuple[int, int, int] = (-1, -1, -1)
+        # (the time, ``images.version``, ``images.link.version`` it holds for: three
+        # fields, since a tuple built on every call cost more than the lookup)
+        self._prep_now = self._prep_images = self._prep_link = -1
+        # An image's copies (``ImageStore.ready_times``, the same array while they stay
+        # as they are) -> its bytes: a key of ``_prep_memo``, hashed once.
+        self._copies_bytes: dict[int, tuple[np.ndarray, bytes]] = {}
         self._queue: list[Lease] = []  # FCFS: (submit, seq)
         self._waiting: list[Lease] = []  # planned best-effort leases whose segment has not begun
         self._heap: list[tuple[int, int, int, int, int]] = []
@@ -615,6 +620,7 @@ class Scheduler:
         state = attributes(self)
         del state["_at"]  # the caller's (e.g. a bound method of the service's engine)
         state["_prep_memo"] = {}
+        state["_copies_bytes"] = {}
         state["_viability_memo"] = {}
         state["_proven"] = {}
         state["_hosts_now_memo"] = {}
@@ -1246,10 +1252,14 @@ class Scheduler:
         req = lease.request
         key = key2 = None
         if not lease.segments and not lease.image_nodes:
-            token = (self.now, self.images.version, self.images.link.version)
-            if token != self._prep_token:
+            images = self.images
+            if self.now != self._prep_now or images.version != self._prep_images \
+                    or images.link.version != self._prep_link:
                 self._prep_memo.clear()
-                self._prep_token = token
+                if images.version != self._prep_images:
+                    self._copies_bytes.clear()
+                self._prep_now, self._prep_images = self.now, images.version
+                self._prep_link = images.link.version
             key = (req.image.id, req.image.size_mb, unicasts) if self.config.image_transfer \
                 else ("", 0, unicasts)
             if (hit := self._prep_memo.get(key)) is not None:
@@ -1259,9 +1269,12 @@ class Scheduler:
                 # give the same readiness: computed once for all of them.
                 shared_key: tuple[str | bytes, int, int | None] = (b"", req.image.size_mb,
                                                                    unicasts)
-                if self.images.anywhere(req.image.id):
-                    copies = self.images.ready_times(req.image.id, never=INF, lease=lease.id)
-                    shared_key = (copies.tobytes(), req.image.size_mb, unicasts)
+                if images.anywhere(req.image.id):
+                    copies = images.ready_times(req.image.id, never=INF, lease=lease.id)
+                    known = self._copies_bytes.get(id(copies))
+                    if known is None or known[0] is not copies:
+                        known = self._copies_bytes[id(copies)] = (copies, copies.tobytes())
+                    shared_key = (known[1], req.image.size_mb, unicasts)
                 if (hit := self._prep_memo.get(shared_key)) is not None:
                     self._prep_memo[key] = hit
                     return hit
