@@ -1005,15 +1005,29 @@ class Engine:
             for r in requests:
                 r.fail(error)
             return
+        # The steps are committed: whatever fails from here on (a bug), each call is
+        # answered, and the commit thread goes on (an exception that left it would end
+        # it, and every later call would wait for ever).
         with self._commits:
-            for r in requests:
-                self._publish(r.step.changes)
+            try:
+                for r in requests:
+                    self._publish(r.step.changes)
+            except Exception:
+                # Watchers may have missed changes: each catches up from the watch log.
+                log.exception("publishing committed changes failed: watchers catch up "
+                              "from the watch log")
+                for sub in self._subs:
+                    sub.overflowed = True
+                self._subs.clear()
             self._committing = False
             self._commits.notify_all()
             timer = self._timer
         if timer is not None:  # the latest step knows the core's next due time
             due = requests[-1].due
-            timer.schedule(None if due is None else float(self.to_wall(due)))
+            try:
+                timer.schedule(None if due is None else float(self.to_wall(due)))
+            except Exception:
+                log.exception("could not arm the timer: its periodic safety net polls")
         _wake_all([r.notify for r in requests])
 
     def _catch_up(self, now: int, step: _Step) -> None:

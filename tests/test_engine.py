@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import queue
 import random
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, update
@@ -262,6 +264,40 @@ def test_a_core_that_cannot_be_rebuilt_fails_the_call_and_is_rebuilt_next(
         assert calls == 2
         assert isinstance(engine.core, Scheduler)
         assert store.lease_ids() == [1, 2]
+    finally:
+        engine.stop()
+        store.close()
+
+
+class _BrokenQueue(queue.Queue[Any]):
+    """A watcher's queue that fails (a bug) instead of taking a change."""
+
+    def put_nowait(self, item: Any) -> None:
+        raise RuntimeError("bug in a watcher's queue")
+
+
+def test_a_failure_after_a_commit_answers_the_call_and_drops_the_watchers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A failure in publishing committed changes to watchers is logged; the call is
+    answered (its step is committed), every watcher is dropped to catch up from the
+    watch log, and later calls go on (the commit thread used to end, and every later
+    call waited for ever)."""
+    store = Store(sqlite_url(str(tmp_path / "s.db")))
+    engine = Engine(store, demo_site(), SimulatedDriver(), ManualClock(T0))
+    try:
+        engine.create_lease(_besteffort())
+        broken, _ = engine.subscribe()
+        broken.queue = _BrokenQueue()
+        other, _ = engine.subscribe(lease_id=1)
+        with caplog.at_level(logging.ERROR, logger="scheduler.engine"):
+            assert engine.create_lease(_besteffort()).lease.id == 2
+        assert (broken.overflowed, other.overflowed) == (True, True)
+        assert [r.getMessage() for r in caplog.records] == [
+            "publishing committed changes failed: watchers catch up from the watch log"]
+        assert engine.create_lease(_besteffort()).lease.id == 3
+        assert store.lease_ids() == [1, 2, 3]
+        assert sorted(t.name for t in engine._threads if t.is_alive()) == \
+            ["wsched-commit", "wsched-engine"]
     finally:
         engine.stop()
         store.close()
