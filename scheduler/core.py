@@ -1139,10 +1139,14 @@ class Scheduler:
                 # ready at g, no choice can be: skip the costly host selection.)
                 # (Uniform: ready now on the open nodes, and every node that fits the
                 # window is among fit_now's if open; so the checks of readiness hold.)
-                mask = self.profile.fits_window(g, g + whole, vec) & (
-                    fit_now if uniform else ready <= g)
-                usable_whole = int(np.count_nonzero(mask))
-                if usable_whole < k or not (uniform or (mask & (ready == g)).any()):
+                if uniform:
+                    mask = self.profile.fits_window(g, g + whole, vec) & fit_now
+                    usable_whole = int(np.count_nonzero(mask))
+                    exact = True
+                else:
+                    mask, usable_whole, exact = self.profile.ready_window(g, g + whole, vec,
+                                                                          ready)
+                if usable_whole < k or not exact:
                     continue
                 prop = picker.propose(g, mask)
                 if prop is not None and (uniform or int(ready[list(prop.nodes)].max()) == g) \
@@ -1153,9 +1157,9 @@ class Scheduler:
                 susp = ovh.suspend(req)
                 shortest = opening + max(1, susp + ovh.resume(req)) + susp  # see _partial
                 for g in groups:
-                    window = self.profile.fits_window(g, g + shortest, vec) & (ready <= g)
-                    usable_partial = int(np.count_nonzero(window))
-                    if usable_partial < k or not (window & (ready == g)).any():
+                    _, usable_partial, exact = self.profile.ready_window(g, g + shortest, vec,
+                                                                         ready)
+                    if usable_partial < k or not exact:
                         continue  # _partial would find too few nodes, or fail its readiness
                     prop = self._partial(lease, g, (ready <= g), self.profile.free_until(g, vec),
                                          opening, picker, ready)

@@ -145,6 +145,33 @@ def fits_window(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: 
 
 
 @_jit
+def ready_window(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
+                 pslabs: np.ndarray, rooms: np.ndarray, start: int, end: int,
+                 ready: np.ndarray) -> tuple[np.ndarray, int, bool]:
+    """``fits_window`` on the nodes ready by ``start`` (``ready``: per node, when it
+    could begin), False elsewhere; with how many nodes that is, and whether one of them
+    is ready at ``start`` itself. (A proposal asks it per readiness group.)"""
+    n = rooms.shape[1]
+    out = np.zeros(n, dtype=np.bool_)
+    m = 0
+    exact = False
+    for node in range(n):
+        if ready[node] > start:
+            continue
+        x = _seek(times, count, node, start)
+        while True:
+            if not _fits(usage, slabs, pslabs, rooms, node, x):
+                break
+            x += 1
+            if x >= count[node] or times[node, x] >= end:
+                out[node] = True
+                m += 1
+                exact = exact or ready[node] == start
+                break
+    return out, m, exact
+
+
+@_jit
 def free_since(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
                pslabs: np.ndarray, rooms: np.ndarray, t: int) -> np.ndarray:
     """Per node, the start of its last stretch able to host the shape before ``t``:

@@ -393,6 +393,18 @@ class AvailabilityProfile:
                                                *shape, start, end)
         return self._remember(key, fits)
 
+    def ready_window(self, start: int, end: int, vec: np.ndarray, ready: np.ndarray
+                     ) -> tuple[np.ndarray, int, bool]:
+        """``fits_window & (ready <= start)`` (``ready``: per node, when it could begin),
+        how many nodes that is, and whether one of them is ready at ``start`` itself."""
+        shape = self._shape(vec)
+        if not len(shape.slabs):
+            mask = ready <= start
+            return mask, int(np.count_nonzero(mask)), bool((ready == start).any())
+        mask, m, exact = kernels.ready_window(self._times, self._count, self._usage, *shape,
+                                              start, end, ready)
+        return mask, int(m), bool(exact)
+
     # Queue passes ask the same questions for many leases between two changes.
     def _recall(self, key: tuple[int, int, bool, bytes]) -> np.ndarray | None:
         if self._memo_version != self.version:

@@ -87,6 +87,28 @@ def test_fits_window_is_the_peak_over_every_instant(
     assert got == expected
 
 
+@settings(max_examples=300, deadline=None)
+@given(histories(), st.integers(0, 100), st.integers(1, 60), st.integers(0, 100),
+       st.lists(st.one_of(st.integers(-2, 2), st.just(INF)), min_size=NODES,
+                max_size=NODES))
+def test_ready_window_is_the_window_fit_on_nodes_ready_by_its_start(
+        ops: list[tuple[str, int, int, int, int, int]], start: int, length: int, cpu: int,
+        offsets: list[int]) -> None:
+    profile = AvailabilityProfile(CAPACITY)
+    live: Live = {}
+    now = play(profile, ops, live, 0)
+    start = max(start, now)
+    ready = [min(start + d, INF) for d in offsets]  # (around the start, or never)
+    mask, count, exact = profile.ready_window(start, start + length,
+                                              np.array([cpu, 0, 0, 0, 0]), np.array(ready))
+    expected = [r <= start and all(_peak(live, n, t, False) <= 100 - cpu
+                                   for t in range(start, start + length))
+                for n, r in enumerate(ready)]
+    assert mask.tolist() == expected
+    assert count == sum(expected)
+    assert exact == any(e and r == start for e, r in zip(expected, ready, strict=True))
+
+
 def _peak(live: Live, n: int, t: int, ignore_preemptible: bool) -> int:
     return sum(a for node, es, ee, a, pre in live.values()
                if node == n and es <= t < ee and not (ignore_preemptible and pre))
