@@ -1768,9 +1768,9 @@ class Scheduler:
 class _Picker:
     """Picks the nodes of one proposal for a lease's next segment (see
     ``Scheduler._propose_with``) with the host selection policy. (An object rather than
-    nested functions: closures that call each other form a reference cycle, left on
-    every proposal for the cyclic garbage collector, which then took a tenth of a
-    replay.)"""
+    nested functions: closures that call each other form a reference cycle, which only
+    the cycle collector frees; a replay, which runs without it, collected 365,000 such
+    objects of a ``vm-mult`` run at its end, a tenth of its time.)"""
 
     def __init__(self, sched: Scheduler, lease: Lease, vec: np.ndarray, has: np.ndarray,
                  resuming: bool, split: int | None, opening: int, run: int,
