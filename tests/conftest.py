@@ -1,8 +1,12 @@
-"""Shared fixtures of the service tests: a database URL per backend (SQLite, PostgreSQL)."""
+"""Shared fixtures of the service tests: a database URL per backend (SQLite, PostgreSQL);
+and a font cache of the tests' own for matplotlib."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +14,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
+
+# matplotlib's font cache (~/.cache/matplotlib) is shared by every environment of the
+# user: one rebuilt while another's fonts were missing lists none of matplotlib's own,
+# and plotting then warns on stderr, which tests of the CLI check is empty. Before
+# matplotlib is imported, the tests get a cache of their own (unless one is set).
+if "MPLCONFIGDIR" not in os.environ:
+    os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="wsched-tests-mpl-")
+    atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], ignore_errors=True)
 
 #: The machine's PostgreSQL (trust auth); other runs share it, so each test gets a schema.
 PG_URL = os.environ.get("WSCHED_TEST_PG_URL", "postgresql+psycopg://127.0.0.1/test")
