@@ -1119,7 +1119,7 @@ class Scheduler:
                     if _as_hard(need, f):
                         return None
 
-        picker = _Picker(self, lease, vec, has, resuming, (unicasts or 0) if split else None,
+        picker = _Picker(self, vec, k, has, resuming, (unicasts or 0) if split else None,
                          opening, run, future)
         if not future:
             # Cheap and exact: a start at g (whole or partial) needs k eligible nodes that
@@ -1772,10 +1772,10 @@ class _Picker:
     the cycle collector frees; a replay, which runs without it, collected 365,000 such
     objects of a ``vm-mult`` run at its end, a tenth of its time.)"""
 
-    def __init__(self, sched: Scheduler, lease: Lease, vec: np.ndarray, has: np.ndarray,
+    def __init__(self, sched: Scheduler, vec: np.ndarray, k: int, has: np.ndarray,
                  resuming: bool, split: int | None, opening: int, run: int,
                  future: bool) -> None:
-        self.sched, self.vec, self.k, self.has = sched, vec, lease.request.vms, has
+        self.sched, self.vec, self.k, self.has = sched, vec, k, has
         self.resuming = resuming
         self.split = split  # pick exactly this many nodes without the image (or None)
         self.opening, self.run, self.future = opening, run, future

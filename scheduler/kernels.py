@@ -125,22 +125,29 @@ def most_ready_room(times: np.ndarray, count: np.ndarray, usage: np.ndarray, sla
     return int(room.max()) if room.shape[0] else 0
 
 
+@_inlined
+def _fits_over(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
+               pslabs: np.ndarray, rooms: np.ndarray, node: int, start: int,
+               end: int) -> bool:
+    """Can ``node`` host the shape throughout [start, end) (every step of it that the
+    window meets)?"""
+    x = _seek(times, count, node, start)
+    while True:
+        if not _fits(usage, slabs, pslabs, rooms, node, x):
+            return False
+        x += 1
+        if x >= count[node] or times[node, x] >= end:
+            return True
+
+
 @_jit
 def fits_window(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs: np.ndarray,
                 pslabs: np.ndarray, rooms: np.ndarray, start: int, end: int) -> np.ndarray:
-    """Per node: can it host the shape throughout [start, end) (every step of it that
-    the window meets)?"""
+    """Per node: can it host the shape throughout [start, end)?"""
     n = rooms.shape[1]
-    out = np.ones(n, dtype=np.bool_)
+    out = np.empty(n, dtype=np.bool_)
     for node in range(n):
-        x = _seek(times, count, node, start)
-        while True:
-            if not _fits(usage, slabs, pslabs, rooms, node, x):
-                out[node] = False
-                break
-            x += 1
-            if x >= count[node] or times[node, x] >= end:
-                break
+        out[node] = _fits_over(times, count, usage, slabs, pslabs, rooms, node, start, end)
     return out
 
 
@@ -156,18 +163,11 @@ def ready_window(times: np.ndarray, count: np.ndarray, usage: np.ndarray, slabs:
     m = 0
     exact = False
     for node in range(n):
-        if ready[node] > start:
-            continue
-        x = _seek(times, count, node, start)
-        while True:
-            if not _fits(usage, slabs, pslabs, rooms, node, x):
-                break
-            x += 1
-            if x >= count[node] or times[node, x] >= end:
-                out[node] = True
-                m += 1
-                exact = exact or ready[node] == start
-                break
+        if ready[node] <= start and _fits_over(times, count, usage, slabs, pslabs, rooms,
+                                               node, start, end):
+            out[node] = True
+            m += 1
+            exact = exact or ready[node] == start
     return out, m, exact
 
 
